@@ -1,0 +1,26 @@
+//! Errors of the OS layer.
+
+use thiserror::Error;
+
+/// A system call of the OS layer failed.
+#[derive(Debug, Error)]
+pub enum OsError {
+    /// Creating the supervisor/worker channel failed.
+    #[error("error creating the worker channel")]
+    Channel(#[source] std::io::Error),
+    /// The worker could not set up its own process state.
+    #[error("error setting up the worker process: {what}")]
+    WorkerSetup {
+        /// The step that failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The parent died before the worker armed its parent-death signal.
+    #[error("the supervisor (pid {expected}) exited before the worker started")]
+    ParentGone {
+        /// The supervisor pid the worker was started for.
+        expected: u32,
+    },
+}

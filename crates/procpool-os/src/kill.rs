@@ -1,0 +1,42 @@
+//! Every signal procpool sends to a child goes through [`Pgid::signal`].
+
+use nix::sys::signal;
+use nix::unistd::Pid;
+
+pub use nix::sys::signal::Signal;
+
+/// The process group of one worker. Workers are started as leaders of their own group, so
+/// the group id is the worker's pid; addressing the group (never a bare pid) is what makes a
+/// kill reach the task's grandchildren too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pgid(u32);
+
+impl Pgid {
+    /// The group led by the worker with this pid (started with `process_group(0)`).
+    pub fn of_leader(pid: u32) -> Self {
+        Pgid(pid)
+    }
+
+    /// The group id.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Sends `sig` to every process in the group. `reason` is logged with the group, so
+    /// each kill in a log says why it happened. A group that is already gone is not an
+    /// error: the caller wanted it dead.
+    pub fn signal(self, sig: Signal, reason: &str) {
+        tracing::debug!(pgid = self.0, signal = sig.as_str(), reason, "signalling worker group");
+        let Ok(raw) = i32::try_from(self.0) else {
+            return;
+        };
+        // pid 0 or 1 would address our own group or every process: never send to those.
+        if raw <= 1 {
+            return;
+        }
+        match signal::killpg(Pid::from_raw(raw), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => tracing::warn!(pgid = self.0, error = %e, "killpg failed"),
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! procpool's OS layer: the only code that sends a signal to a child or touches raw
+//! descriptors.
+//!
+//! It defines [`Pgid`] (a worker's process group, the unit every kill addresses), the
+//! channel handed to a worker ([`channel_pair`] on the supervisor side,
+//! [`take_worker_channel`] in the worker), the worker's own orphan protection
+//! ([`die_with_parent`]) and readable exit verdicts ([`ExitVerdict`]). It knows nothing of
+//! tasks or frames: `procpool-core` decides *when* to kill, this crate only *how*.
+//!
+//! ```
+//! let verdict = procpool_os::ExitVerdict::Signal(11);
+//! assert_eq!(verdict.to_string(), "killed by SIGSEGV");
+//! ```
+//!
+//! # Caveats
+//! Killing a [`Pgid`] reaches every process still in the worker's group, grandchildren
+//! included; a grandchild that moved itself to another group or session escapes it.
+#![deny(missing_docs)]
+
+mod errors;
+mod exit;
+mod kill;
+#[cfg(unix)]
+#[path = "os/unix.rs"]
+mod os;
+
+pub use errors::OsError;
+pub use exit::{ExitVerdict, signal_name};
+pub use kill::{Pgid, Signal};
+pub use os::{channel_pair, die_with_parent, take_worker_channel};

@@ -1,0 +1,301 @@
+//! Every encode and decode of the project: frames, messages, handshake, task values.
+
+use std::io::{Read, Write};
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::errors::{CodecError, FrameError, HandshakeError};
+use crate::messages::{Encoding, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, TaskInfo};
+
+const PREFIX: usize = 4;
+
+fn encode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Decodes `bytes` with a bincode allocation limit scaled to the payload: a length inside
+/// the payload may not claim much more memory than the payload could legitimately describe.
+/// Without the limit, a 10-byte payload claiming a 2^40-byte `String` aborts the process.
+fn bincode_decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    // In-memory size may legitimately exceed the encoded size (varints, 24-byte `String`
+    // headers), hence the factor; the floor keeps tiny payloads with small containers valid.
+    let budget = bytes.len().saturating_mul(32).max(64 << 10);
+    macro_rules! with_limit {
+        ($($n:literal),*) => {{
+            $(if budget <= $n {
+                let cfg = bincode::config::standard().with_limit::<$n>();
+                return finish(bincode::serde::decode_from_slice::<T, _>(bytes, cfg)?, bytes.len());
+            })*
+            let cfg = bincode::config::standard().with_limit::<{ 1 << 34 }>();
+            finish(bincode::serde::decode_from_slice::<T, _>(bytes, cfg)?, bytes.len())
+        }};
+    }
+    with_limit!(
+        65536, 262144, 1048576, 4194304, 16777216, 67108864, 268435456, 1073741824, 4294967296
+    )
+}
+
+fn finish<T>((value, used): (T, usize), len: usize) -> Result<T, CodecError> {
+    if used == len {
+        Ok(value)
+    } else {
+        Err(CodecError::Trailing(len - used))
+    }
+}
+
+/// Encodes a protocol message (without the length prefix).
+pub fn encode_message<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::serde::encode_to_vec(msg, encode_config())?)
+}
+
+/// Decodes a protocol message from one frame's payload (already capped by the framing).
+pub fn decode_message<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    bincode_decode(payload)
+}
+
+/// Encodes the handshake payload: magic, version (u32 LE), then the bincode body.
+pub fn encode_hello(hello: &Hello) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&HANDSHAKE_MAGIC);
+    out.extend_from_slice(&hello.version.to_le_bytes());
+    bincode::serde::encode_into_std_write(&(hello.pid, &hello.tasks), &mut out, encode_config())?;
+    Ok(out)
+}
+
+/// Decodes and checks a handshake payload against [`PROTOCOL_VERSION`].
+pub fn decode_hello(payload: &[u8]) -> Result<Hello, HandshakeError> {
+    let magic = HANDSHAKE_MAGIC.len();
+    if payload.len() < magic + 4 || payload[..magic] != HANDSHAKE_MAGIC {
+        return Err(HandshakeError::NotAWorker);
+    }
+    let version = u32::from_le_bytes(payload[magic..magic + 4].try_into().expect("4 bytes"));
+    if version != PROTOCOL_VERSION {
+        return Err(HandshakeError::VersionMismatch {
+            worker: version,
+            supervisor: PROTOCOL_VERSION,
+        });
+    }
+    let (pid, tasks): (u32, Vec<TaskInfo>) =
+        bincode_decode(&payload[magic + 4..]).map_err(HandshakeError::Malformed)?;
+    Ok(Hello {
+        version,
+        pid,
+        tasks,
+    })
+}
+
+/// Encodes a task argument tuple or result in the chosen encoding.
+pub fn encode_value<T: Serialize + ?Sized>(enc: Encoding, value: &T) -> Result<Vec<u8>, CodecError> {
+    match enc {
+        Encoding::Bincode => Ok(bincode::serde::encode_to_vec(value, encode_config())?),
+        Encoding::Json => Ok(serde_json::to_vec(value)?),
+    }
+}
+
+/// Decodes a task result (or any single value) in the chosen encoding.
+pub fn decode_value<T: DeserializeOwned>(enc: Encoding, bytes: &[u8]) -> Result<T, CodecError> {
+    match enc {
+        Encoding::Bincode => bincode_decode(bytes),
+        Encoding::Json => Ok(serde_json::from_slice(bytes)?),
+    }
+}
+
+/// Decodes positional arguments into the parameter tuple `A` of a function with `arity`
+/// parameters. JSON arguments must be an array of exactly `arity` elements; the error
+/// says which count was expected.
+pub fn decode_args<A: DeserializeOwned>(
+    enc: Encoding,
+    bytes: &[u8],
+    arity: usize,
+) -> Result<A, CodecError> {
+    match enc {
+        Encoding::Bincode => bincode_decode(bytes),
+        Encoding::Json => {
+            let value: serde_json::Value = serde_json::from_slice(bytes)?;
+            let serde_json::Value::Array(items) = value else {
+                return Err(CodecError::Arity(format!(
+                    "arguments must be a JSON array of {arity} positional arguments"
+                )));
+            };
+            if items.len() != arity {
+                return Err(CodecError::Arity(format!(
+                    "expected {arity} argument{}, got {}",
+                    if arity == 1 { "" } else { "s" },
+                    items.len()
+                )));
+            }
+            // `()` deserializes from `null`, not from `[]`.
+            let value = if arity == 0 {
+                serde_json::Value::Null
+            } else {
+                serde_json::Value::Array(items)
+            };
+            Ok(serde_json::from_value(value)?)
+        }
+    }
+}
+
+/// Length-prefixed frames for tokio: u32 little-endian length, then the payload. The cap is
+/// checked on the prefix, before any buffer grows.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCodec {
+    max: usize,
+}
+
+impl FrameCodec {
+    /// A codec accepting payloads of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        FrameCodec { max }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        if src.len() < PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(src[..PREFIX].try_into().expect("4 bytes")) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if src.len() < PREFIX + len {
+            // Safe to reserve: `len` was checked against the cap above.
+            src.reserve(PREFIX + len - src.len());
+            return Ok(None);
+        }
+        src.advance(PREFIX);
+        Ok(Some(src.split_to(len)))
+    }
+}
+
+impl<T: Serialize> Encoder<&T> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, msg: &T, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let start = dst.len();
+        dst.put_u32_le(0);
+        let mut writer = dst.writer();
+        bincode::serde::encode_into_std_write(msg, &mut writer, encode_config()).map_err(|e| {
+            FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        let dst = writer.into_inner();
+        let len = dst.len() - start - PREFIX;
+        if len > self.max {
+            dst.truncate(start);
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        dst[start..start + PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+        Ok(())
+    }
+}
+
+/// Reads one frame into `buf` (reused across calls). Returns `Ok(false)` on a clean end
+/// of stream before a new frame starts.
+pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: usize) -> Result<bool, FrameError> {
+    let mut prefix = [0u8; PREFIX];
+    let mut got = 0;
+    while got < PREFIX {
+        match r.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    Ok(true)
+}
+
+/// Writes one frame (prefix + payload) in a single `write_all`.
+pub fn write_frame(w: &mut impl Write, payload: &[u8], max: usize) -> Result<(), FrameError> {
+    if payload.len() > max {
+        return Err(FrameError::TooLarge {
+            len: payload.len(),
+            max,
+        });
+    }
+    let mut frame = Vec::with_capacity(PREFIX + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(payload);
+    w.write_all(&frame)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{FromWorker, TaskFailure, TaskId, ToWorker};
+
+    #[test]
+    fn length_bomb_inside_payload_is_an_error_not_an_abort() {
+        // Run { task_id, name: String claiming 2^40 bytes }
+        let mut payload = vec![0u8]; // variant 0 = Run
+        payload.push(7); // task id varint
+        payload.push(253); // u64 varint marker
+        payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let err = decode_message::<ToWorker>(&payload).unwrap_err();
+        assert!(matches!(err, CodecError::BincodeDecode(_)), "{err}");
+    }
+
+    #[test]
+    fn oversized_prefix_rejected_before_allocation() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize));
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn frames_roundtrip_through_both_paths() {
+        let msg = FromWorker::Done {
+            task_id: TaskId(u128::MAX),
+            outcome: Err(TaskFailure::User {
+                type_name: "E".into(),
+                message: "boom".into(),
+            }),
+        };
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buf = BytesMut::new();
+        codec.encode(&msg, &mut buf).unwrap();
+        let mut sync_buf = Vec::new();
+        assert!(read_frame(&mut &buf[..], &mut sync_buf, 1 << 20).unwrap());
+        assert_eq!(decode_message::<FromWorker>(&sync_buf).unwrap(), msg);
+        let frame = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(decode_message::<FromWorker>(&frame).unwrap(), msg);
+    }
+
+    #[test]
+    fn handshake_names_both_versions() {
+        let mut payload = encode_hello(&Hello { version: PROTOCOL_VERSION, pid: 1, tasks: vec![] }).unwrap();
+        payload[8..12].copy_from_slice(&99u32.to_le_bytes());
+        let err = decode_hello(&payload).unwrap_err().to_string();
+        assert!(err.contains("99") && err.contains(&PROTOCOL_VERSION.to_string()), "{err}");
+        assert!(matches!(decode_hello(b"hello world!"), Err(HandshakeError::NotAWorker)));
+    }
+
+    #[test]
+    fn json_args_check_arity() {
+        let (a, b): (i64, i64) = decode_args(Encoding::Json, b"[1, 2]", 2).unwrap();
+        assert_eq!((a, b), (1, 2));
+        let err = decode_args::<(i64, i64)>(Encoding::Json, b"[1]", 2).unwrap_err();
+        assert_eq!(err.to_string(), "expected 2 arguments, got 1");
+        decode_args::<()>(Encoding::Json, b"[]", 0).unwrap();
+        assert!(decode_args::<(i64,)>(Encoding::Json, b"[\"x\"]", 1).is_err());
+        let bytes = encode_value(Encoding::Bincode, &(5i64,)).unwrap();
+        assert_eq!(decode_args::<(i64,)>(Encoding::Bincode, &bytes, 1).unwrap(), (5,));
+    }
+}

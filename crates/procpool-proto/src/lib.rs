@@ -1,0 +1,38 @@
+//! The procpool wire protocol: what travels between a supervisor and its worker processes.
+//!
+//! This crate is only the wire: the message enums ([`ToWorker`], [`FromWorker`]), the
+//! handshake ([`Hello`]), the frame codec ([`FrameCodec`] for tokio, [`read_frame`] /
+//! [`write_frame`] for blocking code) and the two argument/result encodings
+//! ([`Encoding::Bincode`] for the Rust API, [`Encoding::Json`] for the CLI). It knows
+//! nothing of processes (`procpool-os`), pools (`procpool-core`) or task registries
+//! (`procpool-worker`). Every byte that is encoded or decoded goes through its `codec`
+//! module, so the format can be swapped in one place.
+//!
+//! ```
+//! use procpool_proto::{decode_message, encode_message, Encoding, TaskId, ToWorker};
+//! let msg = ToWorker::Run { task_id: TaskId(7), name: "add".into(), args: vec![2, 4], encoding: Encoding::Bincode };
+//! let bytes = encode_message(&msg).unwrap();
+//! let back: ToWorker = decode_message(&bytes).unwrap();
+//! assert_eq!(back, msg);
+//! ```
+//!
+//! # Caveats
+//! Frames are capped ([`DEFAULT_MAX_FRAME`] unless configured) and the cap is checked on the
+//! length prefix, before any buffer is allocated. Lengths *inside* a payload are bounded by
+//! the same cap through bincode's decode limit, so a forged `String` length cannot make the
+//! decoder allocate more than one frame's worth.
+#![deny(missing_docs)]
+
+mod codec;
+mod errors;
+mod messages;
+
+pub use codec::{
+    FrameCodec, decode_args, decode_hello, decode_message, decode_value, encode_hello,
+    encode_message, encode_value, read_frame, write_frame,
+};
+pub use errors::{CodecError, FrameError, HandshakeError};
+pub use messages::{
+    DEFAULT_MAX_FRAME, Encoding, FromWorker, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, ParamInfo,
+    TaskFailure, TaskId, TaskInfo, ToWorker,
+};

@@ -1,0 +1,156 @@
+//! Message vocabulary of the worker channel.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the message enums below. Bump on any change to their layout.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First bytes of the handshake frame: lets the supervisor tell "not a procpool worker"
+/// from "a procpool worker of another version" before decoding anything else.
+pub const HANDSHAKE_MAGIC: [u8; 8] = *b"procpool";
+
+/// Largest frame accepted unless the pool is configured otherwise (64 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// Identity of one task run. Every frame about a task carries it, so a late frame for a
+/// task the worker no longer owns (a cancel racing a result) can be recognised and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u128);
+
+/// How a task's arguments and result are encoded inside `Run` and `Done`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Encoding {
+    /// bincode 2 (standard config): compact, used by the typed Rust API.
+    Bincode,
+    /// JSON: arguments are a JSON array of positional arguments; used by the CLI.
+    Json,
+}
+
+/// Supervisor to worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run one registered function.
+    Run {
+        /// Task identity, echoed on every answer.
+        task_id: TaskId,
+        /// Registered function name.
+        name: String,
+        /// Encoded positional arguments.
+        #[serde(with = "serde_bytes")]
+        args: Vec<u8>,
+        /// Encoding of `args` and of the result.
+        encoding: Encoding,
+    },
+    /// A message for the running task (read with `procpool::recv_message`).
+    Message {
+        /// Task the message is for; dropped by the worker if it is not the running one.
+        task_id: TaskId,
+        /// Opaque payload.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Finish the current task (if any) and exit.
+    Shutdown,
+}
+
+/// Worker to supervisor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Progress reported by the running task.
+    Progress {
+        /// Reporting task.
+        task_id: TaskId,
+        /// Completed fraction, 0.0 to 1.0.
+        fraction: f32,
+        /// Free-form description of the step.
+        message: String,
+    },
+    /// A message from the running task to the parent.
+    Message {
+        /// Sending task.
+        task_id: TaskId,
+        /// Opaque payload.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The task ended; the worker is ready for the next `Run`.
+    Done {
+        /// Finished task.
+        task_id: TaskId,
+        /// Encoded result, or why there is none.
+        outcome: Result<serde_bytes::ByteBuf, TaskFailure>,
+    },
+}
+
+/// Why a task produced no result, as seen from inside the worker. Failures only the
+/// supervisor can see (crashes, timeouts, cancels) are not here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TaskFailure {
+    /// The function returned `Err`.
+    User {
+        /// Rust type name of the error value.
+        type_name: String,
+        /// Its `Display` text.
+        message: String,
+    },
+    /// The function panicked; the panic was caught and the worker stays usable.
+    Panicked {
+        /// Panic payload as text.
+        message: String,
+        /// `file:line:column` of the panic.
+        location: Option<String>,
+        /// Captured when `RUST_BACKTRACE` is set in the worker's environment.
+        backtrace: Option<String>,
+    },
+    /// No function of that name is registered in this worker.
+    UnknownTask {
+        /// The name asked for.
+        name: String,
+    },
+    /// The arguments did not decode into the function's parameter types.
+    BadArgs {
+        /// What did not fit.
+        message: String,
+    },
+    /// The result could not be encoded.
+    Codec {
+        /// Encoder message.
+        message: String,
+    },
+}
+
+/// One parameter of a registered function, as written in its source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamInfo {
+    /// Parameter name.
+    pub name: String,
+    /// Parameter type, as written.
+    pub type_name: String,
+}
+
+/// One registered function, as announced in the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Registered name.
+    pub name: String,
+    /// Positional parameters.
+    pub params: Vec<ParamInfo>,
+    /// Result type, as written (the `Ok` type for a fallible function).
+    pub result: String,
+    /// Whether the function can return a user error.
+    pub fallible: bool,
+    /// Whether the function is `async`.
+    pub is_async: bool,
+}
+
+/// The handshake a worker sends first: after the magic and the version, so a supervisor
+/// of another version can still name both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version the worker speaks.
+    pub version: u32,
+    /// The worker's process id, as it sees it.
+    pub pid: u32,
+    /// Everything it can run.
+    pub tasks: Vec<TaskInfo>,
+}
