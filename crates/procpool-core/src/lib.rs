@@ -1,1 +1,41 @@
-//! stub
+//! The procpool supervisor: a pool of warm worker processes and the tasks run on it.
+//!
+//! It defines [`Pool`] / [`PoolBuilder`] (workers, queue, kills, replacements), [`Task`]
+//! (a registered function plus arguments) and [`TaskHandle`] (a submitted run: await,
+//! cancel, messages, progress), with [`TaskError`] saying exactly why a task produced no
+//! result. It is not the worker side (`procpool-worker`), the wire format
+//! (`procpool-proto`) or the OS calls (`procpool-os`). Users reach it through the
+//! `procpool` facade.
+//!
+//! ```no_run
+//! use procpool_core::{Pool, Task};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = Pool::builder().worker("target/debug/procpool-demo").workers(2).build()?;
+//! let sum: serde_json::Value = pool.run(Task::json("add", serde_json::json!([1, 2]))).await?;
+//! assert_eq!(sum, 3);
+//! # Ok(()) }
+//! ```
+//!
+//! # Caveats
+//! - Dropping the last [`Pool`] clone kills every worker's process group and reaps it
+//!   before returning; running tasks resolve with [`TaskError::PoolClosed`].
+//! - Dropping a [`TaskHandle`] detaches the task (it runs on); dropping the future of
+//!   [`Pool::run`] cancels it.
+//! - Cancel kills the worker's whole process group; a grandchild that left the group
+//!   (`setsid`, its own `setpgid`) escapes the kill.
+//! - Progress callbacks run on the supervisor thread: keep them short.
+#![deny(missing_docs)]
+
+mod dispatcher;
+mod errors;
+mod executor;
+mod internal;
+mod output;
+mod pool;
+mod task;
+
+pub use errors::{PoolError, TaskError};
+pub use internal::Shutdown;
+pub use pool::{Pool, PoolBuilder};
+pub use procpool_proto::{ParamInfo, TaskInfo};
+pub use task::{Progress, Task, TaskHandle};

@@ -26,7 +26,12 @@ impl Pgid {
     /// each kill in a log says why it happened. A group that is already gone is not an
     /// error: the caller wanted it dead.
     pub fn signal(self, sig: Signal, reason: &str) {
-        tracing::debug!(pgid = self.0, signal = sig.as_str(), reason, "signalling worker group");
+        tracing::debug!(
+            pgid = self.0,
+            signal = sig.as_str(),
+            reason,
+            "signalling worker group"
+        );
         let Ok(raw) = i32::try_from(self.0) else {
             return;
         };

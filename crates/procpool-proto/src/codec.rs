@@ -1,6 +1,6 @@
 //! Every encode and decode of the project: frames, messages, handshake, task values.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
@@ -88,7 +88,10 @@ pub fn decode_hello(payload: &[u8]) -> Result<Hello, HandshakeError> {
 }
 
 /// Encodes a task argument tuple or result in the chosen encoding.
-pub fn encode_value<T: Serialize + ?Sized>(enc: Encoding, value: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode_value<T: Serialize + ?Sized>(
+    enc: Encoding,
+    value: &T,
+) -> Result<Vec<u8>, CodecError> {
     match enc {
         Encoding::Bincode => Ok(bincode::serde::encode_to_vec(value, encode_config())?),
         Encoding::Json => Ok(serde_json::to_vec(value)?),
@@ -181,9 +184,8 @@ impl<T: Serialize> Encoder<&T> for FrameCodec {
         let start = dst.len();
         dst.put_u32_le(0);
         let mut writer = dst.writer();
-        bincode::serde::encode_into_std_write(msg, &mut writer, encode_config()).map_err(|e| {
-            FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-        })?;
+        bincode::serde::encode_into_std_write(msg, &mut writer, encode_config())
+            .map_err(|e| FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         let dst = writer.into_inner();
         let len = dst.len() - start - PREFIX;
         if len > self.max {
@@ -219,18 +221,23 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: usize) -> Result<bo
     Ok(true)
 }
 
-/// Writes one frame (prefix + payload) in a single `write_all`.
-pub fn write_frame(w: &mut impl Write, payload: &[u8], max: usize) -> Result<(), FrameError> {
-    if payload.len() > max {
-        return Err(FrameError::TooLarge {
-            len: payload.len(),
-            max,
-        });
+/// Encodes `msg` as one complete frame (prefix + payload) into `buf`, reused across
+/// calls, so the frame goes out in a single `write_all` without an extra copy.
+pub fn encode_frame<T: Serialize>(
+    msg: &T,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), FrameError> {
+    buf.clear();
+    buf.extend_from_slice(&[0; PREFIX]);
+    bincode::serde::encode_into_std_write(msg, buf, encode_config())
+        .map_err(|e| FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let len = buf.len() - PREFIX;
+    if len > max {
+        buf.clear();
+        return Err(FrameError::TooLarge { len, max });
     }
-    let mut frame = Vec::with_capacity(PREFIX + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(payload);
-    w.write_all(&frame)?;
+    buf[..PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 
@@ -280,11 +287,22 @@ mod tests {
 
     #[test]
     fn handshake_names_both_versions() {
-        let mut payload = encode_hello(&Hello { version: PROTOCOL_VERSION, pid: 1, tasks: vec![] }).unwrap();
+        let mut payload = encode_hello(&Hello {
+            version: PROTOCOL_VERSION,
+            pid: 1,
+            tasks: vec![],
+        })
+        .unwrap();
         payload[8..12].copy_from_slice(&99u32.to_le_bytes());
         let err = decode_hello(&payload).unwrap_err().to_string();
-        assert!(err.contains("99") && err.contains(&PROTOCOL_VERSION.to_string()), "{err}");
-        assert!(matches!(decode_hello(b"hello world!"), Err(HandshakeError::NotAWorker)));
+        assert!(
+            err.contains("99") && err.contains(&PROTOCOL_VERSION.to_string()),
+            "{err}"
+        );
+        assert!(matches!(
+            decode_hello(b"hello world!"),
+            Err(HandshakeError::NotAWorker)
+        ));
     }
 
     #[test]
@@ -296,6 +314,9 @@ mod tests {
         decode_args::<()>(Encoding::Json, b"[]", 0).unwrap();
         assert!(decode_args::<(i64,)>(Encoding::Json, b"[\"x\"]", 1).is_err());
         let bytes = encode_value(Encoding::Bincode, &(5i64,)).unwrap();
-        assert_eq!(decode_args::<(i64,)>(Encoding::Bincode, &bytes, 1).unwrap(), (5,));
+        assert_eq!(
+            decode_args::<(i64,)>(Encoding::Bincode, &bytes, 1).unwrap(),
+            (5,)
+        );
     }
 }

@@ -45,7 +45,9 @@ pub enum HandshakeError {
     #[error("not a procpool worker: the first frame does not start with the procpool handshake")]
     NotAWorker,
     /// A procpool worker of another protocol version.
-    #[error("protocol version mismatch: worker speaks version {worker}, supervisor speaks version {supervisor}")]
+    #[error(
+        "protocol version mismatch: worker speaks version {worker}, supervisor speaks version {supervisor}"
+    )]
     VersionMismatch {
         /// Version announced by the worker.
         worker: u32,

@@ -2,7 +2,7 @@
 //!
 //! This crate is only the wire: the message enums ([`ToWorker`], [`FromWorker`]), the
 //! handshake ([`Hello`]), the frame codec ([`FrameCodec`] for tokio, [`read_frame`] /
-//! [`write_frame`] for blocking code) and the two argument/result encodings
+//! [`encode_frame`] for blocking code) and the two argument/result encodings
 //! ([`Encoding::Bincode`] for the Rust API, [`Encoding::Json`] for the CLI). It knows
 //! nothing of processes (`procpool-os`), pools (`procpool-core`) or task registries
 //! (`procpool-worker`). Every byte that is encoded or decoded goes through its `codec`
@@ -28,11 +28,11 @@ mod errors;
 mod messages;
 
 pub use codec::{
-    FrameCodec, decode_args, decode_hello, decode_message, decode_value, encode_hello,
-    encode_message, encode_value, read_frame, write_frame,
+    FrameCodec, decode_args, decode_hello, decode_message, decode_value, encode_frame,
+    encode_hello, encode_message, encode_value, read_frame,
 };
 pub use errors::{CodecError, FrameError, HandshakeError};
 pub use messages::{
-    DEFAULT_MAX_FRAME, Encoding, FromWorker, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, ParamInfo,
-    TaskFailure, TaskId, TaskInfo, ToWorker,
+    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_WORKER, Encoding, FromWorker,
+    HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, ParamInfo, TaskFailure, TaskId, TaskInfo, ToWorker,
 };

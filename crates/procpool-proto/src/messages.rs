@@ -9,6 +9,17 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// from "a procpool worker of another version" before decoding anything else.
 pub const HANDSHAKE_MAGIC: [u8; 8] = *b"procpool";
 
+/// Set (to `1`) in a worker's environment: the binary must enter worker mode instead of
+/// running its own `main`.
+pub const ENV_WORKER: &str = "PROCPOOL_WORKER";
+
+/// The supervisor's pid, so the worker can detect that it was orphaned before it armed
+/// its parent-death signal.
+pub const ENV_PARENT_PID: &str = "PROCPOOL_PARENT_PID";
+
+/// The frame cap the supervisor will accept, so the worker refuses to send bigger ones.
+pub const ENV_MAX_FRAME: &str = "PROCPOOL_MAX_FRAME";
+
 /// Largest frame accepted unless the pool is configured otherwise (64 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 

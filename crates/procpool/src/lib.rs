@@ -1,1 +1,78 @@
-//! stub
+//! procpool: a multi-process worker pool with subprocess isolation.
+//!
+//! Register functions with [`task`]; each gets a typed handle (`add::task(1, 2)` is a
+//! [`Task<i64>`](Task)) that runs it in a warm worker process of a [`Pool`]. A task can be
+//! awaited or blocked on, reports progress, exchanges messages with the parent, and is
+//! killed (with its whole process group) when cancelled. When it fails, [`TaskError`] says
+//! exactly why: the function's own error, a panic, a crash with its signal or exit code,
+//! a cancel, bad arguments, a protocol error.
+//!
+//! This crate only re-exports: the supervisor lives in `procpool-core`, the worker side in
+//! `procpool-worker`, the wire format in `procpool-proto`, the attributes in
+//! `procpool-macros`.
+//!
+//! ```no_run
+//! #[procpool::task]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! #[procpool::task]
+//! fn count(n: u32) -> u32 {
+//!     for i in 1..=n {
+//!         procpool::report_progress(i as f32 / n as f32, format!("{i}/{n}"));
+//!     }
+//!     n
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // In a worker process (this same binary, re-executed) this never returns.
+//!     procpool::init();
+//!     let pool = procpool::Pool::builder().workers(2).build()?;
+//!     assert_eq!(pool.run_blocking(add::task(1, 2))?, 3);
+//!     let n = pool.run_blocking(count::task(3).on_progress(|p| println!("{:.0}%", p.fraction * 100.0)))?;
+//!     assert_eq!(n, 3);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # The re-exec contract
+//! By default the pool starts `std::env::current_exe()` as its workers, with the
+//! environment variable [`WORKER_ENV`] set. [`init`] (or `#[procpool::main]` on `main`)
+//! must run first in `main`: in a worker it serves tasks and exits, never returning into
+//! the application's `main`. Any other binary that calls `init` can serve as the worker
+//! ([`PoolBuilder::worker`]).
+//!
+//! # Caveats
+//! - **Linking**: tasks defined in a library crate are registered only if the binary links
+//!   that crate; if nothing else references it, write `extern crate that_crate as _;`.
+//! - **Dropping**: the last [`Pool`] clone kills and reaps every worker; dropping a
+//!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future cancels it.
+//! - **Grandchildren**: cancel and crash kill the worker's whole process group; a
+//!   grandchild that moved to its own group or session escapes.
+//! - **Encoding**: arguments and results are bincode 2 for typed tasks and JSON for
+//!   [`Task::json`]; use [`Bytes`] for byte payloads (a plain `Vec<u8>` is encoded element
+//!   by element). Frames are capped ([`PoolBuilder::max_frame_bytes`], 64 MiB by default).
+//! - **Zombies**: every worker is reaped by the supervisor thread; tokio's orphan queue is
+//!   not relied on.
+#![deny(missing_docs)]
+
+pub use procpool_core::{
+    ParamInfo, Pool, PoolBuilder, PoolError, Progress, Shutdown, Task, TaskError, TaskHandle,
+    TaskInfo,
+};
+pub use procpool_macros::{main, task};
+pub use procpool_proto::ENV_WORKER as WORKER_ENV;
+pub use procpool_worker::{
+    current_task_id, init, is_worker, recv_message, report_progress, send_message,
+};
+pub use serde_bytes::ByteBuf as Bytes;
+
+/// Used by the code `#[procpool::task]` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use procpool_proto::{Encoding, TaskFailure};
+    pub use procpool_worker::{
+        TASKS, TaskEntry, block_on, decode_args, encode_result, linkme, user_error,
+    };
+}

@@ -26,7 +26,12 @@ pub fn channel_pair() -> Result<(OwnedFd, OwnedFd), OsError> {
 /// puts `/dev/null` on stdin, so neither the task nor anything it execs can read or write
 /// the protocol by accident.
 pub fn take_worker_channel() -> Result<OwnedFd, OsError> {
-    let setup = |what| move |e: nix::Error| OsError::WorkerSetup { what, source: e.into() };
+    let setup = |what| {
+        move |e: nix::Error| OsError::WorkerSetup {
+            what,
+            source: e.into(),
+        }
+    };
     let stdin = std::io::stdin();
     let raw = fcntl(stdin.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(setup("dup channel"))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this descriptor; nothing else owns it.

@@ -1,0 +1,188 @@
+//! Errors of the supervisor side.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Why a task produced no result. Each variant keeps its kind from the worker (or the
+/// supervisor) to the caller; [`TaskError::kind`] names it in snake_case for logs and JSON.
+#[derive(Clone, Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task function returned `Err`.
+    #[error("task returned an error ({type_name}): {message}")]
+    User {
+        /// Rust type name of the error.
+        type_name: String,
+        /// Its text.
+        message: String,
+    },
+    /// The task function panicked (caught; the worker stayed alive).
+    #[error("task panicked at {}: {message}", location.as_deref().unwrap_or("<unknown>"))]
+    Panicked {
+        /// Panic message.
+        message: String,
+        /// `file:line:column`.
+        location: Option<String>,
+        /// Present when the worker ran with `RUST_BACKTRACE` set.
+        backtrace: Option<String>,
+    },
+    /// The worker process died while running the task.
+    #[error("worker process {} while running the task{}", describe_exit(*signal, *exit_code), tail_suffix(stderr_tail))]
+    Crashed {
+        /// Signal that killed it.
+        signal: Option<i32>,
+        /// Exit code, if it exited.
+        exit_code: Option<i32>,
+        /// Last lines the worker wrote to stderr during the task.
+        stderr_tail: Vec<String>,
+    },
+    /// The task ran past its deadline and was killed.
+    #[error("task timed out after {after:?}")]
+    TimedOut {
+        /// The deadline.
+        after: Duration,
+    },
+    /// The worker went over a resource limit and was killed.
+    #[error("resource limit exceeded: {message}")]
+    LimitExceeded {
+        /// Which limit, with the figure.
+        message: String,
+    },
+    /// The task was cancelled (its worker, if it had one, was killed).
+    #[error("task was cancelled")]
+    Cancelled,
+    /// No worker function of that name.
+    #[error("unknown task {name:?}")]
+    UnknownTask {
+        /// The name asked for.
+        name: String,
+    },
+    /// The arguments do not fit the function's parameters.
+    #[error("bad arguments: {message}")]
+    BadArgs {
+        /// What did not fit.
+        message: String,
+    },
+    /// The worker broke the protocol (garbage, oversized frame, wrong version).
+    #[error("protocol error: {message}")]
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// A value could not be encoded or decoded (e.g. the result type does not match).
+    #[error("codec error: {message}")]
+    Codec {
+        /// Codec message.
+        message: String,
+    },
+    /// The pool was shut down before the task finished.
+    #[error("the pool is closed")]
+    PoolClosed,
+}
+
+fn describe_exit(signal: Option<i32>, code: Option<i32>) -> String {
+    match (signal, code) {
+        (Some(sig), _) => format!("was killed by {}", procpool_os::signal_name(sig)),
+        (None, Some(code)) => format!("exited with code {code}"),
+        (None, None) => "ended".to_owned(),
+    }
+}
+
+fn tail_suffix(tail: &[String]) -> String {
+    match tail.last() {
+        Some(line) => format!(" (last stderr line: {line})"),
+        None => String::new(),
+    }
+}
+
+impl TaskError {
+    /// The kind in snake_case: `user_error`, `panicked`, `crashed`, `timed_out`,
+    /// `limit_exceeded`, `cancelled`, `unknown_task`, `bad_args`, `protocol`, `codec`,
+    /// `pool_closed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskError::User { .. } => "user_error",
+            TaskError::Panicked { .. } => "panicked",
+            TaskError::Crashed { .. } => "crashed",
+            TaskError::TimedOut { .. } => "timed_out",
+            TaskError::LimitExceeded { .. } => "limit_exceeded",
+            TaskError::Cancelled => "cancelled",
+            TaskError::UnknownTask { .. } => "unknown_task",
+            TaskError::BadArgs { .. } => "bad_args",
+            TaskError::Protocol { .. } => "protocol",
+            TaskError::Codec { .. } => "codec",
+            TaskError::PoolClosed => "pool_closed",
+        }
+    }
+
+    /// The worker process died under the task.
+    pub fn is_crash(&self) -> bool {
+        matches!(self, TaskError::Crashed { .. })
+    }
+
+    /// The task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, TaskError::Cancelled)
+    }
+
+    /// The task hit its deadline.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, TaskError::TimedOut { .. })
+    }
+
+    /// The signal that killed the worker, for a crash.
+    pub fn exit_signal(&self) -> Option<i32> {
+        match self {
+            TaskError::Crashed { signal, .. } => *signal,
+            _ => None,
+        }
+    }
+
+    /// The worker's exit code, for a crash by exit.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            TaskError::Crashed { exit_code, .. } => *exit_code,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_failure(f: procpool_proto::TaskFailure) -> Self {
+        use procpool_proto::TaskFailure as F;
+        match f {
+            F::User { type_name, message } => TaskError::User { type_name, message },
+            F::Panicked {
+                message,
+                location,
+                backtrace,
+            } => TaskError::Panicked {
+                message,
+                location,
+                backtrace,
+            },
+            F::UnknownTask { name } => TaskError::UnknownTask { name },
+            F::BadArgs { message } => TaskError::BadArgs { message },
+            F::Codec { message } => TaskError::Codec { message },
+        }
+    }
+}
+
+/// A pool could not be built.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The worker binary could not be found or started, or is not a procpool worker.
+    #[error("error starting worker {}: {message}", path.display())]
+    WorkerStart {
+        /// The worker executable.
+        path: std::path::PathBuf,
+        /// What went wrong, with the worker's stderr when it printed any.
+        message: String,
+    },
+    /// The supervisor thread or runtime could not be created.
+    #[error("error starting the supervisor thread")]
+    Supervisor(#[source] std::io::Error),
+    /// A setting is out of range.
+    #[error("invalid pool setting: {0}")]
+    Config(String),
+}

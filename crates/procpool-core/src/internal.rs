@@ -1,0 +1,112 @@
+//! Internal vocabulary between the public handles, the dispatcher and the executors.
+//! Nothing here is public: it may carry channels and change freely.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use procpool_proto::{Encoding, TaskId, TaskInfo};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::errors::TaskError;
+use crate::task::ProgressFn;
+
+/// Marks a task that ended in [`TaskShared::pid`].
+pub(crate) const PID_ENDED: u32 = u32::MAX;
+
+/// State a handle and the supervisor share about one task.
+pub(crate) struct TaskShared {
+    /// Worker pid while running; 0 before; [`PID_ENDED`] once it ended.
+    pub(crate) pid: AtomicU32,
+    pub(crate) started: Notify,
+}
+
+impl TaskShared {
+    pub(crate) fn ended(&self) -> bool {
+        self.pid.load(Ordering::Acquire) == PID_ENDED
+    }
+}
+
+/// A task on its way to (or in) a worker. Whoever holds it owns the duty to answer
+/// `reply` exactly once.
+pub(crate) struct Submission {
+    pub(crate) id: TaskId,
+    pub(crate) name: String,
+    pub(crate) args: Vec<u8>,
+    pub(crate) encoding: Encoding,
+    pub(crate) on_progress: Option<ProgressFn>,
+    pub(crate) messages: mpsc::UnboundedSender<Vec<u8>>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+    pub(crate) shared: std::sync::Arc<TaskShared>,
+    /// Messages sent to the task before it reached a worker.
+    pub(crate) early_messages: Vec<Vec<u8>>,
+}
+
+impl Submission {
+    /// Answers a task that never reached a worker.
+    pub(crate) fn reject(self, err: TaskError) {
+        self.shared.pid.store(PID_ENDED, Ordering::Release);
+        self.shared.started.notify_waiters();
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// How the pool should stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Stop taking tasks, finish the queued and running ones, then stop the workers.
+    Drain,
+    /// Fail queued tasks and kill running ones with [`TaskError::PoolClosed`].
+    Kill,
+}
+
+/// Handles to dispatcher.
+pub(crate) enum Command {
+    Submit(Submission),
+    Cancel(TaskId),
+    Message(TaskId, Vec<u8>),
+    WorkerPids(oneshot::Sender<Vec<u32>>),
+    Shutdown(Shutdown, oneshot::Sender<()>),
+}
+
+/// Identity of a worker slot's current process (a replacement gets a new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct WorkerId(pub(crate) u64);
+
+/// Why an executor kills its worker; decides the running task's error.
+#[derive(Clone, Debug)]
+pub(crate) enum KillReason {
+    Cancelled,
+    PoolClosed,
+}
+
+/// Dispatcher to one executor.
+pub(crate) enum ExecutorCommand {
+    Run(Submission),
+    Message(TaskId, Vec<u8>),
+    /// Kill the worker if it is still running this task.
+    Kill(TaskId, KillReason),
+    /// Kill the worker whatever it is doing.
+    KillNow,
+    /// Let the worker finish its task and exit.
+    Shutdown,
+}
+
+/// Executors to dispatcher.
+pub(crate) enum WorkerEvent {
+    Ready {
+        worker: WorkerId,
+        pid: u32,
+        manifest: Vec<TaskInfo>,
+    },
+    Idle {
+        worker: WorkerId,
+    },
+    Exited {
+        worker: WorkerId,
+        /// Set when the worker never completed its handshake.
+        start_failure: Option<String>,
+        /// Tasks handed to the executor that never reached the worker.
+        unstarted: Vec<Submission>,
+    },
+    /// A backoff delay passed: try starting a worker again.
+    Respawn,
+}

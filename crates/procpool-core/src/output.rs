@@ -1,0 +1,115 @@
+//! Capture of a worker's stdout and stderr, line by line, attributed to the running task.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use procpool_proto::TaskId;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinHandle;
+
+/// Lines longer than this are cut: task output is for humans, not a data channel.
+const MAX_LINE: usize = 8 * 1024;
+/// Stderr lines kept for a crash report.
+const TAIL_LINES: usize = 20;
+
+/// What the output readers of one worker share with its executor.
+#[derive(Default)]
+pub(crate) struct OutputState {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    task: Option<TaskId>,
+    stderr_tail: VecDeque<String>,
+}
+
+impl OutputState {
+    /// Attributes the following output to `task` and starts a fresh stderr tail.
+    pub(crate) fn start_task(&self, task: TaskId) {
+        let mut inner = self.lock();
+        inner.task = Some(task);
+        inner.stderr_tail.clear();
+    }
+
+    pub(crate) fn stderr_tail(&self) -> Vec<String> {
+        self.lock().stderr_tail.iter().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn line(&self, pid: u32, stream: Stream, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        let task = {
+            let mut inner = self.lock();
+            if stream == Stream::Stderr {
+                if inner.stderr_tail.len() == TAIL_LINES {
+                    inner.stderr_tail.pop_front();
+                }
+                inner.stderr_tail.push_back(text.to_owned());
+            }
+            inner.task
+        };
+        let task_id = task.map(|t| uuid::Uuid::from_u128(t.0));
+        match stream {
+            Stream::Stdout => {
+                tracing::info!(target: "procpool::task_output", task_id = ?task_id, worker_pid = pid, stream = "stdout", "{text}")
+            }
+            Stream::Stderr => {
+                tracing::info!(target: "procpool::task_output", task_id = ?task_id, worker_pid = pid, stream = "stderr", "{text}")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Reads `reader` to its end, one event per line. Returns when the worker (and everything
+/// that inherited the descriptor) has closed it.
+pub(crate) fn capture(
+    mut reader: impl AsyncRead + Unpin + Send + 'static,
+    stream: Stream,
+    pid: u32,
+    state: Arc<OutputState>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut line: Vec<u8> = Vec::new();
+        let mut truncated = false;
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+                let (body, ends) = match chunk.split_last() {
+                    Some((b'\n', body)) => (body, true),
+                    _ => (chunk, false),
+                };
+                let room = MAX_LINE.saturating_sub(line.len());
+                if body.len() > room {
+                    truncated = true;
+                }
+                line.extend_from_slice(&body[..body.len().min(room)]);
+                if ends {
+                    if truncated {
+                        line.extend_from_slice(b" [line truncated]");
+                    }
+                    state.line(pid, stream, &line);
+                    line.clear();
+                    truncated = false;
+                }
+            }
+        }
+        if !line.is_empty() {
+            state.line(pid, stream, &line);
+        }
+    })
+}

@@ -1,0 +1,267 @@
+//! `Task` (what to run) and `TaskHandle` (a submitted run).
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
+
+use procpool_proto::Encoding;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::errors::TaskError;
+use crate::internal::{Command, PID_ENDED, Submission, TaskShared};
+
+/// Progress reported by a running task (`procpool::report_progress` in the worker).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// The reporting task.
+    pub task_id: Uuid,
+    /// Completed fraction, 0.0 to 1.0.
+    pub fraction: f32,
+    /// Description of the step.
+    pub message: String,
+}
+
+pub(crate) type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// One registered function with its arguments, ready to run in a worker.
+///
+/// Built by the typed handle of a `#[procpool::task]` function (`add::task(1, 2)` is a
+/// `Task<i64>`), or untyped with [`Task::json`]. Its id is a fresh UUID v4 unless set with
+/// [`Task::with_id`].
+pub struct Task<R> {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+    pub(crate) args: Result<Vec<u8>, String>,
+    pub(crate) encoding: Encoding,
+    pub(crate) on_progress: Option<ProgressFn>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Task<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> Task<R> {
+    /// Used by `#[procpool::task]`: positional arguments as a tuple, bincode-encoded.
+    #[doc(hidden)]
+    pub fn __from_args<A: Serialize>(name: &str, args: &A) -> Self {
+        let args = procpool_proto::encode_value(Encoding::Bincode, args).map_err(|e| e.to_string());
+        Self::new(name.to_owned(), args, Encoding::Bincode)
+    }
+
+    fn new(name: String, args: Result<Vec<u8>, String>, encoding: Encoding) -> Self {
+        Task {
+            id: Uuid::new_v4(),
+            name,
+            args,
+            encoding,
+            on_progress: None,
+            _result: PhantomData,
+        }
+    }
+
+    /// Uses `id` instead of a fresh UUID.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Calls `f` for every progress report, in order and before the result is delivered.
+    /// It runs on the pool's supervisor thread: keep it short and non-blocking.
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(f));
+        self
+    }
+
+    /// The task id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The registered function name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Task<serde_json::Value> {
+    /// An untyped task: `args` is a JSON array of positional arguments, the result comes
+    /// back as JSON. This is what the CLI uses.
+    pub fn json(name: impl Into<String>, args: serde_json::Value) -> Self {
+        let args = serde_json::to_vec(&args).map_err(|e| e.to_string());
+        Self::new(name.into(), args, Encoding::Json)
+    }
+}
+
+/// A submitted task: await it (it is a `Future`) or [`wait`](TaskHandle::wait) for it,
+/// cancel it, and exchange messages with it while it runs.
+///
+/// Dropping the handle detaches the task: it still runs to the end, and its result is
+/// discarded. Use [`crate::Pool::run`] to have a dropped future cancel its task.
+pub struct TaskHandle<R> {
+    id: Uuid,
+    encoding: Encoding,
+    commands: mpsc::UnboundedSender<Command>,
+    reply: oneshot::Receiver<Result<Vec<u8>, TaskError>>,
+    messages: mpsc::UnboundedReceiver<Vec<u8>>,
+    shared: Arc<TaskShared>,
+    early: Option<TaskError>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for TaskHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned> TaskHandle<R> {
+    pub(crate) fn submit(
+        task: Task<R>,
+        commands: &mpsc::UnboundedSender<Command>,
+        early: Option<TaskError>,
+    ) -> Self {
+        let (reply_tx, reply) = oneshot::channel();
+        let (messages_tx, messages) = mpsc::unbounded_channel();
+        let shared = Arc::new(TaskShared {
+            pid: AtomicU32::new(0),
+            started: Notify::new(),
+        });
+        let early = early.or_else(|| {
+            task.args.as_ref().err().map(|e| TaskError::Codec {
+                message: format!("error encoding the arguments: {e}"),
+            })
+        });
+        if early.is_none() {
+            let sub = Submission {
+                id: procpool_proto::TaskId(task.id.as_u128()),
+                name: task.name,
+                args: task.args.unwrap_or_default(),
+                encoding: task.encoding,
+                on_progress: task.on_progress,
+                messages: messages_tx,
+                reply: reply_tx,
+                shared: shared.clone(),
+                early_messages: Vec::new(),
+            };
+            if let Err(mpsc::error::SendError(Command::Submit(sub))) =
+                commands.send(Command::Submit(sub))
+            {
+                let _ = sub.reply.send(Err(TaskError::PoolClosed));
+            }
+        }
+        TaskHandle {
+            id: task.id,
+            encoding: task.encoding,
+            commands: commands.clone(),
+            reply,
+            messages,
+            shared,
+            early,
+            _result: PhantomData,
+        }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Cancels the task: a queued task is removed and never runs; a running task's worker
+    /// process group is killed and reaped before the handle resolves with
+    /// [`TaskError::Cancelled`]. No effect on a task that already finished.
+    pub fn cancel(&self) {
+        let _ = self
+            .commands
+            .send(Command::Cancel(procpool_proto::TaskId(self.id.as_u128())));
+    }
+
+    /// Sends a message to the running task (read there with `procpool::recv_message`).
+    /// Messages sent before the task starts are delivered when it starts; messages sent
+    /// after it ended are dropped.
+    pub fn send(&self, bytes: impl Into<Vec<u8>>) {
+        let _ = self.commands.send(Command::Message(
+            procpool_proto::TaskId(self.id.as_u128()),
+            bytes.into(),
+        ));
+    }
+
+    /// Next message from the task (`procpool::send_message`); `None` once the task ended
+    /// and every message was read.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.messages.recv().await
+    }
+
+    /// Blocking [`recv`](Self::recv), for code outside async contexts.
+    pub fn recv_blocking(&mut self) -> Option<Vec<u8>> {
+        self.messages.blocking_recv()
+    }
+
+    /// Pid of the worker running the task; `None` while queued or once finished.
+    pub fn worker_pid(&self) -> Option<u32> {
+        match self.shared.pid.load(Ordering::Acquire) {
+            0 | PID_ENDED => None,
+            pid => Some(pid),
+        }
+    }
+
+    /// Waits until a worker runs the task and returns its pid; `None` if the task ended
+    /// first (cancelled while queued, pool closed, or simply already finished).
+    pub async fn started(&self) -> Option<u32> {
+        loop {
+            // Register interest before checking, so a start between the check and the
+            // await cannot be missed.
+            let notified = self.shared.started.notified();
+            if let Some(pid) = self.worker_pid() {
+                return Some(pid);
+            }
+            if self.shared.ended() {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// Blocks the current thread until the task ends. Must not be called from inside an
+    /// async runtime thread (use `.await` there).
+    pub fn wait(self) -> Result<R, TaskError> {
+        futures::executor::block_on(self)
+    }
+
+    fn decode(&self, outcome: Result<Vec<u8>, TaskError>) -> Result<R, TaskError> {
+        let bytes = outcome?;
+        procpool_proto::decode_value(self.encoding, &bytes).map_err(|e| TaskError::Codec {
+            message: format!("error decoding the result: {e}"),
+        })
+    }
+}
+
+impl<R: DeserializeOwned> Future for TaskHandle<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(err) = self.early.take() {
+            return Poll::Ready(Err(err));
+        }
+        let outcome = ready!(Pin::new(&mut self.reply).poll(cx));
+        // A dropped reply sender means the supervisor went away without answering.
+        let outcome = outcome.unwrap_or(Err(TaskError::PoolClosed));
+        Poll::Ready(self.decode(outcome))
+    }
+}
+
+impl<R> Unpin for TaskHandle<R> {}
