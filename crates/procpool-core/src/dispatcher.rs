@@ -15,6 +15,9 @@ use crate::internal::{
 };
 use crate::pool::Settings;
 
+/// Consecutive start failures, with no worker up, after which queued tasks are failed.
+const UNHEALTHY_AFTER: u32 = 5;
+
 /// Longest pause between attempts to start a worker that keeps dying at start.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(5);
 
@@ -54,6 +57,8 @@ pub(crate) struct Dispatcher {
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     /// Consecutive workers that died before their handshake; reset by a ready worker.
     start_failures: u32,
+    /// Why the last worker failed to start.
+    last_start_failure: Option<String>,
 }
 
 impl Dispatcher {
@@ -78,6 +83,7 @@ impl Dispatcher {
             shutdown: None,
             shutdown_waiters: Vec::new(),
             start_failures: 0,
+            last_start_failure: None,
         }
     }
 
@@ -109,6 +115,8 @@ impl Dispatcher {
             Command::Submit(sub) => {
                 if self.shutdown.is_some() {
                     sub.reject(TaskError::PoolClosed);
+                } else if let Some(err) = self.unhealthy() {
+                    sub.reject(err);
                 } else {
                     self.queue.push_back(sub);
                 }
@@ -210,14 +218,20 @@ impl Dispatcher {
                     self.queue.push_front(sub);
                 }
                 if let Some(why) = start_failure {
-                    tracing::warn!(worker = %self.settings.worker.display(), "{why}");
                     if let Some((_, reply)) = self.starting.take() {
-                        // The pool never came up: report and stop everything.
+                        // The pool never came up: `build` reports it; stop everything.
                         let _ = reply.send(Err(why));
                         self.begin_shutdown(Shutdown::Kill);
                         return;
                     }
+                    tracing::warn!(worker = %self.settings.worker.display(), "{why}");
                     self.start_failures += 1;
+                    self.last_start_failure = Some(why);
+                    if let Some(err) = self.unhealthy() {
+                        for sub in self.queue.drain(..) {
+                            sub.reject(err.clone());
+                        }
+                    }
                 }
                 if self.wants_replacement() {
                     self.schedule_spawn();
@@ -232,6 +246,17 @@ impl Dispatcher {
         if self.shutdown == Some(Shutdown::Drain) {
             self.drain_step();
         }
+    }
+
+    /// The error for new and queued tasks while no worker can be started.
+    fn unhealthy(&self) -> Option<TaskError> {
+        let up = self.workers.values().any(|s| s.state != SlotState::Starting);
+        if up || self.start_failures < UNHEALTHY_AFTER {
+            return None;
+        }
+        Some(TaskError::PoolUnhealthy {
+            message: self.last_start_failure.clone().unwrap_or_default(),
+        })
     }
 
     fn wants_replacement(&self) -> bool {

@@ -76,6 +76,14 @@ pub enum TaskError {
         /// Codec message.
         message: String,
     },
+    /// No worker could be started for a while (the binary is gone, or every new worker
+    /// dies before its handshake); queued tasks fail with the last cause instead of
+    /// waiting forever. The pool keeps retrying in the background.
+    #[error("no worker available: {message}")]
+    PoolUnhealthy {
+        /// Why the last worker failed to start.
+        message: String,
+    },
     /// The pool was shut down before the task finished.
     #[error("the pool is closed")]
     PoolClosed,
@@ -99,7 +107,7 @@ fn tail_suffix(tail: &[String]) -> String {
 impl TaskError {
     /// The kind in snake_case: `user_error`, `panicked`, `crashed`, `timed_out`,
     /// `limit_exceeded`, `cancelled`, `unknown_task`, `bad_args`, `protocol`, `codec`,
-    /// `pool_closed`.
+    /// `pool_unhealthy`, `pool_closed`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::User { .. } => "user_error",
@@ -112,6 +120,7 @@ impl TaskError {
             TaskError::BadArgs { .. } => "bad_args",
             TaskError::Protocol { .. } => "protocol",
             TaskError::Codec { .. } => "codec",
+            TaskError::PoolUnhealthy { .. } => "pool_unhealthy",
             TaskError::PoolClosed => "pool_closed",
         }
     }

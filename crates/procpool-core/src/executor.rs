@@ -144,7 +144,7 @@ impl Executor {
                 let verdict = self
                     .kill_and_reap(&mut child, &mut guard, "worker failed its handshake")
                     .await;
-                let mut message = format!("{why}; the worker {verdict}");
+                let mut message = format!("{why} (worker {verdict})");
                 let tail = self.output.stderr_tail();
                 if !tail.is_empty() {
                     message.push_str(&format!("; its stderr: {}", tail.join(" | ")));

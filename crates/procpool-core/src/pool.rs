@@ -274,7 +274,7 @@ impl Pool {
         if let Ok(args) = &task.args
             && args.len() + overhead > self.inner.settings.max_frame
         {
-            return Some(TaskError::Codec {
+            return Some(TaskError::BadArgs {
                 message: format!(
                     "arguments of {} bytes exceed the {} byte frame limit",
                     args.len(),

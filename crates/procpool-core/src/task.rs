@@ -146,7 +146,9 @@ impl<R: DeserializeOwned> TaskHandle<R> {
                 message: format!("error encoding the arguments: {e}"),
             })
         });
-        if early.is_none() {
+        if early.is_some() {
+            shared.pid.store(PID_ENDED, Ordering::Release);
+        } else {
             let sub = Submission {
                 id: procpool_proto::TaskId(task.id.as_u128()),
                 name: task.name,
@@ -239,7 +241,9 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     /// Blocks the current thread until the task ends. Must not be called from inside an
     /// async runtime thread (use `.await` there).
     pub fn wait(self) -> Result<R, TaskError> {
-        futures::executor::block_on(self)
+        // Unconstrained: called on a runtime thread anyway, tokio's cooperative budget
+        // would make the oneshot return Pending forever once exhausted.
+        futures::executor::block_on(tokio::task::unconstrained(self))
     }
 
     fn decode(&self, outcome: Result<Vec<u8>, TaskError>) -> Result<R, TaskError> {

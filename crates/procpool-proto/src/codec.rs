@@ -61,7 +61,7 @@ pub fn encode_hello(hello: &Hello) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&HANDSHAKE_MAGIC);
     out.extend_from_slice(&hello.version.to_le_bytes());
-    bincode::serde::encode_into_std_write(&(hello.pid, &hello.tasks), &mut out, encode_config())?;
+    bincode::serde::encode_into_std_write((hello.pid, &hello.tasks), &mut out, encode_config())?;
     Ok(out)
 }
 

@@ -7,11 +7,9 @@
 //! of this through the `procpool` facade.
 //!
 //! ```no_run
-//! fn main() {
-//!     // First line of main: in a worker process this never returns.
-//!     procpool_worker::init();
-//!     // ... the application's own main ...
-//! }
+//! // First line of `main`: in a worker process this serves tasks and never returns.
+//! procpool_worker::init();
+//! assert!(!procpool_worker::is_worker());
 //! ```
 //!
 //! # Caveats

@@ -62,6 +62,7 @@ pub use procpool_core::{
     TaskInfo,
 };
 pub use procpool_macros::{main, task};
+pub use procpool_os::signal_name;
 pub use procpool_proto::ENV_WORKER as WORKER_ENV;
 pub use procpool_worker::{
     current_task_id, init, is_worker, recv_message, report_progress, send_message,

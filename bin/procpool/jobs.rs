@@ -1,0 +1,270 @@
+//! The job stream: reads JSON Lines jobs one line at a time (never the whole file) and
+//! validates each into a [`Job`] or a [`BadJob`]. It owns the job format and its rules
+//! (required fields, unique ids, 1-based line numbers), so the batch loop in `run.rs`
+//! only sees well-formed jobs or ready-made rejections.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+/// One valid job line.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Job {
+    pub(crate) id: String,
+    pub(crate) task: String,
+    /// Always a JSON array (positional arguments).
+    pub(crate) args: Value,
+    /// 1-based line number in the job stream.
+    pub(crate) line: u64,
+}
+
+/// A line that cannot run, with what could still be read from it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct BadJob {
+    pub(crate) line: u64,
+    pub(crate) id: Option<String>,
+    pub(crate) task: Option<String>,
+    pub(crate) message: String,
+}
+
+/// What one non-blank line turned into.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Parsed {
+    Job(Job),
+    Bad(BadJob),
+}
+
+/// Fields a job line may have; anything else is rejected, so a typo such as `"arg"` is
+/// reported instead of silently running with no arguments.
+const FIELDS: [&str; 3] = ["id", "task", "args"];
+
+/// Opens the job stream: a file, or stdin for `-`. Errors here mean nothing ran.
+pub(crate) async fn open(path: &Path) -> anyhow::Result<Box<dyn AsyncBufRead + Unpin + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(BufReader::new(tokio::io::stdin())));
+    }
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open the job file {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .await
+        .with_context(|| format!("cannot read the job file {}", path.display()))?;
+    if meta.is_dir() {
+        anyhow::bail!("the job file {} is a directory", path.display());
+    }
+    Ok(Box::new(BufReader::new(file)))
+}
+
+/// Reads jobs line by line and remembers the ids seen (the only state that grows with
+/// the stream: one string per job).
+pub(crate) struct JobReader<R> {
+    reader: R,
+    /// The line being read. Kept across calls so that a cancelled [`JobReader::next`]
+    /// loses nothing: `read_until` appends what it got and resumes on the next call.
+    buf: Vec<u8>,
+    /// Number of the last complete line.
+    line: u64,
+    seen: HashSet<String>,
+}
+
+impl<R: AsyncBufRead + Unpin> JobReader<R> {
+    pub(crate) fn new(reader: R) -> Self {
+        JobReader {
+            reader,
+            buf: Vec::new(),
+            line: 0,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// The next non-blank line, parsed; `None` at the end of the stream. Cancel safe
+    /// (usable as a `select!` branch): a partly read line stays in `buf`.
+    pub(crate) async fn next(&mut self) -> std::io::Result<Option<Parsed>> {
+        loop {
+            let n = self.reader.read_until(b'\n', &mut self.buf).await?;
+            if n == 0 && self.buf.is_empty() {
+                return Ok(None);
+            }
+            // A complete line (or the unterminated last one): no await from here on.
+            self.line += 1;
+            let line = std::mem::take(&mut self.buf);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(self.parse(&line)));
+        }
+    }
+
+    fn parse(&mut self, bytes: &[u8]) -> Parsed {
+        let line = self.line;
+        let mut bad = BadJob {
+            line,
+            id: None,
+            task: None,
+            message: String::new(),
+        };
+        let obj = match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(obj)) => obj,
+            Ok(other) => {
+                bad.message = format!("a job must be a JSON object, not {}", type_of(&other));
+                return Parsed::Bad(bad);
+            }
+            Err(e) => {
+                bad.message = format!("invalid JSON: {e}");
+                return Parsed::Bad(bad);
+            }
+        };
+        bad.id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
+        bad.task = obj.get("task").and_then(Value::as_str).map(str::to_owned);
+        // The id is claimed even when the rest of the line is bad, so that every record
+        // of a run has a distinct id.
+        let duplicate = bad
+            .id
+            .as_ref()
+            .is_some_and(|id| !self.seen.insert(id.clone()));
+        match validate(obj, line) {
+            Ok(job) if !duplicate => Parsed::Job(job),
+            Ok(job) => {
+                bad.message = format!("duplicate id {:?} (ids must be unique)", job.id);
+                Parsed::Bad(bad)
+            }
+            Err(message) => {
+                bad.message = if duplicate {
+                    format!("{message}; also, the id is a duplicate")
+                } else {
+                    message
+                };
+                Parsed::Bad(bad)
+            }
+        }
+    }
+}
+
+fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field {unknown:?} (a job has only \"id\", \"task\" and \"args\")"
+        ));
+    }
+    let id = match obj.remove("id") {
+        None => return Err("missing \"id\" (every job needs a unique string id)".into()),
+        Some(Value::String(s)) if s.is_empty() => return Err("\"id\" is empty".into()),
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(format!("\"id\" must be a string, not {}", type_of(&other))),
+    };
+    let task = match obj.remove("task") {
+        None => return Err("missing \"task\"".into()),
+        Some(Value::String(s)) if s.is_empty() => return Err("\"task\" is empty".into()),
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(format!(
+                "\"task\" must be a string, not {}",
+                type_of(&other)
+            ));
+        }
+    };
+    let args = match obj.remove("args") {
+        None => Value::Array(Vec::new()),
+        Some(args @ Value::Array(_)) => args,
+        Some(other) => {
+            return Err(format!(
+                "\"args\" must be an array of positional arguments, not {}",
+                type_of(&other)
+            ));
+        }
+    };
+    Ok(Job {
+        id,
+        task,
+        args,
+        line,
+    })
+}
+
+fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parse_all(input: &str) -> Vec<Parsed> {
+        let mut reader = JobReader::new(input.as_bytes());
+        let mut out = Vec::new();
+        while let Some(p) = reader.next().await.unwrap() {
+            out.push(p);
+        }
+        out
+    }
+
+    fn bad_line(p: &Parsed) -> (u64, &str) {
+        match p {
+            Parsed::Bad(b) => (b.line, b.message.as_str()),
+            Parsed::Job(j) => panic!("expected a bad job, got {j:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_blanks_and_defaults() {
+        let parsed = parse_all(
+            "\n{\"id\":\"a\",\"task\":\"t\",\"args\":[1]}\n  \r\n{\"id\":\"b\",\"task\":\"u\"}",
+        )
+        .await;
+        assert_eq!(
+            parsed,
+            vec![
+                Parsed::Job(Job {
+                    id: "a".into(),
+                    task: "t".into(),
+                    args: serde_json::json!([1]),
+                    line: 2
+                }),
+                Parsed::Job(Job {
+                    id: "b".into(),
+                    task: "u".into(),
+                    args: serde_json::json!([]),
+                    line: 4
+                }),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn rejections() {
+        let parsed = parse_all(concat!(
+            "{\"id\":\"a\",\"task\":\"t\"}\n",
+            "{\"id\":\"a\",\"task\":\"t\"}\n",
+            "not json\n",
+            "[1]\n",
+            "{\"task\":\"t\"}\n",
+            "{\"id\":7,\"task\":\"t\"}\n",
+            "{\"id\":\"c\",\"task\":\"t\",\"args\":5}\n",
+            "{\"id\":\"d\",\"task\":\"t\",\"arg\":[]}\n",
+            "{\"id\":\"e\"}\n",
+        ))
+        .await;
+        assert!(matches!(parsed[0], Parsed::Job(_)));
+        let lines: Vec<u64> = parsed[1..].iter().map(|p| bad_line(p).0).collect();
+        assert_eq!(lines, [2, 3, 4, 5, 6, 7, 8, 9]);
+        assert!(bad_line(&parsed[1]).1.contains("duplicate id"));
+        assert!(bad_line(&parsed[2]).1.starts_with("invalid JSON"));
+        assert!(bad_line(&parsed[3]).1.contains("JSON object"));
+        assert!(bad_line(&parsed[4]).1.contains("missing \"id\""));
+        assert!(bad_line(&parsed[5]).1.contains("must be a string"));
+        assert!(bad_line(&parsed[6]).1.contains("\"args\" must be an array"));
+        assert!(bad_line(&parsed[7]).1.contains("unknown field \"arg\""));
+        assert!(bad_line(&parsed[8]).1.contains("missing \"task\""));
+    }
+}
