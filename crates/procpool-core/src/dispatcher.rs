@@ -1,7 +1,7 @@
 //! The dispatcher: the one loop that owns pool-wide state (queue, workers, running tasks)
 //! and reacts to submissions, cancels and worker events. Runs on the supervisor thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,9 @@ pub(crate) struct Dispatcher {
     idle: Vec<WorkerId>,
     queue: VecDeque<Submission>,
     running: HashMap<TaskId, WorkerId>,
+    /// Ids of every queued or running task: a second live task with the same id would make
+    /// cancels and messages ambiguous.
+    live: HashSet<TaskId>,
     /// Set until the initial workers are all ready (or one failed).
     starting: Option<(usize, StartReply)>,
     shutdown: Option<Shutdown>,
@@ -79,6 +82,7 @@ impl Dispatcher {
             idle: Vec::new(),
             queue: VecDeque::new(),
             running: HashMap::new(),
+            live: HashSet::new(),
             starting: Some((initial, started)),
             shutdown: None,
             shutdown_waiters: Vec::new(),
@@ -117,6 +121,9 @@ impl Dispatcher {
                     sub.reject(TaskError::PoolClosed);
                 } else if let Some(err) = self.unhealthy() {
                     sub.reject(err);
+                } else if !self.live.insert(sub.id) {
+                    let id = uuid::Uuid::from_u128(sub.id.0);
+                    sub.reject(TaskError::DuplicateId { id });
                 } else {
                     self.queue.push_back(sub);
                 }
@@ -150,6 +157,7 @@ impl Dispatcher {
                 .send(ExecutorCommand::Kill(id, KillReason::Cancelled));
         } else if let Some(pos) = self.queue.iter().position(|s| s.id == id) {
             let sub = self.queue.remove(pos).expect("position is in range");
+            self.live.remove(&id);
             sub.reject(TaskError::Cancelled);
         }
         // Otherwise it already finished: nothing to cancel.
@@ -162,9 +170,7 @@ impl Dispatcher {
         }
         self.shutdown = Some(mode);
         if mode == Shutdown::Kill {
-            for sub in self.queue.drain(..) {
-                sub.reject(TaskError::PoolClosed);
-            }
+            self.reject_queue(TaskError::PoolClosed);
             for slot in self.workers.values() {
                 let _ = slot.tx.send(ExecutorCommand::KillNow);
             }
@@ -199,6 +205,7 @@ impl Dispatcher {
                 };
                 if let SlotState::Busy(id) = slot.state {
                     self.running.remove(&id);
+                    self.live.remove(&id);
                 }
                 slot.state = SlotState::Idle;
                 self.idle.push(worker);
@@ -212,9 +219,11 @@ impl Dispatcher {
                     && let SlotState::Busy(id) = slot.state
                 {
                     self.running.remove(&id);
+                    self.live.remove(&id);
                 }
                 self.idle.retain(|w| *w != worker);
                 for sub in unstarted.into_iter().rev() {
+                    self.live.insert(sub.id);
                     self.queue.push_front(sub);
                 }
                 if let Some(why) = start_failure {
@@ -228,9 +237,7 @@ impl Dispatcher {
                     self.start_failures += 1;
                     self.last_start_failure = Some(why);
                     if let Some(err) = self.unhealthy() {
-                        for sub in self.queue.drain(..) {
-                            sub.reject(err.clone());
-                        }
+                        self.reject_queue(err);
                     }
                 }
                 if self.wants_replacement() {
@@ -248,9 +255,19 @@ impl Dispatcher {
         }
     }
 
+    fn reject_queue(&mut self, err: TaskError) {
+        for sub in self.queue.drain(..) {
+            self.live.remove(&sub.id);
+            sub.reject(err.clone());
+        }
+    }
+
     /// The error for new and queued tasks while no worker can be started.
     fn unhealthy(&self) -> Option<TaskError> {
-        let up = self.workers.values().any(|s| s.state != SlotState::Starting);
+        let up = self
+            .workers
+            .values()
+            .any(|s| s.state != SlotState::Starting);
         if up || self.start_failures < UNHEALTHY_AFTER {
             return None;
         }

@@ -84,6 +84,12 @@ pub enum TaskError {
         /// Why the last worker failed to start.
         message: String,
     },
+    /// Another queued or running task already has this id.
+    #[error("a task with id {id} is already queued or running")]
+    DuplicateId {
+        /// The id.
+        id: uuid::Uuid,
+    },
     /// The pool was shut down before the task finished.
     #[error("the pool is closed")]
     PoolClosed,
@@ -107,7 +113,7 @@ fn tail_suffix(tail: &[String]) -> String {
 impl TaskError {
     /// The kind in snake_case: `user_error`, `panicked`, `crashed`, `timed_out`,
     /// `limit_exceeded`, `cancelled`, `unknown_task`, `bad_args`, `protocol`, `codec`,
-    /// `pool_unhealthy`, `pool_closed`.
+    /// `pool_unhealthy`, `duplicate_id`, `pool_closed`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::User { .. } => "user_error",
@@ -121,6 +127,7 @@ impl TaskError {
             TaskError::Protocol { .. } => "protocol",
             TaskError::Codec { .. } => "codec",
             TaskError::PoolUnhealthy { .. } => "pool_unhealthy",
+            TaskError::DuplicateId { .. } => "duplicate_id",
             TaskError::PoolClosed => "pool_closed",
         }
     }

@@ -4,7 +4,6 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -16,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::errors::TaskError;
-use crate::internal::{ExecutorCommand, KillReason, PID_ENDED, Submission, WorkerEvent, WorkerId};
+use crate::internal::{ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
 use crate::output::{OutputState, Stream, capture};
 use crate::pool::Settings;
 use crate::task::Progress;
@@ -128,15 +127,28 @@ impl Executor {
         let mut frames = FramedRead::new(rd, codec);
         let writer = spawn_writer(FramedWrite::new(wr, codec), self.pgid);
 
-        // Handshake.
-        let hello = match tokio::time::timeout(self.settings.start_timeout, frames.next()).await {
-            Ok(Some(Ok(frame))) => procpool_proto::decode_hello(&frame).map_err(|e| e.to_string()),
-            Ok(Some(Err(e))) => Err(format!("bad handshake frame: {e}")),
-            Ok(None) => Err("the worker closed its channel before the handshake".to_owned()),
-            Err(_) => Err(format!(
-                "no handshake within {:?}: is it a procpool worker (does its main call procpool::init)?",
-                self.settings.start_timeout
-            )),
+        // Handshake. Only a stop (KillNow, Shutdown, the dispatcher gone) can reach a worker
+        // that is not ready yet; it must not wait for the start timeout.
+        let hello = tokio::select! {
+            first = tokio::time::timeout(self.settings.start_timeout, frames.next()) => match first {
+                Ok(Some(Ok(frame))) => procpool_proto::decode_hello(&frame).map_err(|e| e.to_string()),
+                Ok(Some(Err(e))) => Err(format!("bad handshake frame: {e}")),
+                Ok(None) => Err("the worker closed its channel before the handshake".to_owned()),
+                Err(_) => Err(format!(
+                    "no handshake within {:?}: is it a procpool worker (does its main call procpool::init)?",
+                    self.settings.start_timeout
+                )),
+            },
+            _ = self.commands.recv() => {
+                self.kill_and_reap(&mut child, &mut guard, "pool stopped during worker start").await;
+                let unstarted = self.unstarted();
+                let _ = self.events.send(WorkerEvent::Exited {
+                    worker: self.worker,
+                    start_failure: None,
+                    unstarted,
+                });
+                return;
+            }
         };
         let hello = match hello {
             Ok(hello) => hello,
@@ -190,8 +202,7 @@ impl Executor {
                 cmd = self.commands.recv() => match cmd {
                     Some(ExecutorCommand::Run(mut sub)) => {
                         self.output.start_task(sub.id);
-                        sub.shared.pid.store(self.pid, Ordering::Release);
-                        sub.shared.started.notify_waiters();
+                        sub.shared.start(self.pid);
                         let _ = writer.send(ToWorker::Run {
                             task_id: sub.id,
                             name: std::mem::take(&mut sub.name),
@@ -340,7 +351,6 @@ impl Executor {
         let mut back = Vec::new();
         while let Ok(cmd) = self.commands.try_recv() {
             if let ExecutorCommand::Run(sub) = cmd {
-                sub.shared.pid.store(0, Ordering::Release);
                 back.push(sub);
             }
         }
@@ -348,10 +358,9 @@ impl Executor {
     }
 }
 
-/// Delivers a task's outcome. The handle sees `worker_pid() == None` from here on.
+/// Delivers a task's outcome.
 fn finish(sub: Submission, outcome: Result<Vec<u8>, TaskError>) {
-    sub.shared.pid.store(PID_ENDED, Ordering::Release);
-    sub.shared.started.notify_waiters();
+    sub.shared.end();
     let _ = sub.reply.send(outcome);
 }
 

@@ -1,7 +1,7 @@
 //! Internal vocabulary between the public handles, the dispatcher and the executors.
 //! Nothing here is public: it may carry channels and change freely.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use procpool_proto::{Encoding, TaskId, TaskInfo};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -9,19 +9,46 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::errors::TaskError;
 use crate::task::ProgressFn;
 
-/// Marks a task that ended in [`TaskShared::pid`].
-pub(crate) const PID_ENDED: u32 = u32::MAX;
-
 /// State a handle and the supervisor share about one task.
+#[derive(Default)]
 pub(crate) struct TaskShared {
-    /// Worker pid while running; 0 before; [`PID_ENDED`] once it ended.
-    pub(crate) pid: AtomicU32,
-    pub(crate) started: Notify,
+    /// Pid of the worker that runs (or ran) the task; 0 until one starts it.
+    pid: AtomicU32,
+    ended: AtomicBool,
+    changed: Notify,
 }
 
 impl TaskShared {
-    pub(crate) fn ended(&self) -> bool {
-        self.pid.load(Ordering::Acquire) == PID_ENDED
+    pub(crate) fn start(&self, pid: u32) {
+        self.pid.store(pid, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self.pid.load(Ordering::Acquire) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    /// Waits for a worker to start the task; `None` if it ended without starting.
+    pub(crate) async fn started(&self) -> Option<u32> {
+        loop {
+            // Register before checking, so a change between check and await is not missed.
+            let changed = self.changed.notified();
+            if let Some(pid) = self.pid() {
+                return Some(pid);
+            }
+            if self.ended.load(Ordering::Acquire) {
+                return None;
+            }
+            changed.await;
+        }
     }
 }
 
@@ -43,8 +70,7 @@ pub(crate) struct Submission {
 impl Submission {
     /// Answers a task that never reached a worker.
     pub(crate) fn reject(self, err: TaskError) {
-        self.shared.pid.store(PID_ENDED, Ordering::Release);
-        self.shared.started.notify_waiters();
+        self.shared.end();
         let _ = self.reply.send(Err(err));
     }
 }

@@ -4,17 +4,16 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 
 use procpool_proto::Encoding;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::errors::TaskError;
-use crate::internal::{Command, PID_ENDED, Submission, TaskShared};
+use crate::internal::{Command, Submission, TaskShared};
 
 /// Progress reported by a running task (`procpool::report_progress` in the worker).
 #[derive(Clone, Debug, PartialEq)]
@@ -137,17 +136,14 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     ) -> Self {
         let (reply_tx, reply) = oneshot::channel();
         let (messages_tx, messages) = mpsc::unbounded_channel();
-        let shared = Arc::new(TaskShared {
-            pid: AtomicU32::new(0),
-            started: Notify::new(),
-        });
+        let shared = Arc::new(TaskShared::default());
         let early = early.or_else(|| {
             task.args.as_ref().err().map(|e| TaskError::Codec {
                 message: format!("error encoding the arguments: {e}"),
             })
         });
         if early.is_some() {
-            shared.pid.store(PID_ENDED, Ordering::Release);
+            shared.end();
         } else {
             let sub = Submission {
                 id: procpool_proto::TaskId(task.id.as_u128()),
@@ -213,29 +209,16 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         self.messages.blocking_recv()
     }
 
-    /// Pid of the worker running the task; `None` while queued or once finished.
+    /// Pid of the worker that runs (or ran) the task; `None` until one starts it.
     pub fn worker_pid(&self) -> Option<u32> {
-        match self.shared.pid.load(Ordering::Acquire) {
-            0 | PID_ENDED => None,
-            pid => Some(pid),
-        }
+        self.shared.pid()
     }
 
-    /// Waits until a worker runs the task and returns its pid; `None` if the task ended
-    /// first (cancelled while queued, pool closed, or simply already finished).
+    /// Waits until a worker starts the task and returns its pid (at once if it already
+    /// did); `None` if the task ended without ever starting (cancelled while queued,
+    /// refused, pool closed).
     pub async fn started(&self) -> Option<u32> {
-        loop {
-            // Register interest before checking, so a start between the check and the
-            // await cannot be missed.
-            let notified = self.shared.started.notified();
-            if let Some(pid) = self.worker_pid() {
-                return Some(pid);
-            }
-            if self.shared.ended() {
-                return None;
-            }
-            notified.await;
-        }
+        self.shared.started().await
     }
 
     /// Blocks the current thread until the task ends. Must not be called from inside an

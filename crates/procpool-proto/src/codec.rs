@@ -116,28 +116,42 @@ pub fn decode_args<A: DeserializeOwned>(
 ) -> Result<A, CodecError> {
     match enc {
         Encoding::Bincode => bincode_decode(bytes),
-        Encoding::Json => {
-            let value: serde_json::Value = serde_json::from_slice(bytes)?;
-            let serde_json::Value::Array(items) = value else {
-                return Err(CodecError::Arity(format!(
-                    "arguments must be a JSON array of {arity} positional arguments"
-                )));
-            };
-            if items.len() != arity {
-                return Err(CodecError::Arity(format!(
-                    "expected {arity} argument{}, got {}",
-                    if arity == 1 { "" } else { "s" },
-                    items.len()
-                )));
-            }
-            // `()` deserializes from `null`, not from `[]`.
-            let value = if arity == 0 {
-                serde_json::Value::Null
-            } else {
-                serde_json::Value::Array(items)
-            };
-            Ok(serde_json::from_value(value)?)
+        // Fast path: straight into the parameter tuple (no intermediate JSON tree, which
+        // would double the cost of large arguments). On failure, look again to say why.
+        Encoding::Json if arity > 0 => {
+            serde_json::from_slice(bytes).map_err(|e| json_args_error(bytes, arity, e))
         }
+        Encoding::Json => {
+            // `()` deserializes from `null`, not from `[]`.
+            match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(serde_json::Value::Array(items)) if items.is_empty() => {
+                    Ok(serde_json::from_value(serde_json::Value::Null)?)
+                }
+                Ok(_) => Err(json_args_error(
+                    bytes,
+                    0,
+                    serde_json::Error::io(std::io::ErrorKind::InvalidData.into()),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Explains why JSON arguments did not decode: not an array, the wrong count, or (the
+/// decoder's own message) a wrong type.
+fn json_args_error(bytes: &[u8], arity: usize, err: serde_json::Error) -> CodecError {
+    let plural = if arity == 1 { "" } else { "s" };
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Array(items)) if items.len() != arity => CodecError::Arity(format!(
+            "expected {arity} argument{plural}, got {}",
+            items.len()
+        )),
+        Ok(serde_json::Value::Array(_)) => CodecError::Json(err),
+        Ok(_) => CodecError::Arity(format!(
+            "arguments must be a JSON array of {arity} positional argument{plural}"
+        )),
+        Err(_) => CodecError::Json(err),
     }
 }
 
