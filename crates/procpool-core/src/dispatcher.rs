@@ -1,5 +1,6 @@
-//! The dispatcher: the one loop that owns pool-wide state (queue, workers, running tasks)
-//! and reacts to submissions, cancels and worker events. Runs on the supervisor thread.
+//! The dispatcher: the one loop that owns pool-wide state (queue, workers, running and
+//! retrying tasks) and reacts to submissions, cancels and worker events. Runs on the
+//! supervisor thread; executors never touch this state.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -7,13 +8,15 @@ use std::time::Duration;
 
 use procpool_proto::{TaskId, TaskInfo};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
+use crate::config::Settings;
 use crate::errors::TaskError;
 use crate::executor;
 use crate::internal::{
     Command, ExecutorCommand, KillReason, Shutdown, Submission, WorkerEvent, WorkerId,
 };
-use crate::pool::Settings;
+use crate::pool::PoolStatus;
 
 /// Consecutive start failures, with no worker up, after which queued tasks are failed.
 const UNHEALTHY_AFTER: u32 = 5;
@@ -26,10 +29,12 @@ const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(5);
 enum SlotState {
     /// Spawned, handshake not yet seen.
     Starting,
-    /// Ready and waiting for a task.
-    Idle,
+    /// Ready and waiting for a task, since this instant.
+    Idle(Instant),
     /// Running this task.
     Busy(TaskId),
+    /// Told to exit (drain, idle reaping or recycling); gets no more tasks.
+    Retiring,
 }
 
 struct Slot {
@@ -48,11 +53,14 @@ pub(crate) struct Dispatcher {
     events: mpsc::UnboundedReceiver<WorkerEvent>,
     workers: HashMap<WorkerId, Slot>,
     next_worker: u64,
+    /// Idle workers, most recently idle last (reused first, so the others can age out).
     idle: Vec<WorkerId>,
     queue: VecDeque<Submission>,
     running: HashMap<TaskId, WorkerId>,
-    /// Ids of every queued or running task: a second live task with the same id would make
-    /// cancels and messages ambiguous.
+    /// Failed tasks waiting out their retry backoff.
+    retrying: HashMap<TaskId, Submission>,
+    /// Ids of every queued, running or retrying task: a second live task with the same id
+    /// would make cancels and messages ambiguous.
     live: HashSet<TaskId>,
     /// Set until the initial workers are all ready (or one failed).
     starting: Option<(usize, StartReply)>,
@@ -62,6 +70,9 @@ pub(crate) struct Dispatcher {
     start_failures: u32,
     /// Why the last worker failed to start.
     last_start_failure: Option<String>,
+    worker_starts: u64,
+    /// Whether an idle check is already scheduled.
+    idle_check_pending: bool,
 }
 
 impl Dispatcher {
@@ -71,7 +82,9 @@ impl Dispatcher {
         started: StartReply,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let initial = settings.workers;
+        // At least one worker at start, even for an elastic pool with no minimum: its
+        // handshake is what proves the binary is a worker and gives the manifest.
+        let initial = settings.min_workers.max(1);
         Dispatcher {
             settings,
             commands,
@@ -82,21 +95,25 @@ impl Dispatcher {
             idle: Vec::new(),
             queue: VecDeque::new(),
             running: HashMap::new(),
+            retrying: HashMap::new(),
             live: HashSet::new(),
             starting: Some((initial, started)),
             shutdown: None,
             shutdown_waiters: Vec::new(),
             start_failures: 0,
             last_start_failure: None,
+            worker_starts: 0,
+            idle_check_pending: false,
         }
     }
 
     pub(crate) async fn run(mut self) {
-        for _ in 0..self.settings.workers {
+        let initial = self.starting.as_ref().map_or(0, |(n, _)| *n);
+        for _ in 0..initial {
             self.spawn_worker();
         }
         loop {
-            if self.shutdown.is_some() && self.workers.is_empty() {
+            if self.shutdown.is_some() && self.workers.is_empty() && self.retrying.is_empty() {
                 break;
             }
             tokio::select! {
@@ -136,12 +153,28 @@ impl Dispatcher {
                         .send(ExecutorCommand::Message(id, bytes));
                 } else if let Some(sub) = self.queue.iter_mut().find(|s| s.id == id) {
                     sub.early_messages.push(bytes);
+                } else if let Some(sub) = self.retrying.get_mut(&id) {
+                    sub.early_messages.push(bytes);
                 }
             }
             Command::WorkerPids(reply) => {
                 let mut pids: Vec<u32> = self.workers.values().filter_map(|s| s.pid).collect();
                 pids.sort_unstable();
                 let _ = reply.send(pids);
+            }
+            Command::Status(reply) => {
+                let count = |f: fn(&SlotState) -> bool| {
+                    self.workers.values().filter(|s| f(&s.state)).count()
+                };
+                let _ = reply.send(PoolStatus {
+                    starting: count(|s| *s == SlotState::Starting),
+                    idle: count(|s| matches!(s, SlotState::Idle(_))),
+                    busy: count(|s| matches!(s, SlotState::Busy(_))),
+                    queued: self.queue.len(),
+                    retrying: self.retrying.len(),
+                    worker_starts: self.worker_starts,
+                    unhealthy: self.unhealthy().map(|e| e.to_string()),
+                });
             }
             Command::Shutdown(mode, done) => {
                 self.shutdown_waiters.push(done);
@@ -159,6 +192,9 @@ impl Dispatcher {
             let sub = self.queue.remove(pos).expect("position is in range");
             self.live.remove(&id);
             sub.reject(TaskError::Cancelled);
+        } else if let Some(sub) = self.retrying.remove(&id) {
+            self.live.remove(&id);
+            sub.reject(TaskError::Cancelled);
         }
         // Otherwise it already finished: nothing to cancel.
     }
@@ -170,7 +206,7 @@ impl Dispatcher {
         }
         self.shutdown = Some(mode);
         if mode == Shutdown::Kill {
-            self.reject_queue(TaskError::PoolClosed);
+            self.reject_waiting(TaskError::PoolClosed);
             for slot in self.workers.values() {
                 let _ = slot.tx.send(ExecutorCommand::KillNow);
             }
@@ -188,9 +224,8 @@ impl Dispatcher {
                 let Some(slot) = self.workers.get_mut(&worker) else {
                     return;
                 };
-                slot.state = SlotState::Idle;
                 slot.pid = Some(pid);
-                self.idle.push(worker);
+                self.make_idle(worker);
                 if let Some((left, reply)) = &mut self.starting {
                     *left -= 1;
                     if *left == 0 {
@@ -200,15 +235,39 @@ impl Dispatcher {
                 }
             }
             WorkerEvent::Idle { worker } => {
-                let Some(slot) = self.workers.get_mut(&worker) else {
+                let Some(slot) = self.workers.get(&worker) else {
                     return;
                 };
                 if let SlotState::Busy(id) = slot.state {
-                    self.running.remove(&id);
-                    self.live.remove(&id);
+                    self.finished(id);
                 }
-                slot.state = SlotState::Idle;
-                self.idle.push(worker);
+                self.make_idle(worker);
+            }
+            WorkerEvent::Retry { mut sub, error } => {
+                // The worker either died (its Exited follows) or lives on after a task
+                // error (its Idle follows); either way the id stays live while retrying.
+                self.running.remove(&sub.id);
+                if self.shutdown == Some(Shutdown::Kill) {
+                    self.live.remove(&sub.id);
+                    sub.reject(error);
+                    return;
+                }
+                let delay = sub.retry.delay(sub.attempt);
+                tracing::debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task");
+                sub.attempt += 1;
+                let id = sub.id;
+                self.retrying.insert(id, sub);
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = events.send(WorkerEvent::RetryDue(id));
+                });
+            }
+            WorkerEvent::RetryDue(id) => {
+                // Gone if it was cancelled during its backoff.
+                if let Some(sub) = self.retrying.remove(&id) {
+                    self.queue.push_front(sub);
+                }
             }
             WorkerEvent::Exited {
                 worker,
@@ -218,8 +277,7 @@ impl Dispatcher {
                 if let Some(slot) = self.workers.remove(&worker)
                     && let SlotState::Busy(id) = slot.state
                 {
-                    self.running.remove(&id);
-                    self.live.remove(&id);
+                    self.finished(id);
                 }
                 self.idle.retain(|w| *w != worker);
                 for sub in unstarted.into_iter().rev() {
@@ -237,7 +295,7 @@ impl Dispatcher {
                     self.start_failures += 1;
                     self.last_start_failure = Some(why);
                     if let Some(err) = self.unhealthy() {
-                        self.reject_queue(err);
+                        self.reject_waiting(err);
                     }
                 }
                 if self.wants_replacement() {
@@ -249,15 +307,40 @@ impl Dispatcher {
                     self.spawn_worker();
                 }
             }
-        }
-        if self.shutdown == Some(Shutdown::Drain) {
-            self.drain_step();
+            WorkerEvent::IdleCheck => {
+                self.idle_check_pending = false;
+                self.reap_idle();
+            }
         }
     }
 
-    fn reject_queue(&mut self, err: TaskError) {
+    /// A task left its worker: it is no longer live unless it waits for a retry.
+    fn finished(&mut self, id: TaskId) {
+        self.running.remove(&id);
+        if !self.retrying.contains_key(&id) {
+            self.live.remove(&id);
+        }
+    }
+
+    fn make_idle(&mut self, worker: WorkerId) {
+        if let Some(slot) = self.workers.get_mut(&worker) {
+            if slot.state == SlotState::Retiring {
+                return;
+            }
+            slot.state = SlotState::Idle(Instant::now());
+            self.idle.push(worker);
+            self.schedule_idle_check();
+        }
+    }
+
+    /// Fails every task that waits for a worker (queued or retrying).
+    fn reject_waiting(&mut self, err: TaskError) {
         for sub in self.queue.drain(..) {
             self.live.remove(&sub.id);
+            sub.reject(err.clone());
+        }
+        for (id, sub) in self.retrying.drain() {
+            self.live.remove(&id);
             sub.reject(err.clone());
         }
     }
@@ -267,7 +350,7 @@ impl Dispatcher {
         let up = self
             .workers
             .values()
-            .any(|s| s.state != SlotState::Starting);
+            .any(|s| !matches!(s.state, SlotState::Starting));
         if up || self.start_failures < UNHEALTHY_AFTER {
             return None;
         }
@@ -276,22 +359,85 @@ impl Dispatcher {
         })
     }
 
+    /// Workers that will take tasks: all but the retiring ones.
+    fn serving(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|s| s.state != SlotState::Retiring)
+            .count()
+    }
+
     fn wants_replacement(&self) -> bool {
+        let waiting = !self.queue.is_empty() || !self.retrying.is_empty();
         match self.shutdown {
-            None => true,
-            // A drain still needs workers while tasks are queued.
-            Some(Shutdown::Drain) => !self.queue.is_empty(),
+            None => {
+                self.serving() < self.settings.min_workers
+                    || (waiting && self.serving() < self.settings.max_workers)
+            }
+            // A drain still needs workers while tasks wait.
+            Some(Shutdown::Drain) => waiting && self.serving() == 0,
             Some(Shutdown::Kill) => false,
         }
     }
 
+    /// Stops workers idle past the idle timeout while the pool is above its minimum,
+    /// oldest first.
+    fn reap_idle(&mut self) {
+        let Some(timeout) = self.settings.idle_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.idle.len() && self.serving() > self.settings.min_workers {
+            let worker = self.idle[i];
+            let slot = self
+                .workers
+                .get_mut(&worker)
+                .expect("idle workers have slots");
+            match slot.state {
+                SlotState::Idle(since) if now.duration_since(since) >= timeout => {
+                    slot.state = SlotState::Retiring;
+                    let _ = slot.tx.send(ExecutorCommand::Shutdown);
+                    self.idle.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+        self.schedule_idle_check();
+    }
+
+    fn schedule_idle_check(&mut self) {
+        let Some(timeout) = self.settings.idle_timeout else {
+            return;
+        };
+        if self.idle_check_pending || self.serving() <= self.settings.min_workers {
+            return;
+        }
+        let oldest = self
+            .idle
+            .iter()
+            .filter_map(|w| match self.workers.get(w)?.state {
+                SlotState::Idle(since) => Some(since),
+                _ => None,
+            })
+            .min();
+        let Some(oldest) = oldest else { return };
+        self.idle_check_pending = true;
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(oldest + timeout).await;
+            let _ = events.send(WorkerEvent::IdleCheck);
+        });
+    }
+
     /// During a drain, workers with nothing left to do are told to exit.
     fn drain_step(&mut self) {
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty() || !self.retrying.is_empty() {
             return;
         }
         for worker in self.idle.drain(..) {
-            if let Some(slot) = self.workers.get(&worker) {
+            if let Some(slot) = self.workers.get_mut(&worker) {
+                slot.state = SlotState::Retiring;
                 let _ = slot.tx.send(ExecutorCommand::Shutdown);
             }
         }
@@ -315,6 +461,7 @@ impl Dispatcher {
     fn spawn_worker(&mut self) {
         let worker = WorkerId(self.next_worker);
         self.next_worker += 1;
+        self.worker_starts += 1;
         match executor::start(&self.settings, worker, self.events_tx.clone()) {
             Ok(tx) => {
                 self.workers.insert(
@@ -336,14 +483,16 @@ impl Dispatcher {
         }
     }
 
-    /// Hands queued tasks to idle workers.
+    /// Hands queued tasks to idle workers, and grows an elastic pool when tasks wait.
     fn pump(&mut self) {
         if self.shutdown == Some(Shutdown::Kill) {
             return;
         }
         while !self.queue.is_empty() {
             let Some(worker) = self.idle.pop() else { break };
-            let sub = self.queue.pop_front().expect("queue is not empty");
+            let mut sub = self.queue.pop_front().expect("queue is not empty");
+            // Leaving the queue: give its room back to submitters.
+            sub.permit = None;
             let id = sub.id;
             let slot = self
                 .workers
@@ -356,10 +505,23 @@ impl Dispatcher {
                 }
                 // The executor already ended; its Exited event is on the way.
                 Err(mpsc::error::SendError(cmd)) => {
+                    slot.state = SlotState::Retiring;
                     if let ExecutorCommand::Run(sub) = cmd {
                         self.queue.push_front(sub);
                     }
                 }
+            }
+        }
+        if self.shutdown.is_none() && self.start_failures == 0 {
+            let starting = self
+                .workers
+                .values()
+                .filter(|s| s.state == SlotState::Starting)
+                .count();
+            let mut want = self.queue.len().saturating_sub(starting);
+            while want > 0 && self.serving() < self.settings.max_workers {
+                self.spawn_worker();
+                want -= 1;
             }
         }
         if self.shutdown == Some(Shutdown::Drain) {

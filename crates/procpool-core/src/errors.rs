@@ -84,6 +84,12 @@ pub enum TaskError {
         /// Why the last worker failed to start.
         message: String,
     },
+    /// The pool's bounded queue is full and the caller asked not to wait.
+    #[error("the task queue is full ({capacity} tasks)")]
+    QueueFull {
+        /// The queue's capacity.
+        capacity: usize,
+    },
     /// Another queued or running task already has this id.
     #[error("a task with id {id} is already queued or running")]
     DuplicateId {
@@ -113,7 +119,7 @@ fn tail_suffix(tail: &[String]) -> String {
 impl TaskError {
     /// The kind in snake_case: `user_error`, `panicked`, `crashed`, `timed_out`,
     /// `limit_exceeded`, `cancelled`, `unknown_task`, `bad_args`, `protocol`, `codec`,
-    /// `pool_unhealthy`, `duplicate_id`, `pool_closed`.
+    /// `pool_unhealthy`, `queue_full`, `duplicate_id`, `pool_closed`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::User { .. } => "user_error",
@@ -127,6 +133,7 @@ impl TaskError {
             TaskError::Protocol { .. } => "protocol",
             TaskError::Codec { .. } => "codec",
             TaskError::PoolUnhealthy { .. } => "pool_unhealthy",
+            TaskError::QueueFull { .. } => "queue_full",
             TaskError::DuplicateId { .. } => "duplicate_id",
             TaskError::PoolClosed => "pool_closed",
         }

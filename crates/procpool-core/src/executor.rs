@@ -8,17 +8,23 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use procpool_os::{ExitVerdict, Pgid, Signal};
-use procpool_proto::{ENV_MAX_FRAME, ENV_PARENT_PID, ENV_WORKER, FrameCodec, FromWorker, ToWorker};
+use procpool_proto::{
+    ENV_MAX_FRAME, ENV_PARENT_PID, ENV_RLIMITS, ENV_WORKER, FrameCodec, FromWorker, ToWorker,
+};
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::config::Settings;
 use crate::errors::TaskError;
 use crate::internal::{ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
 use crate::output::{OutputState, Stream, capture};
-use crate::pool::Settings;
 use crate::task::Progress;
+
+/// How often a running worker's resident memory is compared with `max_rss`.
+const RSS_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 /// How long to wait for the rest of a dead worker's stderr before writing the verdict.
 const STDERR_DRAIN: Duration = Duration::from_millis(100);
@@ -53,6 +59,7 @@ pub(crate) fn start(
         .env(ENV_WORKER, "1")
         .env(ENV_PARENT_PID, std::process::id().to_string())
         .env(ENV_MAX_FRAME, settings.max_frame.to_string())
+        .envs(settings.rlimits.to_env().map(|v| (ENV_RLIMITS, v)))
         // The worker end rides in on stdin; the worker moves it to a high descriptor and
         // reopens stdin on /dev/null. No pre_exec closure: std keeps its posix_spawn path.
         .stdin(Stdio::from(theirs))
@@ -117,6 +124,10 @@ enum End {
     Protocol(String),
     /// We decided to kill it.
     Killed(KillReason),
+    /// The task's deadline and grace period passed.
+    TimedOut(Duration),
+    /// The worker went over its memory limit.
+    Limit(String),
 }
 
 impl Executor {
@@ -184,14 +195,31 @@ impl Executor {
         });
 
         let mut current: Option<Submission> = None;
+        // Set when the current task's deadline passed and the group got its SIGTERM.
+        let mut timed_out: Option<Duration> = None;
+        let mut deadline: Option<Instant> = None;
+        let mut rss_check = tokio::time::interval(RSS_CHECK_EVERY);
+        rss_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tasks_run: u64 = 0;
         let mut draining = false;
         let end = loop {
             tokio::select! {
                 frame = frames.next() => match frame {
                     Some(Ok(bytes)) => match procpool_proto::decode_message::<FromWorker>(&bytes) {
                         Ok(msg) => {
-                            if self.on_frame(msg, &mut current) && draining && current.is_none() {
+                            let Some(outcome) = self.on_frame(msg, &current) else { continue };
+                            let sub = current.take().expect("on_frame answers only for the current task");
+                            deadline = None;
+                            tasks_run += 1;
+                            self.conclude(sub, outcome);
+                            if self.settings.max_tasks_per_worker.is_some_and(|max| tasks_run >= max) {
+                                // Recycle: let the worker exit; the dispatcher starts a fresh one.
+                                draining = true;
+                            }
+                            if draining {
                                 let _ = writer.send(ToWorker::Shutdown);
+                            } else {
+                                let _ = self.events.send(WorkerEvent::Idle { worker: self.worker });
                             }
                         }
                         Err(e) => break End::Protocol(format!("undecodable frame from worker: {e}")),
@@ -205,13 +233,21 @@ impl Executor {
                         sub.shared.start(self.pid);
                         let _ = writer.send(ToWorker::Run {
                             task_id: sub.id,
-                            name: std::mem::take(&mut sub.name),
-                            args: std::mem::take(&mut sub.args),
+                            name: sub.name.clone(),
+                            // Keep the arguments only when another attempt may need them.
+                            args: if sub.retry.max_retries() > 0 {
+                                sub.args.clone()
+                            } else {
+                                std::mem::take(&mut sub.args)
+                            },
                             encoding: sub.encoding,
                         });
                         for bytes in std::mem::take(&mut sub.early_messages) {
                             let _ = writer.send(ToWorker::Message { task_id: sub.id, bytes });
                         }
+                        deadline = sub.timeout.map(|t| Instant::now() + t);
+                        timed_out = None;
+                        rss_check.reset();
                         current = Some(sub);
                     }
                     Some(ExecutorCommand::Message(task_id, bytes)) => {
@@ -234,6 +270,29 @@ impl Executor {
                         }
                     }
                 },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let after = current.as_ref().and_then(|c| c.timeout).unwrap_or_default();
+                    if timed_out.is_none() && !self.settings.grace.is_zero() {
+                        // Cooperative stop first: the task (or its children) may clean up.
+                        timed_out = Some(after);
+                        self.pgid.signal(Signal::SIGTERM, "task timed out");
+                        deadline = Some(Instant::now() + self.settings.grace);
+                    } else {
+                        break End::TimedOut(after);
+                    }
+                },
+                _ = rss_check.tick(), if current.is_some() && self.settings.max_rss.is_some() => {
+                    let max = self.settings.max_rss.expect("checked by the guard");
+                    if let Some(rss) = procpool_os::rss_bytes(self.pid)
+                        && rss > max
+                    {
+                        break End::Limit(format!(
+                            "worker resident memory {} MiB is above the {} MiB limit",
+                            rss >> 20,
+                            max >> 20
+                        ));
+                    }
+                },
             }
         };
         drop(writer);
@@ -244,27 +303,24 @@ impl Executor {
             End::Protocol(_) => "worker broke the protocol",
             End::Killed(KillReason::Cancelled) => "task cancelled",
             End::Killed(KillReason::PoolClosed) => "pool closed",
+            End::TimedOut(_) => "task timed out: grace period over",
+            End::Limit(_) => "worker went over its memory limit",
         };
         let verdict = self.kill_and_reap(&mut child, &mut guard, reason).await;
         tracing::debug!(worker_pid = self.pid, %verdict, reason, "worker ended");
         if let Some(sub) = current {
             let err = match end {
-                End::Eof => {
-                    let (signal, exit_code) = match verdict {
-                        ExitVerdict::Signal(s) => (Some(s), None),
-                        ExitVerdict::Code(c) => (None, Some(c)),
-                    };
-                    TaskError::Crashed {
-                        signal,
-                        exit_code,
-                        stderr_tail: self.output.stderr_tail(),
-                    }
-                }
+                // The worker died of our SIGTERM (or on its own after it): still a timeout.
+                End::Eof if timed_out.is_some() => TaskError::TimedOut {
+                    after: timed_out.unwrap_or_default(),
+                },
+                End::Eof => crash_error(verdict, self.output.stderr_tail()),
                 End::Protocol(message) => TaskError::Protocol { message },
-                End::Killed(KillReason::Cancelled) => TaskError::Cancelled,
-                End::Killed(KillReason::PoolClosed) => TaskError::PoolClosed,
+                End::Killed(reason) => reason.error(),
+                End::TimedOut(after) => TaskError::TimedOut { after },
+                End::Limit(message) => TaskError::LimitExceeded { message },
             };
-            finish(sub, Err(err));
+            self.conclude(sub, Err(err));
         }
         let unstarted = self.unstarted();
         let _ = self.events.send(WorkerEvent::Exited {
@@ -274,16 +330,19 @@ impl Executor {
         });
     }
 
-    /// Handles one frame; returns true when it finished the current task.
-    fn on_frame(&self, msg: FromWorker, current: &mut Option<Submission>) -> bool {
-        let is_current = |id| current.as_ref().is_some_and(|c: &Submission| c.id == id);
+    /// Handles one frame; returns the outcome when the current task finished.
+    fn on_frame(
+        &self,
+        msg: FromWorker,
+        current: &Option<Submission>,
+    ) -> Option<Result<Vec<u8>, TaskError>> {
+        let sub = current.as_ref()?;
         match msg {
             FromWorker::Progress {
                 task_id,
                 fraction,
                 message,
-            } if is_current(task_id) => {
-                let sub = current.as_ref().expect("checked by is_current");
+            } if task_id == sub.id => {
                 if let Some(cb) = &sub.on_progress {
                     cb(&Progress {
                         task_id: uuid::Uuid::from_u128(task_id.0),
@@ -291,31 +350,37 @@ impl Executor {
                         message,
                     });
                 }
-                false
+                None
             }
-            FromWorker::Message { task_id, bytes } if is_current(task_id) => {
-                let sub = current.as_ref().expect("checked by is_current");
+            FromWorker::Message { task_id, bytes } if task_id == sub.id => {
                 let _ = sub.messages.send(bytes);
-                false
+                None
             }
-            FromWorker::Done { task_id, outcome } if is_current(task_id) => {
-                let sub = current.take().expect("checked by is_current");
-                finish(
-                    sub,
-                    outcome
-                        .map(|b| b.into_vec())
-                        .map_err(TaskError::from_failure),
-                );
-                let _ = self.events.send(WorkerEvent::Idle {
-                    worker: self.worker,
-                });
-                true
-            }
+            FromWorker::Done { task_id, outcome } if task_id == sub.id => Some(
+                outcome
+                    .map(|b| b.into_vec())
+                    .map_err(TaskError::from_failure),
+            ),
             // A frame about a task this worker no longer runs (a result racing a cancel).
             other => {
-                tracing::debug!(worker_pid = self.pid, frame = ?std::mem::discriminant(&other), "dropping a frame for a task the worker does not own");
-                false
+                tracing::debug!(
+                    worker_pid = self.pid,
+                    frame = ?std::mem::discriminant(&other),
+                    "dropping a frame for a task the worker does not own"
+                );
+                None
             }
+        }
+    }
+
+    /// Delivers an outcome, or hands the task back for another attempt when its retry
+    /// policy says so.
+    fn conclude(&self, sub: Submission, outcome: Result<Vec<u8>, TaskError>) {
+        match outcome {
+            Err(error) if sub.retry.retries(&error, sub.attempt) => {
+                let _ = self.events.send(WorkerEvent::Retry { sub, error });
+            }
+            outcome => finish(sub, outcome),
         }
     }
 
@@ -355,6 +420,26 @@ impl Executor {
             }
         }
         back
+    }
+}
+
+/// The verdict for a worker that died under its task. SIGXCPU is the kernel enforcing
+/// `RLIMIT_CPU`, so it is a limit, not a crash.
+fn crash_error(verdict: ExitVerdict, stderr_tail: Vec<String>) -> TaskError {
+    match verdict {
+        ExitVerdict::Signal(sig) if sig == Signal::SIGXCPU as i32 => TaskError::LimitExceeded {
+            message: "CPU time limit (RLIMIT_CPU) reached".into(),
+        },
+        ExitVerdict::Signal(sig) => TaskError::Crashed {
+            signal: Some(sig),
+            exit_code: None,
+            stderr_tail,
+        },
+        ExitVerdict::Code(code) => TaskError::Crashed {
+            signal: None,
+            exit_code: Some(code),
+            stderr_tail,
+        },
     }
 }
 

@@ -14,12 +14,14 @@ use crate::task::ProgressFn;
 pub(crate) struct TaskShared {
     /// Pid of the worker that runs (or ran) the task; 0 until one starts it.
     pid: AtomicU32,
+    attempts: AtomicU32,
     ended: AtomicBool,
     changed: Notify,
 }
 
 impl TaskShared {
     pub(crate) fn start(&self, pid: u32) {
+        self.attempts.fetch_add(1, Ordering::AcqRel);
         self.pid.store(pid, Ordering::Release);
         self.changed.notify_waiters();
     }
@@ -27,6 +29,10 @@ impl TaskShared {
     pub(crate) fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.changed.notify_waiters();
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Acquire)
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -65,6 +71,13 @@ pub(crate) struct Submission {
     pub(crate) shared: std::sync::Arc<TaskShared>,
     /// Messages sent to the task before it reached a worker.
     pub(crate) early_messages: Vec<Vec<u8>>,
+    /// Deadline of each attempt.
+    pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) retry: crate::config::RetryPolicy,
+    /// 1-based number of the attempt this submission is for.
+    pub(crate) attempt: u32,
+    /// Room in a bounded queue, given back when the task leaves the queue.
+    pub(crate) permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Submission {
@@ -90,6 +103,7 @@ pub(crate) enum Command {
     Cancel(TaskId),
     Message(TaskId, Vec<u8>),
     WorkerPids(oneshot::Sender<Vec<u32>>),
+    Status(oneshot::Sender<crate::pool::PoolStatus>),
     Shutdown(Shutdown, oneshot::Sender<()>),
 }
 
@@ -102,6 +116,15 @@ pub(crate) struct WorkerId(pub(crate) u64);
 pub(crate) enum KillReason {
     Cancelled,
     PoolClosed,
+}
+
+impl KillReason {
+    pub(crate) fn error(&self) -> TaskError {
+        match self {
+            KillReason::Cancelled => TaskError::Cancelled,
+            KillReason::PoolClosed => TaskError::PoolClosed,
+        }
+    }
 }
 
 /// Dispatcher to one executor.
@@ -135,4 +158,14 @@ pub(crate) enum WorkerEvent {
     },
     /// A backoff delay passed: try starting a worker again.
     Respawn,
+    /// The task failed in a way its retry policy retries; sent before the executor's
+    /// `Exited` (if the worker died), so the task stays known as live.
+    Retry {
+        sub: Submission,
+        error: TaskError,
+    },
+    /// A retrying task's backoff is over.
+    RetryDue(TaskId),
+    /// A worker was idle for the idle timeout: stop it if the pool is above its minimum.
+    IdleCheck,
 }

@@ -26,6 +26,7 @@
 //! - Progress callbacks run on the supervisor thread: keep them short.
 #![deny(missing_docs)]
 
+mod config;
 mod dispatcher;
 mod errors;
 mod executor;
@@ -34,8 +35,9 @@ mod output;
 mod pool;
 mod task;
 
+pub use config::{PoolBuilder, RetryPolicy};
 pub use errors::{PoolError, TaskError};
 pub use internal::Shutdown;
-pub use pool::{Pool, PoolBuilder};
+pub use pool::{Pool, PoolStatus};
 pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use task::{Progress, Task, TaskHandle};

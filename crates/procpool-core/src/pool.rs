@@ -1,114 +1,20 @@
 //! `Pool` and `PoolBuilder`: the public face of the supervisor.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use procpool_proto::{DEFAULT_MAX_FRAME, TaskId, TaskInfo};
+use procpool_proto::{TaskId, TaskInfo};
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::config::{PoolBuilder, Settings};
 use crate::dispatcher::Dispatcher;
 use crate::errors::{PoolError, TaskError};
 use crate::internal::{Command, Shutdown};
 use crate::task::{Task, TaskHandle};
 
-/// Resolved settings the supervisor runs with.
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub(crate) worker: PathBuf,
-    pub(crate) worker_args: Vec<OsString>,
-    pub(crate) env: Vec<(OsString, OsString)>,
-    pub(crate) workers: usize,
-    pub(crate) max_frame: usize,
-    pub(crate) start_timeout: Duration,
-}
-
-/// Configures and starts a [`Pool`].
-#[derive(Clone, Debug, Default)]
-pub struct PoolBuilder {
-    worker: Option<PathBuf>,
-    worker_args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
-    workers: Option<usize>,
-    max_frame: Option<usize>,
-    start_timeout: Option<Duration>,
-}
-
 impl PoolBuilder {
-    /// The worker executable. Default: this program (`std::env::current_exe()`), which
-    /// must then call `procpool::init()` first thing in `main`.
-    pub fn worker(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.worker = Some(path.into());
-        self
-    }
-
-    /// Extra command-line arguments for every worker.
-    pub fn worker_args<I, S>(&mut self, args: I) -> &mut Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<OsString>,
-    {
-        self.worker_args = args.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// An environment variable for every worker (on top of the supervisor's own).
-    pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Number of worker processes. Default: the available CPUs.
-    pub fn workers(&mut self, n: usize) -> &mut Self {
-        self.workers = Some(n);
-        self
-    }
-
-    /// Largest frame accepted from or sent to a worker (arguments and results included).
-    /// Default 64 MiB; at most 4 GiB - 1.
-    pub fn max_frame_bytes(&mut self, n: usize) -> &mut Self {
-        self.max_frame = Some(n);
-        self
-    }
-
-    /// How long a new worker may take to complete its handshake. Default 10 s.
-    pub fn start_timeout(&mut self, d: Duration) -> &mut Self {
-        self.start_timeout = Some(d);
-        self
-    }
-
-    fn settings(&self) -> Result<Settings, PoolError> {
-        let worker = match &self.worker {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().map_err(|e| {
-                PoolError::Config(format!("cannot find the current executable: {e}"))
-            })?,
-        };
-        let workers = match self.workers {
-            Some(0) => return Err(PoolError::Config("a pool needs at least one worker".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let max_frame = self.max_frame.unwrap_or(DEFAULT_MAX_FRAME);
-        if !(1024..=u32::MAX as usize).contains(&max_frame) {
-            return Err(PoolError::Config(format!(
-                "max frame of {max_frame} bytes is outside 1 KiB ..= 4 GiB - 1"
-            )));
-        }
-        Ok(Settings {
-            worker,
-            worker_args: self.worker_args.clone(),
-            env: self.env.clone(),
-            workers,
-            max_frame,
-            start_timeout: self.start_timeout.unwrap_or(Duration::from_secs(10)),
-        })
-    }
-
-    /// Starts the supervisor thread and every worker, and returns once all of them
+    /// Starts the supervisor thread and the initial workers, and returns once all of them
     /// completed their handshake (about a millisecond each, in parallel). Blocks the
     /// calling thread meanwhile. Fails with [`PoolError::WorkerStart`] when the worker
     /// binary is missing, not executable, or not a procpool worker; nothing is left running.
@@ -157,11 +63,32 @@ impl PoolBuilder {
             inner: Arc::new(PoolInner {
                 commands,
                 manifest,
+                queue_room: settings.queue_capacity.map(|n| Arc::new(Semaphore::new(n))),
                 settings,
                 thread: Mutex::new(Some(thread)),
             }),
         })
     }
+}
+
+/// A snapshot of a pool, from [`Pool::status`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// Workers started but not yet through their handshake.
+    pub starting: usize,
+    /// Workers waiting for a task.
+    pub idle: usize,
+    /// Workers running a task.
+    pub busy: usize,
+    /// Tasks waiting for a worker.
+    pub queued: usize,
+    /// Failed tasks waiting out their backoff before another attempt.
+    pub retrying: usize,
+    /// Worker processes started since the pool was built (initial ones included).
+    pub worker_starts: u64,
+    /// Set while no worker can be started: the last cause.
+    pub unhealthy: Option<String>,
 }
 
 /// A pool of warm worker processes. Cheap to clone; the workers live until the last clone
@@ -175,7 +102,7 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("worker", &self.inner.settings.worker)
-            .field("workers", &self.inner.settings.workers)
+            .field("workers", &self.inner.settings.max_workers)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +111,9 @@ struct PoolInner {
     commands: mpsc::UnboundedSender<Command>,
     manifest: Vec<TaskInfo>,
     settings: Arc<Settings>,
+    /// Room left in a bounded queue: a queued task holds one permit until it is
+    /// dispatched or dropped.
+    queue_room: Option<Arc<Semaphore>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -212,21 +142,48 @@ impl Pool {
         &self.inner.manifest
     }
 
-    /// Number of worker processes.
+    /// Most worker processes at once.
     pub fn size(&self) -> usize {
-        self.inner.settings.workers
+        self.inner.settings.max_workers
     }
 
-    /// Queues a task and returns its handle at once.
+    /// Queues a task and returns its handle at once. With a bounded queue
+    /// ([`PoolBuilder::queue_capacity`]) that is full, the handle resolves to
+    /// [`TaskError::QueueFull`] instead; [`enqueue`](Self::enqueue) waits for room.
     pub fn submit<R: DeserializeOwned>(&self, task: Task<R>) -> TaskHandle<R> {
-        let early = self.check(&task);
-        TaskHandle::submit(task, &self.inner.commands, early)
+        let (task, early) = self.prepare(task);
+        let permit = match &self.inner.queue_room {
+            Some(room) if early.is_none() => match room.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let capacity = self.inner.settings.queue_capacity.unwrap_or_default();
+                    return TaskHandle::submit(
+                        task,
+                        &self.inner.commands,
+                        Some(TaskError::QueueFull { capacity }),
+                        None,
+                    );
+                }
+            },
+            _ => None,
+        };
+        TaskHandle::submit(task, &self.inner.commands, early, permit)
+    }
+
+    /// Queues a task, waiting for room in a bounded queue first (backpressure).
+    pub async fn enqueue<R: DeserializeOwned>(&self, task: Task<R>) -> TaskHandle<R> {
+        let (task, early) = self.prepare(task);
+        let permit = match &self.inner.queue_room {
+            Some(room) if early.is_none() => room.clone().acquire_owned().await.ok(),
+            _ => None,
+        };
+        TaskHandle::submit(task, &self.inner.commands, early, permit)
     }
 
     /// Runs a task and waits for its result. If this future is dropped before it
     /// completes, the task is cancelled (its worker killed).
     pub async fn run<R: DeserializeOwned>(&self, task: Task<R>) -> Result<R, TaskError> {
-        let mut handle = self.submit(task);
+        let mut handle = self.enqueue(task).await;
         let guard = CancelOnDrop {
             commands: self.inner.commands.clone(),
             id: Some(TaskId(handle.id().as_u128())),
@@ -238,7 +195,14 @@ impl Pool {
 
     /// Runs a task and blocks the current thread until it ends.
     pub fn run_blocking<R: DeserializeOwned>(&self, task: Task<R>) -> Result<R, TaskError> {
-        self.submit(task).wait()
+        futures::executor::block_on(self.enqueue(task)).wait()
+    }
+
+    /// A snapshot of the pool: workers by state, queue depth, restarts, health.
+    pub async fn status(&self) -> PoolStatus {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.inner.commands.send(Command::Status(tx));
+        rx.await.unwrap_or_default()
     }
 
     /// Pids of the live worker processes.
@@ -261,6 +225,16 @@ impl Pool {
         {
             let _ = rx.await;
         }
+    }
+
+    /// Applies the pool's defaults to a task and finds what makes it fail before it is
+    /// queued.
+    fn prepare<R>(&self, mut task: Task<R>) -> (Task<R>, Option<TaskError>) {
+        let settings = &self.inner.settings;
+        task.timeout = task.timeout.or(settings.timeout);
+        task.retry = task.retry.or(Some(settings.retry));
+        let early = self.check(&task);
+        (task, early)
     }
 
     fn check<R>(&self, task: &Task<R>) -> Option<TaskError> {

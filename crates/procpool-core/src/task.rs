@@ -5,13 +5,15 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use procpool_proto::Encoding;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::config::RetryPolicy;
 use crate::errors::TaskError;
 use crate::internal::{Command, Submission, TaskShared};
 
@@ -39,6 +41,8 @@ pub struct Task<R> {
     pub(crate) args: Result<Vec<u8>, String>,
     pub(crate) encoding: Encoding,
     pub(crate) on_progress: Option<ProgressFn>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -67,8 +71,23 @@ impl<R> Task<R> {
             args,
             encoding,
             on_progress: None,
+            timeout: None,
+            retry: None,
             _result: PhantomData,
         }
+    }
+
+    /// Deadline of each attempt, overriding the pool's
+    /// [`timeout`](crate::PoolBuilder::timeout).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Retry policy, overriding the pool's [`retry`](crate::PoolBuilder::retry).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
     }
 
     /// Uses `id` instead of a fresh UUID.
@@ -133,6 +152,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         task: Task<R>,
         commands: &mpsc::UnboundedSender<Command>,
         early: Option<TaskError>,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         let (reply_tx, reply) = oneshot::channel();
         let (messages_tx, messages) = mpsc::unbounded_channel();
@@ -155,6 +175,10 @@ impl<R: DeserializeOwned> TaskHandle<R> {
                 reply: reply_tx,
                 shared: shared.clone(),
                 early_messages: Vec::new(),
+                timeout: task.timeout,
+                retry: task.retry.unwrap_or_default(),
+                attempt: 1,
+                permit,
             };
             if let Err(mpsc::error::SendError(Command::Submit(sub))) =
                 commands.send(Command::Submit(sub))
@@ -212,6 +236,11 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     /// Pid of the worker that runs (or ran) the task; `None` until one starts it.
     pub fn worker_pid(&self) -> Option<u32> {
         self.shared.pid()
+    }
+
+    /// How many times the task was started so far (retries included); 0 while queued.
+    pub fn attempts(&self) -> u32 {
+        self.shared.attempts()
     }
 
     /// Waits until a worker starts the task and returns its pid (at once if it already

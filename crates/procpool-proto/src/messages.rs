@@ -20,6 +20,10 @@ pub const ENV_PARENT_PID: &str = "PROCPOOL_PARENT_PID";
 /// The frame cap the supervisor will accept, so the worker refuses to send bigger ones.
 pub const ENV_MAX_FRAME: &str = "PROCPOOL_MAX_FRAME";
 
+/// Resource limits the worker applies to itself at start: `as=BYTES,cpu=SECS,nofile=N`
+/// (any subset).
+pub const ENV_RLIMITS: &str = "PROCPOOL_RLIMITS";
+
 /// Largest frame accepted unless the pool is configured otherwise (64 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use procpool_proto::{
-    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_WORKER, FromWorker, Hello,
+    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_RLIMITS, ENV_WORKER, FromWorker, Hello,
     PROTOCOL_VERSION, TaskFailure, ToWorker,
 };
 
@@ -65,6 +65,9 @@ fn run() -> Result<(), WorkerError> {
     let parent = env_number(ENV_PARENT_PID)?
         .ok_or_else(|| WorkerError::Env(format!("{ENV_PARENT_PID} is not set")))?;
     procpool_os::die_with_parent(parent as u32)?;
+    if let Ok(spec) = std::env::var(ENV_RLIMITS) {
+        procpool_os::apply_rlimits(&spec)?;
+    }
     let max_frame = env_number(ENV_MAX_FRAME)?.map_or(DEFAULT_MAX_FRAME, |v| v as usize);
     let stream = UnixStream::from(procpool_os::take_worker_channel()?);
     let writer = stream

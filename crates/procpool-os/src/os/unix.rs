@@ -44,22 +44,99 @@ pub fn take_worker_channel() -> Result<OwnedFd, OsError> {
     Ok(channel)
 }
 
-/// In the worker: ask the kernel to SIGKILL us when the supervisor's spawning thread dies,
-/// then check that the supervisor did not die before we asked (the race the check closes:
-/// a parent that exits between our exec and the `prctl` would leave us orphaned for good).
+/// The parent-death signal. A realtime signal nobody else uses, whose handler kills the
+/// worker's whole process group: a plain `PR_SET_PDEATHSIG = SIGKILL` would kill only the
+/// worker, and its task's grandchildren would outlive a SIGKILLed supervisor.
+#[cfg(target_os = "linux")]
+fn parent_death_signal() -> nix::libc::c_int {
+    nix::libc::SIGRTMIN() + 3
+}
+
+#[cfg(target_os = "linux")]
+extern "C" fn kill_own_group(_: nix::libc::c_int) {
+    // SAFETY: kill(2) is async-signal-safe; pid 0 addresses our own process group, which
+    // the supervisor created for this worker alone.
+    unsafe {
+        nix::libc::kill(0, nix::libc::SIGKILL);
+    }
+}
+
+/// In the worker: ask the kernel to signal us when the supervisor's spawning thread dies
+/// (the handler then kills our whole group), then check that the supervisor did not die
+/// before we asked: a parent that exits between our exec and the `prctl` would leave us
+/// orphaned for good.
 pub fn die_with_parent(expected_parent: u32) -> Result<(), OsError> {
     #[cfg(target_os = "linux")]
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|e| {
-        OsError::WorkerSetup {
-            what: "PR_SET_PDEATHSIG",
-            source: e.into(),
+    {
+        let setup = |what| OsError::WorkerSetup {
+            what,
+            source: std::io::Error::last_os_error(),
+        };
+        let sig = parent_death_signal();
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler
+        // only calls an async-signal-safe function.
+        unsafe {
+            let mut action: nix::libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = kill_own_group as *const () as usize;
+            nix::libc::sigemptyset(&mut action.sa_mask);
+            if nix::libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                return Err(setup("install the parent-death handler"));
+            }
+            if nix::libc::prctl(
+                nix::libc::PR_SET_PDEATHSIG,
+                sig as nix::libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(setup("PR_SET_PDEATHSIG"));
+            }
         }
-    })?;
+    }
     let parent = nix::unistd::getppid().as_raw() as u32;
     if parent != expected_parent {
         return Err(OsError::ParentGone {
             expected: expected_parent,
         });
+    }
+    Ok(())
+}
+
+/// Resident memory of a process, from `/proc/<pid>/statm`; `None` if it is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
+/// In the worker: applies `as=BYTES,cpu=SECS,nofile=N` (any subset) to itself.
+pub fn apply_rlimits(spec: &str) -> Result<(), OsError> {
+    use nix::sys::resource::{Resource, setrlimit};
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let bad = || OsError::WorkerSetup {
+            what: "parse the resource limits",
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad limit {part:?}"),
+            ),
+        };
+        let (key, value) = part.split_once('=').ok_or_else(bad)?;
+        let value: u64 = value.parse().map_err(|_| bad())?;
+        let resource = match key {
+            "as" => Resource::RLIMIT_AS,
+            "cpu" => Resource::RLIMIT_CPU,
+            "nofile" => Resource::RLIMIT_NOFILE,
+            _ => return Err(bad()),
+        };
+        setrlimit(resource, value, value).map_err(|e| OsError::WorkerSetup {
+            what: "setrlimit",
+            source: e.into(),
+        })?;
     }
     Ok(())
 }
