@@ -234,14 +234,25 @@ impl Dispatcher {
                     }
                 }
             }
-            WorkerEvent::Idle { worker } => {
-                let Some(slot) = self.workers.get(&worker) else {
+            WorkerEvent::Idle { worker, retiring } => {
+                let Some(slot) = self.workers.get_mut(&worker) else {
                     return;
                 };
-                if let SlotState::Busy(id) = slot.state {
+                let state = slot.state;
+                if retiring {
+                    slot.state = SlotState::Retiring;
+                }
+                if let SlotState::Busy(id) = state {
                     self.finished(id);
                 }
-                self.make_idle(worker);
+                if retiring {
+                    // Start the successor now rather than after the old worker is reaped.
+                    if self.wants_replacement() {
+                        self.schedule_spawn();
+                    }
+                } else {
+                    self.make_idle(worker);
+                }
             }
             WorkerEvent::Retry { mut sub, error } => {
                 // The worker either died (its Exited follows) or lives on after a task

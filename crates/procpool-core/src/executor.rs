@@ -218,9 +218,11 @@ impl Executor {
                             }
                             if draining {
                                 let _ = writer.send(ToWorker::Shutdown);
-                            } else {
-                                let _ = self.events.send(WorkerEvent::Idle { worker: self.worker });
                             }
+                            let _ = self.events.send(WorkerEvent::Idle {
+                                worker: self.worker,
+                                retiring: draining,
+                            });
                         }
                         Err(e) => break End::Protocol(format!("undecodable frame from worker: {e}")),
                     },

@@ -146,8 +146,11 @@ pub(crate) enum WorkerEvent {
         pid: u32,
         manifest: Vec<TaskInfo>,
     },
+    /// The worker finished its task.
     Idle {
         worker: WorkerId,
+        /// It is exiting (recycled or drained) and takes no more tasks.
+        retiring: bool,
     },
     Exited {
         worker: WorkerId,
@@ -160,10 +163,7 @@ pub(crate) enum WorkerEvent {
     Respawn,
     /// The task failed in a way its retry policy retries; sent before the executor's
     /// `Exited` (if the worker died), so the task stays known as live.
-    Retry {
-        sub: Submission,
-        error: TaskError,
-    },
+    Retry { sub: Submission, error: TaskError },
     /// A retrying task's backoff is over.
     RetryDue(TaskId),
     /// A worker was idle for the idle timeout: stop it if the pool is above its minimum.

@@ -195,7 +195,8 @@ impl Pool {
 
     /// Runs a task and blocks the current thread until it ends.
     pub fn run_blocking<R: DeserializeOwned>(&self, task: Task<R>) -> Result<R, TaskError> {
-        futures::executor::block_on(self.enqueue(task)).wait()
+        // Unconstrained: see `TaskHandle::wait`.
+        futures::executor::block_on(tokio::task::unconstrained(self.enqueue(task))).wait()
     }
 
     /// A snapshot of the pool: workers by state, queue depth, restarts, health.
