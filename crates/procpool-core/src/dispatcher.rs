@@ -31,8 +31,8 @@ enum SlotState {
     Starting,
     /// Ready and waiting for a task, since this instant.
     Idle(Instant),
-    /// Running this task.
-    Busy(TaskId),
+    /// Running a task (and holding `inflight - 1` prefetched ones).
+    Busy,
     /// Told to exit (drain, idle reaping or recycling); gets no more tasks.
     Retiring,
 }
@@ -41,6 +41,10 @@ struct Slot {
     tx: mpsc::UnboundedSender<ExecutorCommand>,
     state: SlotState,
     pid: Option<u32>,
+    /// Tasks sent and not yet finished.
+    inflight: usize,
+    /// Tasks sent over the worker's life (for `max_tasks_per_worker`).
+    sent: u64,
 }
 
 /// Reply for `PoolBuilder::build`: the manifest once every initial worker is ready.
@@ -169,7 +173,7 @@ impl Dispatcher {
                 let _ = reply.send(PoolStatus {
                     starting: count(|s| *s == SlotState::Starting),
                     idle: count(|s| matches!(s, SlotState::Idle(_))),
-                    busy: count(|s| matches!(s, SlotState::Busy(_))),
+                    busy: count(|s| *s == SlotState::Busy),
                     queued: self.queue.len(),
                     retrying: self.retrying.len(),
                     worker_starts: self.worker_starts,
@@ -234,23 +238,24 @@ impl Dispatcher {
                     }
                 }
             }
-            WorkerEvent::Idle { worker, retiring } => {
+            WorkerEvent::Finished {
+                worker,
+                task,
+                retiring,
+            } => {
+                self.finished(task);
                 let Some(slot) = self.workers.get_mut(&worker) else {
                     return;
                 };
-                let state = slot.state;
-                if retiring {
+                slot.inflight = slot.inflight.saturating_sub(1);
+                if retiring && slot.state != SlotState::Retiring {
                     slot.state = SlotState::Retiring;
-                }
-                if let SlotState::Busy(id) = state {
-                    self.finished(id);
-                }
-                if retiring {
+                    self.idle.retain(|w| *w != worker);
                     // Start the successor now rather than after the old worker is reaped.
                     if self.wants_replacement() {
                         self.schedule_spawn();
                     }
-                } else {
+                } else if slot.inflight == 0 {
                     self.make_idle(worker);
                 }
             }
@@ -285,12 +290,17 @@ impl Dispatcher {
                 start_failure,
                 unstarted,
             } => {
-                if let Some(slot) = self.workers.remove(&worker)
-                    && let SlotState::Busy(id) = slot.state
-                {
+                self.workers.remove(&worker);
+                self.idle.retain(|w| *w != worker);
+                let gone: Vec<TaskId> = self
+                    .running
+                    .iter()
+                    .filter(|(_, w)| **w == worker)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
                     self.finished(id);
                 }
-                self.idle.retain(|w| *w != worker);
                 for sub in unstarted.into_iter().rev() {
                     self.live.insert(sub.id);
                     self.queue.push_front(sub);
@@ -335,7 +345,7 @@ impl Dispatcher {
 
     fn make_idle(&mut self, worker: WorkerId) {
         if let Some(slot) = self.workers.get_mut(&worker) {
-            if slot.state == SlotState::Retiring {
+            if slot.state == SlotState::Retiring || matches!(slot.state, SlotState::Idle(_)) {
                 return;
             }
             slot.state = SlotState::Idle(Instant::now());
@@ -481,6 +491,8 @@ impl Dispatcher {
                         tx,
                         state: SlotState::Starting,
                         pid: None,
+                        inflight: 0,
+                        sent: 0,
                     },
                 );
             }
@@ -494,13 +506,31 @@ impl Dispatcher {
         }
     }
 
+    /// A busy worker whose prefetch window has room (and whose recycling limit is not
+    /// reached by the tasks already sent to it).
+    fn with_room(&self) -> Option<WorkerId> {
+        let window = 1 + self.settings.prefetch;
+        if window == 1 {
+            return None;
+        }
+        let limit = self.settings.max_tasks_per_worker.unwrap_or(u64::MAX);
+        self.workers
+            .iter()
+            .filter(|(_, s)| s.state == SlotState::Busy && s.inflight < window && s.sent < limit)
+            .min_by_key(|(_, s)| s.inflight)
+            .map(|(w, _)| *w)
+    }
+
     /// Hands queued tasks to idle workers, and grows an elastic pool when tasks wait.
     fn pump(&mut self) {
         if self.shutdown == Some(Shutdown::Kill) {
             return;
         }
         while !self.queue.is_empty() {
-            let Some(worker) = self.idle.pop() else { break };
+            // Idle workers first; only then fill prefetch windows of busy ones.
+            let Some(worker) = self.idle.pop().or_else(|| self.with_room()) else {
+                break;
+            };
             let mut sub = self.queue.pop_front().expect("queue is not empty");
             // Leaving the queue: give its room back to submitters.
             sub.permit = None;
@@ -508,10 +538,12 @@ impl Dispatcher {
             let slot = self
                 .workers
                 .get_mut(&worker)
-                .expect("idle workers have slots");
+                .expect("chosen workers have slots");
             match slot.tx.send(ExecutorCommand::Run(sub)) {
                 Ok(()) => {
-                    slot.state = SlotState::Busy(id);
+                    slot.state = SlotState::Busy;
+                    slot.inflight += 1;
+                    slot.sent += 1;
                     self.running.insert(id, worker);
                 }
                 // The executor already ended; its Exited event is on the way.

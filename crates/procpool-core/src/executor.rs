@@ -2,6 +2,7 @@
 //! task it is given, and turns the worker's death into the right verdict for that task.
 //! It never touches pool-wide state; it talks to the dispatcher through channels only.
 
+use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use procpool_os::{ExitVerdict, Pgid, Signal};
 use procpool_proto::{
-    ENV_MAX_FRAME, ENV_PARENT_PID, ENV_RLIMITS, ENV_WORKER, FrameCodec, FromWorker, ToWorker,
+    ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER, FrameCodec, FromWorker,
+    TaskId, ToWorker,
 };
 use tokio::net::UnixStream;
 use tokio::process::Child;
@@ -60,6 +62,7 @@ pub(crate) fn start(
         .env(ENV_PARENT_PID, std::process::id().to_string())
         .env(ENV_MAX_FRAME, settings.max_frame.to_string())
         .envs(settings.rlimits.to_env().map(|v| (ENV_RLIMITS, v)))
+        .envs((settings.prefetch > 0).then_some((ENV_PREFETCH, "1")))
         // The worker end rides in on stdin; the worker moves it to a high descriptor and
         // reopens stdin on /dev/null. No pre_exec closure: std keeps its posix_spawn path.
         .stdin(Stdio::from(theirs))
@@ -114,6 +117,42 @@ struct Executor {
     output: Arc<OutputState>,
     stdout: Option<tokio::task::JoinHandle<()>>,
     stderr: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a frame from the worker means for the tasks in flight.
+enum Answer {
+    Nothing,
+    /// The running task ended.
+    Done(Result<Vec<u8>, TaskError>),
+    /// A prefetched task was dropped before it started.
+    Skipped(TaskId),
+    /// A task we asked to drop had already started.
+    Running(TaskId),
+}
+
+/// Per-task timers of the running task.
+struct Timers {
+    deadline: Option<Instant>,
+    /// Set once the deadline passed and the group got its SIGTERM.
+    timed_out: Option<Duration>,
+    rss_check: tokio::time::Interval,
+}
+
+impl Timers {
+    fn new() -> Self {
+        let mut rss_check = tokio::time::interval(RSS_CHECK_EVERY);
+        rss_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Timers {
+            deadline: None,
+            timed_out: None,
+            rss_check,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.deadline = None;
+        self.timed_out = None;
+    }
 }
 
 /// Why the executor loop ended.
@@ -194,36 +233,50 @@ impl Executor {
             manifest: hello.tasks,
         });
 
-        let mut current: Option<Submission> = None;
-        // Set when the current task's deadline passed and the group got its SIGTERM.
-        let mut timed_out: Option<Duration> = None;
-        let mut deadline: Option<Instant> = None;
-        let mut rss_check = tokio::time::interval(RSS_CHECK_EVERY);
-        rss_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Tasks sent to the worker, in order; the front one is running. More than one only
+        // with a prefetch window.
+        let mut inflight: VecDeque<Submission> = VecDeque::new();
+        let mut timers = Timers::new();
         let mut tasks_run: u64 = 0;
         let mut draining = false;
         let end = loop {
             tokio::select! {
                 frame = frames.next() => match frame {
                     Some(Ok(bytes)) => match procpool_proto::decode_message::<FromWorker>(&bytes) {
-                        Ok(msg) => {
-                            let Some(outcome) = self.on_frame(msg, &current) else { continue };
-                            let sub = current.take().expect("on_frame answers only for the current task");
-                            deadline = None;
-                            tasks_run += 1;
-                            self.conclude(sub, outcome);
-                            if self.settings.max_tasks_per_worker.is_some_and(|max| tasks_run >= max) {
-                                // Recycle: let the worker exit; the dispatcher starts a fresh one.
-                                draining = true;
+                        Ok(msg) => match self.on_frame(msg, &inflight) {
+                            Answer::Nothing => {}
+                            Answer::Done(outcome) => {
+                                let sub = inflight.pop_front().expect("Done answers the running task");
+                                let task = sub.id;
+                                tasks_run += 1;
+                                self.conclude(sub, outcome);
+                                if self.settings.max_tasks_per_worker.is_some_and(|max| tasks_run >= max) {
+                                    // Recycle: let the worker exit; the dispatcher starts a fresh one.
+                                    draining = true;
+                                }
+                                if draining && inflight.is_empty() {
+                                    let _ = writer.send(ToWorker::Shutdown);
+                                }
+                                let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
+                                match inflight.front() {
+                                    // The worker starts its next prefetched task right away.
+                                    Some(next) => self.start(next, &mut timers),
+                                    None => timers.clear(),
+                                }
                             }
-                            if draining {
-                                let _ = writer.send(ToWorker::Shutdown);
+                            Answer::Skipped(task) => {
+                                if let Some(pos) = inflight.iter().position(|s| s.id == task) {
+                                    let sub = inflight.remove(pos).expect("position is in range");
+                                    finish(sub, Err(TaskError::Cancelled));
+                                    let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
+                                }
                             }
-                            let _ = self.events.send(WorkerEvent::Idle {
-                                worker: self.worker,
-                                retiring: draining,
-                            });
-                        }
+                            // A cancel reached a prefetched task after it started.
+                            Answer::Running(task) if inflight.front().is_some_and(|s| s.id == task) => {
+                                break End::Killed(KillReason::Cancelled);
+                            }
+                            Answer::Running(_) => {}
+                        },
                         Err(e) => break End::Protocol(format!("undecodable frame from worker: {e}")),
                     },
                     Some(Err(e)) => break End::Protocol(format!("bad frame from worker: {e}")),
@@ -231,8 +284,6 @@ impl Executor {
                 },
                 cmd = self.commands.recv() => match cmd {
                     Some(ExecutorCommand::Run(mut sub)) => {
-                        self.output.start_task(sub.id);
-                        sub.shared.start(self.pid);
                         let _ = writer.send(ToWorker::Run {
                             task_id: sub.id,
                             name: sub.name.clone(),
@@ -247,43 +298,49 @@ impl Executor {
                         for bytes in std::mem::take(&mut sub.early_messages) {
                             let _ = writer.send(ToWorker::Message { task_id: sub.id, bytes });
                         }
-                        deadline = sub.timeout.map(|t| Instant::now() + t);
-                        timed_out = None;
-                        rss_check.reset();
-                        current = Some(sub);
+                        if inflight.is_empty() {
+                            self.start(&sub, &mut timers);
+                        }
+                        inflight.push_back(sub);
                     }
                     Some(ExecutorCommand::Message(task_id, bytes)) => {
-                        if current.as_ref().is_some_and(|c| c.id == task_id) {
+                        // A prefetching worker keeps messages for its queued tasks.
+                        if inflight.iter().any(|s| s.id == task_id) {
                             let _ = writer.send(ToWorker::Message { task_id, bytes });
                         }
                     }
                     Some(ExecutorCommand::Kill(task_id, reason)) => {
                         // The task may have finished while the kill was on its way: then
                         // the worker is healthy and stays.
-                        if current.as_ref().is_some_and(|c| c.id == task_id) {
+                        if inflight.front().is_some_and(|s| s.id == task_id) {
                             break End::Killed(reason);
+                        }
+                        // Prefetched: the worker drops it (Skipped) or says it just started
+                        // it (Running, then we kill).
+                        if inflight.iter().any(|s| s.id == task_id) {
+                            let _ = writer.send(ToWorker::Cancel { task_id });
                         }
                     }
                     Some(ExecutorCommand::KillNow) | None => break End::Killed(KillReason::PoolClosed),
                     Some(ExecutorCommand::Shutdown) => {
                         draining = true;
-                        if current.is_none() {
+                        if inflight.is_empty() {
                             let _ = writer.send(ToWorker::Shutdown);
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    let after = current.as_ref().and_then(|c| c.timeout).unwrap_or_default();
-                    if timed_out.is_none() && !self.settings.grace.is_zero() {
+                _ = tokio::time::sleep_until(timers.deadline.unwrap_or_else(Instant::now)), if timers.deadline.is_some() => {
+                    let after = inflight.front().and_then(|c| c.timeout).unwrap_or_default();
+                    if timers.timed_out.is_none() && !self.settings.grace.is_zero() {
                         // Cooperative stop first: the task (or its children) may clean up.
-                        timed_out = Some(after);
+                        timers.timed_out = Some(after);
                         self.pgid.signal(Signal::SIGTERM, "task timed out");
-                        deadline = Some(Instant::now() + self.settings.grace);
+                        timers.deadline = Some(Instant::now() + self.settings.grace);
                     } else {
                         break End::TimedOut(after);
                     }
                 },
-                _ = rss_check.tick(), if current.is_some() && self.settings.max_rss.is_some() => {
+                _ = timers.rss_check.tick(), if !inflight.is_empty() && self.settings.max_rss.is_some() => {
                     let max = self.settings.max_rss.expect("checked by the guard");
                     if let Some(rss) = procpool_os::rss_bytes(self.pid)
                         && rss > max
@@ -300,7 +357,7 @@ impl Executor {
         drop(writer);
 
         let reason = match &end {
-            End::Eof if current.is_none() => "worker closed its channel",
+            End::Eof if inflight.is_empty() => "worker closed its channel",
             End::Eof => "worker closed its channel during a task",
             End::Protocol(_) => "worker broke the protocol",
             End::Killed(KillReason::Cancelled) => "task cancelled",
@@ -310,11 +367,12 @@ impl Executor {
         };
         let verdict = self.kill_and_reap(&mut child, &mut guard, reason).await;
         tracing::debug!(worker_pid = self.pid, %verdict, reason, "worker ended");
-        if let Some(sub) = current {
+        // Only the front task ran; the prefetched ones never started and go back to the queue.
+        if let Some(sub) = inflight.pop_front() {
             let err = match end {
                 // The worker died of our SIGTERM (or on its own after it): still a timeout.
-                End::Eof if timed_out.is_some() => TaskError::TimedOut {
-                    after: timed_out.unwrap_or_default(),
+                End::Eof if timers.timed_out.is_some() => TaskError::TimedOut {
+                    after: timers.timed_out.unwrap_or_default(),
                 },
                 End::Eof => crash_error(verdict, self.output.stderr_tail()),
                 End::Protocol(message) => TaskError::Protocol { message },
@@ -324,7 +382,8 @@ impl Executor {
             };
             self.conclude(sub, Err(err));
         }
-        let unstarted = self.unstarted();
+        let mut unstarted: Vec<Submission> = inflight.into_iter().collect();
+        unstarted.extend(self.unstarted());
         let _ = self.events.send(WorkerEvent::Exited {
             worker: self.worker,
             start_failure: None,
@@ -332,37 +391,37 @@ impl Executor {
         });
     }
 
-    /// Handles one frame; returns the outcome when the current task finished.
-    fn on_frame(
-        &self,
-        msg: FromWorker,
-        current: &Option<Submission>,
-    ) -> Option<Result<Vec<u8>, TaskError>> {
-        let sub = current.as_ref()?;
+    /// Handles one frame about the tasks in flight.
+    fn on_frame(&self, msg: FromWorker, inflight: &VecDeque<Submission>) -> Answer {
+        let Some(head) = inflight.front() else {
+            return Answer::Nothing;
+        };
         match msg {
             FromWorker::Progress {
                 task_id,
                 fraction,
                 message,
-            } if task_id == sub.id => {
-                if let Some(cb) = &sub.on_progress {
+            } if task_id == head.id => {
+                if let Some(cb) = &head.on_progress {
                     cb(&Progress {
                         task_id: uuid::Uuid::from_u128(task_id.0),
                         fraction,
                         message,
                     });
                 }
-                None
+                Answer::Nothing
             }
-            FromWorker::Message { task_id, bytes } if task_id == sub.id => {
-                let _ = sub.messages.send(bytes);
-                None
+            FromWorker::Message { task_id, bytes } if task_id == head.id => {
+                let _ = head.messages.send(bytes);
+                Answer::Nothing
             }
-            FromWorker::Done { task_id, outcome } if task_id == sub.id => Some(
+            FromWorker::Done { task_id, outcome } if task_id == head.id => Answer::Done(
                 outcome
                     .map(|b| b.into_vec())
                     .map_err(TaskError::from_failure),
             ),
+            FromWorker::Skipped { task_id } => Answer::Skipped(task_id),
+            FromWorker::Running { task_id } => Answer::Running(task_id),
             // A frame about a task this worker no longer runs (a result racing a cancel).
             other => {
                 tracing::debug!(
@@ -370,9 +429,19 @@ impl Executor {
                     frame = ?std::mem::discriminant(&other),
                     "dropping a frame for a task the worker does not own"
                 );
-                None
+                Answer::Nothing
             }
         }
+    }
+
+    /// `sub` is now the task the worker runs: attribute output, count the attempt, arm
+    /// its deadline and the memory check.
+    fn start(&self, sub: &Submission, timers: &mut Timers) {
+        self.output.start_task(sub.id);
+        sub.shared.start(self.pid);
+        timers.deadline = sub.timeout.map(|t| Instant::now() + t);
+        timers.timed_out = None;
+        timers.rss_check.reset();
     }
 
     /// Delivers an outcome, or hands the task back for another attempt when its retry

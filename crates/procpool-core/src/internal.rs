@@ -146,10 +146,11 @@ pub(crate) enum WorkerEvent {
         pid: u32,
         manifest: Vec<TaskInfo>,
     },
-    /// The worker finished its task.
-    Idle {
+    /// A task left the worker (ended, or dropped from its prefetch queue).
+    Finished {
         worker: WorkerId,
-        /// It is exiting (recycled or drained) and takes no more tasks.
+        task: TaskId,
+        /// The worker is exiting (recycled or drained) and takes no more tasks.
         retiring: bool,
     },
     Exited {

@@ -33,7 +33,7 @@ pub use codec::{
 };
 pub use errors::{CodecError, FrameError, HandshakeError};
 pub use messages::{
-    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_RLIMITS, ENV_WORKER, Encoding,
-    FromWorker, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, ParamInfo, TaskFailure, TaskId, TaskInfo,
-    ToWorker,
+    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER,
+    Encoding, FromWorker, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, ParamInfo, TaskFailure, TaskId,
+    TaskInfo, ToWorker,
 };

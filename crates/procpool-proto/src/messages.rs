@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message enums below. Bump on any change to their layout.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// First bytes of the handshake frame: lets the supervisor tell "not a procpool worker"
 /// from "a procpool worker of another version" before decoding anything else.
@@ -23,6 +23,10 @@ pub const ENV_MAX_FRAME: &str = "PROCPOOL_MAX_FRAME";
 /// Resource limits the worker applies to itself at start: `as=BYTES,cpu=SECS,nofile=N`
 /// (any subset).
 pub const ENV_RLIMITS: &str = "PROCPOOL_RLIMITS";
+
+/// Set when the supervisor may send `Run`s ahead of time (a prefetch window): the worker
+/// then reads its channel on a separate thread so it can answer `Cancel` while a task runs.
+pub const ENV_PREFETCH: &str = "PROCPOOL_PREFETCH";
 
 /// Largest frame accepted unless the pool is configured otherwise (64 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
@@ -66,6 +70,13 @@ pub enum ToWorker {
     },
     /// Finish the current task (if any) and exit.
     Shutdown,
+    /// Drop this task if it is still waiting in the worker's prefetch queue (answered
+    /// with `Skipped`), or say that it already runs (answered with `Running`). Only sent
+    /// to workers started with a prefetch window.
+    Cancel {
+        /// The task to drop.
+        task_id: TaskId,
+    },
 }
 
 /// Worker to supervisor.
@@ -94,6 +105,16 @@ pub enum FromWorker {
         task_id: TaskId,
         /// Encoded result, or why there is none.
         outcome: Result<serde_bytes::ByteBuf, TaskFailure>,
+    },
+    /// Answer to `Cancel`: the task was dropped from the prefetch queue, never started.
+    Skipped {
+        /// The dropped task.
+        task_id: TaskId,
+    },
+    /// Answer to `Cancel`: the task is running; only killing the worker stops it.
+    Running {
+        /// The running task.
+        task_id: TaskId,
     },
 }
 

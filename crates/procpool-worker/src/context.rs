@@ -12,9 +12,17 @@ use procpool_proto::{FromWorker, TaskId, ToWorker};
 
 pub(crate) struct Channel {
     pub(crate) max_frame: usize,
-    pub(crate) reader: Mutex<Reader>,
+    pub(crate) inbound: Inbound,
     pub(crate) writer: Mutex<Writer>,
     pub(crate) current: Mutex<Option<TaskId>>,
+}
+
+/// Who reads frames from the supervisor.
+pub(crate) enum Inbound {
+    /// The main thread, between tasks (and a task in `recv_message`).
+    Direct(Mutex<Reader>),
+    /// A reader thread, in prefetch mode.
+    Prefetch(crate::window::Window),
 }
 
 pub(crate) struct Reader {
@@ -65,7 +73,11 @@ impl Channel {
     /// Reads the next frame addressed to the running task. Messages for a task that is no
     /// longer running (a late send racing the result) are dropped here.
     fn recv_for(&self, task_id: TaskId) -> Option<Vec<u8>> {
-        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = match &self.inbound {
+            Inbound::Direct(reader) => reader,
+            Inbound::Prefetch(window) => return window.recv(task_id),
+        };
+        let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
         let Reader { stream, buf } = &mut *r;
         loop {
             match procpool_proto::read_frame(stream, buf, self.max_frame) {
@@ -83,8 +95,10 @@ impl Channel {
                     crate::runtime::request_shutdown();
                     return None;
                 }
-                Ok(ToWorker::Run { .. }) => {
-                    eprintln!("procpool worker: protocol violation: Run while a task is running");
+                Ok(ToWorker::Run { .. } | ToWorker::Cancel { .. }) => {
+                    eprintln!(
+                        "procpool worker: protocol violation: Run or Cancel outside prefetch mode while a task runs"
+                    );
                     std::process::exit(70);
                 }
                 Err(e) => {

@@ -25,6 +25,7 @@ mod context;
 mod errors;
 mod registry;
 mod runtime;
+mod window;
 
 pub use context::{current_task_id, recv_message, report_progress, send_message};
 pub use errors::WorkerError;

@@ -8,13 +8,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use procpool_proto::{
-    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_RLIMITS, ENV_WORKER, FromWorker, Hello,
-    PROTOCOL_VERSION, TaskFailure, ToWorker,
+    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER,
+    FromWorker, Hello, PROTOCOL_VERSION, TaskFailure, ToWorker,
 };
 
-use crate::context::{CHANNEL, Channel, Reader, Writer};
+use crate::context::{CHANNEL, Channel, Inbound, Reader, Writer};
 use crate::errors::WorkerError;
 use crate::registry;
+use crate::window::Window;
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
@@ -85,12 +86,21 @@ fn run() -> Result<(), WorkerError> {
     frame.extend_from_slice(&hello);
     std::io::Write::write_all(&mut &writer, &frame).map_err(|e| WorkerError::Frame(e.into()))?;
 
+    let prefetch = std::env::var_os(ENV_PREFETCH).is_some();
+    let (inbound, reader_stream) = if prefetch {
+        (Inbound::Prefetch(Window::default()), Some(stream))
+    } else {
+        (
+            Inbound::Direct(Mutex::new(Reader {
+                stream,
+                buf: Vec::new(),
+            })),
+            None,
+        )
+    };
     let channel = CHANNEL.get_or_init(|| Channel {
         max_frame,
-        reader: Mutex::new(Reader {
-            stream,
-            buf: Vec::new(),
-        }),
+        inbound,
         writer: Mutex::new(Writer {
             stream: writer,
             buf: Vec::new(),
@@ -98,39 +108,66 @@ fn run() -> Result<(), WorkerError> {
         current: Mutex::new(None),
     });
 
-    while !SHUTDOWN.load(Ordering::Relaxed) {
-        let msg = {
-            let mut r = channel.reader.lock().unwrap_or_else(|p| p.into_inner());
-            let Reader { stream, buf } = &mut *r;
-            if !procpool_proto::read_frame(stream, buf, max_frame)? {
-                return Ok(()); // supervisor closed the channel: nothing more to do
+    match (&channel.inbound, reader_stream) {
+        (Inbound::Prefetch(window), Some(stream)) => {
+            std::thread::Builder::new()
+                .name("procpool-reader".into())
+                .spawn(move || window.read_loop(channel, stream))
+                .map_err(|e| WorkerError::Frame(e.into()))?;
+            while let Some(q) = window.next() {
+                run_one(channel, q.task_id, &q.name, &q.args, q.encoding);
+                window.done();
             }
-            procpool_proto::decode_message::<ToWorker>(buf)?
-        };
-        match msg {
-            ToWorker::Run {
-                task_id,
-                name,
-                args,
-                encoding,
-            } => {
-                *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(task_id);
-                let outcome = call(&name, &args, encoding);
-                // Flush task output before the result, so the supervisor sees a task's own
-                // lines before it hears that the task ended.
-                let _ = std::io::Write::flush(&mut std::io::stdout());
-                *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                channel.send(&FromWorker::Done {
-                    task_id,
-                    outcome: outcome.map(serde_bytes::ByteBuf::from),
-                });
-            }
-            // A late message for a task that already finished.
-            ToWorker::Message { .. } => {}
-            ToWorker::Shutdown => break,
         }
+        (Inbound::Direct(reader), _) => {
+            while !SHUTDOWN.load(Ordering::Relaxed) {
+                let msg = {
+                    let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+                    let Reader { stream, buf } = &mut *r;
+                    if !procpool_proto::read_frame(stream, buf, max_frame)? {
+                        return Ok(()); // supervisor closed the channel: nothing more to do
+                    }
+                    procpool_proto::decode_message::<ToWorker>(buf)?
+                };
+                match msg {
+                    ToWorker::Run {
+                        task_id,
+                        name,
+                        args,
+                        encoding,
+                    } => run_one(channel, task_id, &name, &args, encoding),
+                    // A late message for a task that already finished.
+                    ToWorker::Message { .. } => {}
+                    ToWorker::Cancel { .. } => {
+                        return Err(WorkerError::Protocol("Cancel outside prefetch mode"));
+                    }
+                    ToWorker::Shutdown => break,
+                }
+            }
+        }
+        (Inbound::Prefetch(_), None) => unreachable!("prefetch mode always has its reader stream"),
     }
     Ok(())
+}
+
+/// Runs one task and reports its outcome.
+fn run_one(
+    channel: &Channel,
+    task_id: procpool_proto::TaskId,
+    name: &str,
+    args: &[u8],
+    encoding: procpool_proto::Encoding,
+) {
+    *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(task_id);
+    let outcome = call(name, args, encoding);
+    // Flush task output before the result, so the supervisor sees a task's own lines
+    // before it hears that the task ended.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    channel.send(&FromWorker::Done {
+        task_id,
+        outcome: outcome.map(serde_bytes::ByteBuf::from),
+    });
 }
 
 fn call(
