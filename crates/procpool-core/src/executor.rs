@@ -287,8 +287,9 @@ impl Executor {
                         let _ = writer.send(ToWorker::Run {
                             task_id: sub.id,
                             name: sub.name.clone(),
-                            // Keep the arguments only when another attempt may need them.
-                            args: if sub.retry.max_retries() > 0 {
+                            // Keep the arguments only when another attempt may need them, or
+                            // when a prefetched task may come back unstarted.
+                            args: if sub.retry.max_retries() > 0 || self.settings.prefetch > 0 {
                                 sub.args.clone()
                             } else {
                                 std::mem::take(&mut sub.args)

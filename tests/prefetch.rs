@@ -1,0 +1,132 @@
+//! The prefetch window: tasks sent ahead to busy workers keep exact crash attribution,
+//! cancel before start, and ordinary results.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use procpool::{Pool, TaskError};
+use procpool_demo_tasks as demo;
+use support::{assert_no_children, demo_worker, serial};
+
+fn prefetch_pool(workers: usize, prefetch: usize) -> Pool {
+    Pool::builder()
+        .worker(demo_worker())
+        .workers(workers)
+        .prefetch(prefetch)
+        .build()
+        .expect("the demo worker pool starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tiny_tasks_all_come_back_right() {
+    let _serial = serial().await;
+    let pool = prefetch_pool(2, 16);
+    let handles: Vec<_> = (0..5000i64).map(|i| pool.submit(demo::square::task(i))).collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(h.await.unwrap(), i * i);
+    }
+    drop(pool);
+    assert_no_children();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_fails_only_the_running_task_and_prefetched_ones_run_elsewhere() {
+    let _serial = serial().await;
+    let pool = prefetch_pool(1, 8);
+    // On one worker: a slow task, then a crash, then tasks prefetched behind the crash.
+    let slow = pool.submit(demo::sleep_ms::task(100));
+    let crash = pool.submit(demo::segfault::task());
+    let behind: Vec<_> = (0..6i64).map(|i| pool.submit(demo::add::task(i, 1))).collect();
+    let first_worker = slow.started().await.unwrap();
+    assert_eq!(slow.await.unwrap(), 100);
+    let err = crash.await.unwrap_err();
+    assert_eq!(err.exit_signal(), Some(11), "{err:?}");
+    for (i, h) in behind.into_iter().enumerate() {
+        let h_pid = h.started().await.unwrap();
+        // They never started on the crashed worker: one start each, on its replacement.
+        assert_ne!(h_pid, first_worker);
+        assert_eq!(h.attempts(), 1);
+        assert_eq!(h.await.unwrap(), i as i64 + 1);
+    }
+    drop(pool);
+    assert_no_children();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_a_prefetched_task_means_it_never_starts() {
+    let _serial = serial().await;
+    let pool = prefetch_pool(1, 4);
+    let running = pool.submit(demo::sleep_ms::task(300));
+    let seen = Arc::new(Mutex::new(false));
+    let flag = seen.clone();
+    let queued = pool.submit(demo::progress::task(1, 0).on_progress(move |_| *flag.lock().unwrap() = true));
+    running.started().await.unwrap();
+    // Give the Run frame time to reach the worker's prefetch queue.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid = running.worker_pid().unwrap();
+    queued.cancel();
+    assert_eq!(queued.started().await, None);
+    assert_eq!(queued.await.unwrap_err(), TaskError::Cancelled);
+    // The running task was untouched, on the same worker.
+    assert_eq!(running.await.unwrap(), 300);
+    assert_eq!(pool.worker_pids().await, vec![pid]);
+    assert!(!*seen.lock().unwrap());
+    drop(pool);
+    assert_no_children();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_the_running_task_in_a_window_kills_only_that_task() {
+    let _serial = serial().await;
+    let pool = prefetch_pool(1, 4);
+    let running = pool.submit(demo::sleep_ms::task(60_000));
+    let behind: Vec<_> = (0..3i64).map(|i| pool.submit(demo::square::task(i))).collect();
+    let pid = running.started().await.unwrap();
+    let t0 = Instant::now();
+    running.cancel();
+    assert_eq!(running.await.unwrap_err(), TaskError::Cancelled);
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    assert!(support::is_gone(pid));
+    for (i, h) in behind.into_iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(h.await.unwrap(), i * i);
+    }
+    drop(pool);
+    assert_no_children();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_are_used_before_windows_fill() {
+    let _serial = serial().await;
+    let pool = prefetch_pool(2, 8);
+    let a = pool.submit(demo::sleep_ms::task(200));
+    let b = pool.submit(demo::sleep_ms::task(200));
+    let pa = a.started().await.unwrap();
+    let pb = b.started().await.unwrap();
+    assert_ne!(pa, pb, "the second task must go to the idle worker, not a window");
+    let pids: HashSet<u32> = pool.worker_pids().await.into_iter().collect();
+    assert_eq!(pids, HashSet::from([pa, pb]));
+    a.await.unwrap();
+    b.await.unwrap();
+    drop(pool);
+    assert_no_children();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_a_prefetched_chat_when_it_starts() {
+    let _serial = serial().await;
+    let pool = prefetch_pool(1, 2);
+    let first = pool.submit(demo::sleep_ms::task(100));
+    let mut chat = pool.submit(demo::chat::task());
+    chat.send("abc");
+    assert_eq!(first.await.unwrap(), 100);
+    assert_eq!(chat.recv().await.as_deref(), Some(&b"cba"[..]));
+    chat.send("");
+    assert_eq!(chat.await.unwrap(), 1);
+    drop(pool);
+    assert_no_children();
+}
