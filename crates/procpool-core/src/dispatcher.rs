@@ -272,7 +272,7 @@ impl Dispatcher {
                 tracing::debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task");
                 sub.attempt += 1;
                 let id = sub.id;
-                self.retrying.insert(id, sub);
+                self.retrying.insert(id, *sub);
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

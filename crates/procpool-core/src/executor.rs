@@ -450,7 +450,10 @@ impl Executor {
     fn conclude(&self, sub: Submission, outcome: Result<Vec<u8>, TaskError>) {
         match outcome {
             Err(error) if sub.retry.retries(&error, sub.attempt) => {
-                let _ = self.events.send(WorkerEvent::Retry { sub, error });
+                let _ = self.events.send(WorkerEvent::Retry {
+                    sub: Box::new(sub),
+                    error,
+                });
             }
             outcome => finish(sub, outcome),
         }

@@ -164,7 +164,10 @@ pub(crate) enum WorkerEvent {
     Respawn,
     /// The task failed in a way its retry policy retries; sent before the executor's
     /// `Exited` (if the worker died), so the task stays known as live.
-    Retry { sub: Submission, error: TaskError },
+    Retry {
+        sub: Box<Submission>,
+        error: TaskError,
+    },
     /// A retrying task's backoff is over.
     RetryDue(TaskId),
     /// A worker was idle for the idle timeout: stop it if the pool is above its minimum.

@@ -44,11 +44,7 @@ impl Window {
     /// Reads the channel until it ends. Runs on its own thread.
     pub(crate) fn read_loop(&self, channel: &Channel, mut stream: UnixStream) {
         let mut buf = Vec::new();
-        loop {
-            match procpool_proto::read_frame(&mut stream, &mut buf, channel.max_frame) {
-                Ok(true) => {}
-                Ok(false) | Err(_) => break,
-            }
+        while let Ok(true) = procpool_proto::read_frame(&mut stream, &mut buf, channel.max_frame) {
             let msg = match procpool_proto::decode_message::<ToWorker>(&buf) {
                 Ok(msg) => msg,
                 Err(e) => {
