@@ -58,8 +58,8 @@
 #![deny(missing_docs)]
 
 pub use procpool_core::{
-    ParamInfo, Pool, PoolBuilder, PoolError, Progress, Shutdown, Task, TaskError, TaskHandle,
-    TaskInfo,
+    ParamInfo, Pool, PoolBuilder, PoolError, PoolStatus, Progress, RetryPolicy, Shutdown, Task,
+    TaskError, TaskHandle, TaskInfo,
 };
 pub use procpool_macros::{main, task};
 pub use procpool_os::signal_name;
