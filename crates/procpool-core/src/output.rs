@@ -40,20 +40,25 @@ impl OutputState {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn line(&self, pid: u32, stream: Stream, line: &[u8]) {
+    fn task(&self) -> Option<TaskId> {
+        self.lock().task
+    }
+
+    /// Emits one line, attributed to `owner`: the task running when its first byte was
+    /// read (a line finished later, by the next task, still belongs to the one that began it).
+    fn line(&self, pid: u32, stream: Stream, line: &[u8], owner: Option<TaskId>) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
-        let task = {
+        {
             let mut inner = self.lock();
-            if stream == Stream::Stderr {
+            if stream == Stream::Stderr && inner.task == owner {
                 if inner.stderr_tail.len() == TAIL_LINES {
                     inner.stderr_tail.pop_front();
                 }
                 inner.stderr_tail.push_back(text.to_owned());
             }
-            inner.task
-        };
-        let task_id = task.map(|t| uuid::Uuid::from_u128(t.0));
+        }
+        let task_id = owner.map(|t| uuid::Uuid::from_u128(t.0));
         match stream {
             Stream::Stdout => {
                 tracing::info!(target: "procpool::task_output", task_id = ?task_id, worker_pid = pid, stream = "stdout", "{text}")
@@ -83,6 +88,7 @@ pub(crate) fn capture(
         let mut buf = vec![0u8; 16 * 1024];
         let mut line: Vec<u8> = Vec::new();
         let mut truncated = false;
+        let mut owner = None;
         loop {
             let n = match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -93,6 +99,9 @@ pub(crate) fn capture(
                     Some((b'\n', body)) => (body, true),
                     _ => (chunk, false),
                 };
+                if line.is_empty() && !truncated {
+                    owner = state.task();
+                }
                 let room = MAX_LINE.saturating_sub(line.len());
                 if body.len() > room {
                     truncated = true;
@@ -102,14 +111,14 @@ pub(crate) fn capture(
                     if truncated {
                         line.extend_from_slice(b" [line truncated]");
                     }
-                    state.line(pid, stream, &line);
+                    state.line(pid, stream, &line, owner);
                     line.clear();
                     truncated = false;
                 }
             }
         }
         if !line.is_empty() {
-            state.line(pid, stream, &line);
+            state.line(pid, stream, &line, owner);
         }
     })
 }

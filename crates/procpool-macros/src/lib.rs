@@ -175,12 +175,25 @@ fn result_ok_type(ty: &Type) -> Option<Type> {
 }
 
 fn type_string(ty: &Type) -> String {
-    quote!(#ty)
-        .to_string()
-        .replace(" < ", "<")
-        .replace(" >", ">")
-        .replace("< ", "<")
-        .replace(" ,", ",")
+    // `quote` puts a space between every token; write the type the way people do.
+    let mut out = quote!(#ty).to_string();
+    for (spaced, tight) in [
+        (" :: ", "::"),
+        (":: ", "::"),
+        (" < ", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        ("( ", "("),
+        (" )", ")"),
+        ("[ ", "["),
+        (" ]", "]"),
+        (" ;", ";"),
+        ("& ", "&"),
+    ] {
+        out = out.replace(spaced, tight);
+    }
+    out
 }
 
 /// Makes `main` enter worker mode first: in a process started by a procpool supervisor the

@@ -52,10 +52,16 @@ fn translate(p: Point, by: (i64, i64), times: u32, label: String) -> (String, Po
     )
 }
 
-/// A parameter whose type is written as a path, and a nested generic one.
+/// Parameter types written as a path, a nested generic and an array.
 #[procpool::task]
-fn tally(counts: std::collections::BTreeMap<String, u32>, points: Option<Vec<Point>>) -> u64 {
-    counts.values().map(|v| u64::from(*v)).sum::<u64>() + points.map_or(0, |p| p.len() as u64)
+fn tally(
+    counts: std::collections::BTreeMap<String, u32>,
+    points: Option<Vec<Point>>,
+    bonus: [u8; 2],
+) -> u64 {
+    counts.values().map(|v| u64::from(*v)).sum::<u64>()
+        + points.map_or(0, |p| p.len() as u64)
+        + bonus.iter().map(|b| u64::from(*b)).sum::<u64>()
 }
 
 /// `async`: sleeps on tokio's time driver and spawns onto the worker's runtime.
@@ -200,9 +206,15 @@ async fn plain_arguments(pool: &Pool) -> Outcome {
     ensure_eq!(label, "moved@3");
     ensure_eq!(p, Point { x: 31, y: 298 });
     let counts = BTreeMap::from([("a".to_owned(), 2u32), ("b".to_owned(), 5)]);
-    ensure_eq!(ok(pool, tally::task(counts.clone(), None)).await?, 7);
+    ensure_eq!(
+        ok(pool, tally::task(counts.clone(), None, [0, 0])).await?,
+        7
+    );
     let points = vec![Point { x: 0, y: 0 }, Point { x: 1, y: 1 }];
-    ensure_eq!(ok(pool, tally::task(counts, Some(points))).await?, 9);
+    ensure_eq!(
+        ok(pool, tally::task(counts, Some(points), [10, 20])).await?,
+        39
+    );
     Ok(())
 }
 
@@ -290,8 +302,15 @@ async fn task_context(pool: &Pool) -> Outcome {
         ensure!(pids.contains(&pid), "pid {pid} is not a worker of {pids:?}");
         seen_pids.push(pid);
     }
+    // Six tasks submitted at once to two idle workers: both get some.
+    seen_pids.sort_unstable();
+    seen_pids.dedup();
+    let mut all = pids.clone();
+    all.sort_unstable();
+    ensure_eq!(seen_pids, all);
     // An id set by the caller is the one the task sees.
-    let chosen = Task::<()>::json("whoami", serde_json::json!([])).id();
+    // A fresh UUID from a task that is never run.
+    let chosen = answer::task().id();
     let (task_id, _, _) = ok(pool, whoami::task().with_id(chosen)).await?;
     ensure_eq!(task_id, Some(chosen.as_u128()));
     ensure!(!procpool::is_worker(), "is_worker() is true in the parent");
@@ -324,7 +343,14 @@ async fn untyped_and_bad_arguments(pool: &Pool) -> Outcome {
 
 async fn manifest(pool: &Pool) -> Outcome {
     // (name, [(param, type)], result, fallible, async), sorted by name as announced.
-    let want: &[(&str, &[(&str, &str)], &str, bool, bool)] = &[
+    type Expected = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        bool,
+        bool,
+    );
+    let want: &[Expected] = &[
         ("add", &[("a", "i64"), ("b", "i64")], "i64", false, false),
         ("answer", &[], "u32", false, false),
         (
@@ -341,6 +367,7 @@ async fn manifest(pool: &Pool) -> Outcome {
             &[
                 ("counts", "std::collections::BTreeMap<String, u32>"),
                 ("points", "Option<Vec<Point>>"),
+                ("bonus", "[u8; 2]"),
             ],
             "u64",
             false,
