@@ -754,3 +754,367 @@ fn binary_that_never_says_hello_fails_within_the_start_timeout() {
     );
     assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
 }
+
+// ---------------------------------------------------------------------------------------
+// run: policies (--timeout, --grace, --retries, --max-rss, ..., per-job overrides)
+
+/// Runs `jobs` (JSON Lines) with `procpool run --worker DEMO FLAGS`.
+fn run_jobs_with(flags: &[&str], jobs: &str) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "jobs.jsonl", jobs);
+    let mut args = vec!["run", "--worker", DEMO, "--jobs", &path];
+    args.extend_from_slice(flags);
+    procpool(&args, "")
+}
+
+#[test]
+fn run_help_documents_the_policy_flags_and_job_fields() {
+    let run = procpool(&["run", "--help"], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    for needle in [
+        "--timeout <DURATION>",
+        "--grace <DURATION>",
+        "--retries <N>",
+        "--max-tasks-per-worker <N>",
+        "--max-rss <SIZE>",
+        "--min-workers <N>",
+        "--idle-timeout <DURATION>",
+        "200ms",
+        "512MiB",
+        "timeout_ms",
+        "retries",
+        "attempts",
+        "limit_exceeded",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "{needle:?} missing from:\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn timeout_ends_a_hung_job_within_a_second() {
+    let run = run_jobs_with(
+        &["--timeout", "200ms", "--grace", "0", "--workers", "1"],
+        "{\"id\": \"hang\", \"task\": \"sleep_ms\", \"args\": [60000]}\n\
+         {\"id\": \"after\", \"task\": \"add\", \"args\": [1, 2]}\n",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = by_id(&run.records());
+    let hang = &records["hang"];
+    assert_eq!(hang["status"], "failed", "{hang}");
+    assert_eq!(hang["error"]["kind"], "timed_out", "{hang}");
+    assert_eq!(hang["error"]["timeout_ms"], 200.0, "{hang}");
+    assert_eq!(hang["attempts"], 1, "{hang}");
+    // 200 ms deadline + 0 grace + 500 ms of slack.
+    let took = hang["duration_ms"].as_f64().unwrap();
+    assert!((200.0..700.0).contains(&took), "{hang}");
+    assert_eq!(records["after"]["status"], "completed", "{run:?}");
+    assert_eq!(records["after"]["result"], 3, "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+}
+
+#[test]
+fn per_job_timeout_overrides_the_flag_both_ways() {
+    let run = run_jobs_with(
+        &["--timeout", "100ms", "--grace", "0", "--workers", "2"],
+        "{\"id\": \"shorter\", \"task\": \"sleep_ms\", \"args\": [60000], \"timeout_ms\": 150}\n\
+         {\"id\": \"longer\", \"task\": \"sleep_ms\", \"args\": [400], \"timeout_ms\": 10000}\n\
+         {\"id\": \"default\", \"task\": \"sleep_ms\", \"args\": [60000]}\n",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = by_id(&run.records());
+    let shorter = &records["shorter"];
+    assert_eq!(shorter["error"]["kind"], "timed_out", "{shorter}");
+    assert_eq!(shorter["error"]["timeout_ms"], 150.0, "{shorter}");
+    let longer = &records["longer"];
+    assert_eq!(longer["status"], "completed", "{longer}");
+    assert_eq!(longer["result"], 400, "{longer}");
+    let default = &records["default"];
+    assert_eq!(default["error"]["kind"], "timed_out", "{default}");
+    assert_eq!(default["error"]["timeout_ms"], 100.0, "{default}");
+}
+
+#[test]
+fn retries_rerun_crashes_but_not_panics_and_report_attempts() {
+    let run = run_jobs_with(
+        &["--retries", "2", "--workers", "2"],
+        "{\"id\": \"exit\", \"task\": \"exit\", \"args\": [3]}\n\
+         {\"id\": \"exit-no-retry\", \"task\": \"exit\", \"args\": [4], \"retries\": 0}\n\
+         {\"id\": \"exit-more\", \"task\": \"exit\", \"args\": [5], \"retries\": 3}\n\
+         {\"id\": \"panic\", \"task\": \"panic\", \"args\": [\"boom\"]}\n\
+         {\"id\": \"good\", \"task\": \"square\", \"args\": [9]}\n",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = by_id(&run.records());
+    for (id, code, attempts) in [("exit", 3, 3), ("exit-no-retry", 4, 1), ("exit-more", 5, 4)] {
+        let r = &records[id];
+        assert_eq!(r["error"]["kind"], "crashed", "{r}");
+        assert_eq!(r["error"]["exit_code"], code, "{r}");
+        assert_eq!(r["attempts"], attempts, "{r}");
+    }
+    assert_eq!(records["panic"]["error"]["kind"], "panicked", "{run:?}");
+    assert_eq!(records["panic"]["attempts"], 1, "{run:?}");
+    assert_eq!(records["good"]["result"], 81, "{run:?}");
+    assert_eq!(records["good"]["attempts"], 1, "{run:?}");
+}
+
+#[test]
+fn max_rss_stops_a_memory_bomb_and_the_next_job_succeeds() {
+    let run = run_jobs_with(
+        &["--max-rss", "256MiB", "--workers", "1"],
+        "{\"id\": \"bomb\", \"task\": \"alloc_mb\", \"args\": [2048]}\n\
+         {\"id\": \"small\", \"task\": \"alloc_mb\", \"args\": [16]}\n\
+         {\"id\": \"next\", \"task\": \"add\", \"args\": [40, 2]}\n",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = by_id(&run.records());
+    let bomb = &records["bomb"];
+    assert_eq!(bomb["status"], "failed", "{bomb}");
+    assert_eq!(bomb["error"]["kind"], "limit_exceeded", "{bomb}");
+    assert!(
+        bomb["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("above the 256 MiB limit"),
+        "{bomb}"
+    );
+    assert_eq!(records["small"]["result"], 16, "{run:?}");
+    assert_eq!(records["next"]["result"], 42, "{run:?}");
+}
+
+#[test]
+fn recycling_and_elastic_sizing_flags_run_a_batch() {
+    let jobs: String = (0..12)
+        .map(|i| format!("{{\"id\": \"j{i}\", \"task\": \"square\", \"args\": [{i}]}}\n"))
+        .collect();
+    let run = run_jobs_with(
+        &[
+            "--workers",
+            "3",
+            "--min-workers",
+            "1",
+            "--idle-timeout",
+            "50ms",
+            "--max-tasks-per-worker",
+            "1",
+        ],
+        &jobs,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let records = by_id(&run.records());
+    for i in 0..12i64 {
+        assert_eq!(records[&format!("j{i}")]["result"], i * i, "{run:?}");
+    }
+}
+
+#[test]
+fn bad_duration_size_and_count_flags_exit_2_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--timeout", "soon"],
+            "'soon' for '--timeout <DURATION>': not a duration",
+        ),
+        (&["--timeout", "200"], "not a duration"),
+        (&["--timeout", "0"], "must be longer than zero"),
+        (&["--grace=-1s"], "not a duration"),
+        (&["--idle-timeout", "5 parsecs"], "not a duration"),
+        (
+            &["--max-rss", "lots"],
+            "'lots' for '--max-rss <SIZE>': not a size",
+        ),
+        (&["--max-rss", "12 furlongs"], "not a size"),
+        (&["--max-rss", "0MiB"], "must be larger than zero"),
+        (&["--retries=-1"], "--retries <N>"),
+        (&["--retries", "many"], "--retries <N>"),
+        (
+            &["--max-tasks-per-worker", "0"],
+            "--max-tasks-per-worker <N>",
+        ),
+        (
+            &["--workers", "2", "--min-workers", "3"],
+            "min_workers (3) is above workers (2)",
+        ),
+    ];
+    for (flags, needle) in cases {
+        let run = run_jobs_with(
+            flags,
+            "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n",
+        );
+        assert_eq!(run.code, 2, "{flags:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{flags:?}: {run:?}");
+        assert!(
+            run.stderr.contains(needle),
+            "{flags:?}: {needle:?} missing from {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn bad_per_job_policy_fields_are_bad_jobs() {
+    let run = run_jobs_with(
+        &["--workers", "1"],
+        "{\"id\": \"t-string\", \"task\": \"add\", \"args\": [1, 2], \"timeout_ms\": \"1s\"}\n\
+         {\"id\": \"t-zero\", \"task\": \"add\", \"args\": [1, 2], \"timeout_ms\": 0}\n\
+         {\"id\": \"t-neg\", \"task\": \"add\", \"args\": [1, 2], \"timeout_ms\": -5}\n\
+         {\"id\": \"r-float\", \"task\": \"add\", \"args\": [1, 2], \"retries\": 1.5}\n\
+         {\"id\": \"r-null\", \"task\": \"add\", \"args\": [1, 2], \"retries\": null}\n\
+         {\"id\": \"r-array\", \"task\": \"add\", \"args\": [1, 2], \"retries\": [1]}\n\
+         {\"id\": \"fine\", \"task\": \"add\", \"args\": [1, 2], \"timeout_ms\": 5000, \"retries\": 1}\n",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = by_id(&run.records());
+    for (id, line, field) in [
+        ("t-string", 1, "timeout_ms"),
+        ("t-zero", 2, "timeout_ms"),
+        ("t-neg", 3, "timeout_ms"),
+        ("r-float", 4, "retries"),
+        ("r-null", 5, "retries"),
+        ("r-array", 6, "retries"),
+    ] {
+        let r = &records[id];
+        assert_eq!(r["status"], "failed", "{r}");
+        assert_eq!(r["error"]["kind"], "bad_job", "{r}");
+        assert_eq!(r["line"], line, "{r}");
+        assert!(r.get("attempts").is_none(), "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("\"{field}\" must be a whole number")),
+            "{r}"
+        );
+    }
+    assert_eq!(records["fine"]["status"], "completed", "{run:?}");
+    assert_eq!(records["fine"]["result"], 3, "{run:?}");
+    assert_eq!(records["fine"]["attempts"], 1, "{run:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Nested tasks in a job's arguments (issue 3)
+
+#[test]
+fn run_help_documents_nested_tasks() {
+    let run = procpool(&["run", "--help"], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    for needle in ["NESTED TASKS", "$task", "error.input"] {
+        assert!(
+            run.stdout.contains(needle),
+            "{needle:?} missing from:\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn nested_tasks_run_first_and_their_results_replace_them() {
+    let jobs = concat!(
+        r#"{"id": "m", "task": "sum", "args": [[{"$task": "square", "args": [2]}, {"$task": "square", "args": [3]}]]}"#,
+        "\n",
+        // Nested twice: sum([square(2), 1]) = 5, plus square(3) = 9.
+        r#"{"id": "deep", "task": "add", "args": [{"$task": "sum", "args": [[{"$task": "square", "args": [2]}, 1]]}, {"$task": "square", "args": [3]}]}"#,
+        "\n",
+        r#"{"id": "plain", "task": "add", "args": [1, 2]}"#,
+        "\n",
+    );
+    let run = procpool(
+        &["run", "--worker", DEMO, "--workers", "2", "--jobs", "-"],
+        jobs,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let records = by_id(&run.records());
+    for (id, result) in [("m", 13), ("deep", 14), ("plain", 3)] {
+        let r = &records[id];
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["result"], result, "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+    }
+}
+
+#[test]
+fn a_failing_nested_task_fails_its_job_with_its_kind_and_cancels_the_others() {
+    let jobs = concat!(
+        r#"{"id": "f", "task": "sum", "args": [[{"$task": "sleep_ms", "args": [10000]}, {"$task": "segfault"}, {"$task": "sleep_ms", "args": [10000]}]]}"#,
+        "\n",
+        r#"{"id": "after", "task": "add", "args": [20, 22]}"#,
+        "\n",
+    );
+    let run = procpool(
+        &["run", "--worker", DEMO, "--workers", "3", "--jobs", "-"],
+        jobs,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    // The sleepers were killed: a drain waiting for them would take 10 s.
+    assert!(
+        run.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        run.elapsed
+    );
+    let records = by_id(&run.records());
+    let f = &records["f"];
+    assert_eq!(f["status"], "failed", "{f}");
+    assert_eq!(f["task"], "sum", "{f}");
+    assert_eq!(f["error"]["kind"], "crashed", "{f}");
+    assert_eq!(f["error"]["signal"], "SIGSEGV", "{f}");
+    assert_eq!(
+        f["error"]["input"],
+        json!({"task": "segfault", "path": "$[0][1]"}),
+        "{f}"
+    );
+    assert_eq!(f["attempts"], 0, "the job's own task never ran: {f}");
+    assert_eq!(records["after"]["result"], 42);
+}
+
+#[test]
+fn malformed_or_unknown_nested_tasks_fail_their_job_only() {
+    let jobs = concat!(
+        r#"{"id": "shape", "task": "sum", "args": [[{"$task": 5}]]}"#,
+        "\n",
+        r#"{"id": "extra", "task": "sum", "args": [[{"$task": "square", "args": [1], "x": 1}]]}"#,
+        "\n",
+        r#"{"id": "unknown", "task": "sum", "args": [[{"$task": "no_such_task"}, {"$task": "sleep_ms", "args": [10000]}]]}"#,
+        "\n",
+        r#"{"id": "ok", "task": "sum", "args": [[{"$task": "square", "args": [4]}]]}"#,
+        "\n",
+    );
+    let run = procpool(
+        &["run", "--worker", DEMO, "--workers", "2", "--jobs", "-"],
+        jobs,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        run.elapsed
+    );
+    let records = by_id(&run.records());
+    let shape = &records["shape"];
+    assert_eq!(shape["error"]["kind"], "bad_job", "{shape}");
+    assert_eq!(shape["line"], 1, "{shape}");
+    let message = shape["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("$[0][0]") && message.contains("$task"),
+        "{shape}"
+    );
+    let extra = &records["extra"];
+    assert_eq!(extra["error"]["kind"], "bad_job", "{extra}");
+    assert!(
+        extra["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"x\""),
+        "{extra}"
+    );
+    // An unknown name fails the job before any of its nested tasks start.
+    let unknown = &records["unknown"];
+    assert_eq!(unknown["error"]["kind"], "unknown_task", "{unknown}");
+    assert!(
+        unknown["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_task"),
+        "{unknown}"
+    );
+    assert_eq!(records["ok"]["result"], 16);
+}

@@ -79,6 +79,53 @@ pub(crate) struct RunArgs {
     /// stdout.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+}
+
+/// How the pool treats tasks and workers: deadlines, retries, recycling, sizing. Every
+/// flag is optional; without any, tasks run with no deadline and no retry on a fixed-size
+/// pool.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Task and worker policies")]
+pub(crate) struct PolicyArgs {
+    /// Deadline of each attempt of a job, e.g. `200ms`, `5s`, `2m`: at the deadline the
+    /// worker's process group gets SIGTERM, then SIGKILL after --grace, and the job is
+    /// `timed_out`. A job's own `timeout_ms` wins. Default: none.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Time between the SIGTERM and the SIGKILL of a timed-out job, e.g. `500ms`; `0`
+    /// kills at once. Default: 1s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    pub(crate) grace: Option<Duration>,
+
+    /// Run a job again, up to N more times, when its worker died under it (`crashed`,
+    /// `timed_out`, `limit_exceeded`, `protocol`), with exponential backoff from 50 ms to
+    /// 5 s and jitter. Never for a user error or a panic. A job's own `retries` wins.
+    /// Default: 0.
+    #[arg(long, value_name = "N")]
+    pub(crate) retries: Option<u32>,
+
+    /// Replace a worker after it ran N tasks (1 = a fresh process per job).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_tasks_per_worker: Option<u64>,
+
+    /// Kill a worker whose resident memory goes above SIZE while it runs a job, e.g.
+    /// `512MiB`, `1GB`, `300M` (K, M, G are powers of 1000; KiB, MiB, GiB of 1024); the job
+    /// is `limit_exceeded` and a fresh worker takes the next one.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_rss: Option<u64>,
+
+    /// Workers kept warm even when idle; more start on demand up to --workers. Default:
+    /// all of them.
+    #[arg(long, value_name = "N")]
+    pub(crate) min_workers: Option<u32>,
+
+    /// Stop workers idle for this long, down to --min-workers, e.g. `30s`. Default: never.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -102,15 +149,65 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration written the usual way (`200ms`, `5s`, `2m`, `1h 30m`); `0` allowed.
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    // humantime wants a unit on everything but a bare `0`.
+    humantime::parse_duration(s)
+        .map_err(|e| format!("not a duration ({e}); write it like 200ms, 5s or 2m"))
+}
+
+/// A duration above zero.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_grace(s)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// A byte size above zero: `512MiB`, `1GB`, `300M`, `4096`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a size ({e}); write it like 512MiB, 1GB or 300M"))?;
+    if size.as_u64() == 0 {
+        return Err("must be larger than zero".into());
+    }
+    Ok(size.as_u64())
+}
+
 const RUN_AFTER_HELP: &str = "\
 JOBS (one JSON object per line; blank lines are skipped):
   {\"id\": \"j1\", \"task\": \"add\", \"args\": [1, 2]}
-  id     required, a non-empty string, unique within the run
-  task   required, the name of a task the worker serves (see `procpool tasks`)
-  args   optional, an array of positional arguments; default []
+  {\"id\": \"j2\", \"task\": \"sleep_ms\", \"args\": [5000], \"timeout_ms\": 500, \"retries\": 1}
+  id          required, a non-empty string, unique within the run
+  task        required, the name of a task the worker serves (see `procpool tasks`)
+  args        optional, an array of positional arguments; default []
+  timeout_ms  optional, a whole number of milliseconds above 0: this job's deadline,
+              overriding --timeout
+  retries     optional, a whole number >= 0: this job's crash-class retries,
+              overriding --retries
   Any other field, a missing or non-string id, a missing task, args that are not an
-  array, a line that is not a JSON object, or an id seen before makes a `bad_job`
-  record carrying the line number (1-based); the other jobs still run.
+  array, a timeout_ms or retries that is not such a number, a line that is not a JSON
+  object, or an id seen before makes a `bad_job` record carrying the line number
+  (1-based); the other jobs still run.
+
+NESTED TASKS (a task's result as an argument):
+  {\"id\": \"m\", \"task\": \"sum\", \"args\": [[{\"$task\": \"square\", \"args\": [2]},
+                                    {\"$task\": \"square\", \"args\": [3]}]]}
+  Any value anywhere inside args (in arrays, in objects, in another nested task's args)
+  may be an object {\"$task\": NAME, \"args\": [...]}. The nested tasks run first, all
+  at once, each as soon as its own nested args are done; every result replaces its
+  object, and then the job's task runs with the resolved args (job m completes with
+  13). A nested task object has only \"$task\" (a task name) and an optional \"args\"
+  array; any other shape makes a `bad_job`. timeout_ms and retries apply to the job's
+  own task; nested tasks follow --timeout and --retries. When a nested task fails, the
+  job fails with that task's error kind, the other nested tasks are cancelled (their
+  workers killed), the job's task never runs (attempts 0, duration_ms from the start
+  of the nested tasks), and error.input names the failed one:
+  {\"task\": \"segfault\", \"path\": \"$[0][1]\"} (path $[0][1] is args[0][1]).
 
 RESULTS (one JSON line per job, written and flushed as soon as that job ends, so not
 in input order):
@@ -121,8 +218,12 @@ in input order):
    \"message\": \"...\", \"stderr_tail\": []}}
   status      completed | failed | cancelled
   error.kind  user_error (+ type) | panicked (+ location) | crashed (+ signal or
-              exit_code, stderr_tail) | timed_out | limit_exceeded | unknown_task |
+              exit_code, stderr_tail) | timed_out (+ timeout_ms, the deadline hit) |
+              limit_exceeded (message: which limit, with the figure) | unknown_task |
               bad_args | bad_job | protocol | cancelled
+  error.input the nested task that failed the job: {\"task\": ..., \"path\": ...}
+  attempts    how many times the job was started, retries included (0 if it never
+              started: refused by the pool, or cancelled while queued)
   duration_ms time from the task reaching a worker to its result
 
 EXIT CODES:

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Map, Value};
@@ -19,6 +20,17 @@ pub(crate) struct Job {
     pub(crate) args: Value,
     /// 1-based line number in the job stream.
     pub(crate) line: u64,
+    /// The job's own `timeout_ms` and `retries`, overriding the pool's.
+    pub(crate) policy: JobPolicy,
+}
+
+/// Per-job overrides of the pool's policies; `None` keeps the pool's.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct JobPolicy {
+    /// `timeout_ms`: deadline of each attempt.
+    pub(crate) timeout: Option<Duration>,
+    /// `retries`: crash-class retries.
+    pub(crate) retries: Option<u32>,
 }
 
 /// A line that cannot run, with what could still be read from it.
@@ -39,7 +51,7 @@ pub(crate) enum Parsed {
 
 /// Fields a job line may have; anything else is rejected, so a typo such as `"arg"` is
 /// reported instead of silently running with no arguments.
-const FIELDS: [&str; 3] = ["id", "task", "args"];
+const FIELDS: [&str; 5] = ["id", "task", "args", "timeout_ms", "retries"];
 
 /// Opens the job stream: a file, or stdin for `-`. Errors here mean nothing ran.
 pub(crate) async fn open(path: &Path) -> anyhow::Result<Box<dyn AsyncBufRead + Unpin + Send>> {
@@ -147,7 +159,8 @@ impl<R: AsyncBufRead + Unpin> JobReader<R> {
 fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!(
-            "unknown field {unknown:?} (a job has only \"id\", \"task\" and \"args\")"
+            "unknown field {unknown:?} (a job has only \"id\", \"task\", \"args\", \"timeout_ms\" \
+             and \"retries\")"
         ));
     }
     let id = match obj.remove("id") {
@@ -177,12 +190,51 @@ fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
             ));
         }
     };
+    // Nested tasks are checked here, so a malformed one is a `bad_job` with its line.
+    if procpool::JsonGraph::contains_tasks(&args) {
+        procpool::JsonGraph::parse(args.clone()).map_err(|e| format!("in \"args\": {e}"))?;
+    }
+    let policy = JobPolicy {
+        timeout: match obj.remove("timeout_ms") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(ms) if ms > 0 => Some(Duration::from_millis(ms)),
+                _ => {
+                    return Err(format!(
+                        "\"timeout_ms\" must be a whole number of milliseconds above 0, not {}",
+                        describe(&v)
+                    ));
+                }
+            },
+        },
+        retries: match obj.remove("retries") {
+            None => None,
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Some(n),
+                None => {
+                    return Err(format!(
+                        "\"retries\" must be a whole number >= 0, not {}",
+                        describe(&v)
+                    ));
+                }
+            },
+        },
+    };
     Ok(Job {
         id,
         task,
         args,
         line,
+        policy,
     })
+}
+
+/// A number as written (`-5`, `1.5`), anything else by its type.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        other => type_of(other).to_owned(),
+    }
 }
 
 fn type_of(v: &Value) -> &'static str {
@@ -229,13 +281,15 @@ mod tests {
                     id: "a".into(),
                     task: "t".into(),
                     args: serde_json::json!([1]),
-                    line: 2
+                    line: 2,
+                    policy: JobPolicy::default(),
                 }),
                 Parsed::Job(Job {
                     id: "b".into(),
                     task: "u".into(),
                     args: serde_json::json!([]),
-                    line: 4
+                    line: 4,
+                    policy: JobPolicy::default(),
                 }),
             ]
         );
@@ -266,5 +320,51 @@ mod tests {
         assert!(bad_line(&parsed[6]).1.contains("\"args\" must be an array"));
         assert!(bad_line(&parsed[7]).1.contains("unknown field \"arg\""));
         assert!(bad_line(&parsed[8]).1.contains("missing \"task\""));
+    }
+
+    #[tokio::test]
+    async fn per_job_timeout_and_retries() {
+        let parsed = parse_all(concat!(
+            "{\"id\":\"a\",\"task\":\"t\",\"timeout_ms\":250,\"retries\":2}\n",
+            "{\"id\":\"b\",\"task\":\"t\",\"retries\":0}\n",
+            "{\"id\":\"c\",\"task\":\"t\",\"timeout_ms\":\"1s\"}\n",
+            "{\"id\":\"d\",\"task\":\"t\",\"timeout_ms\":0}\n",
+            "{\"id\":\"e\",\"task\":\"t\",\"timeout_ms\":1.5}\n",
+            "{\"id\":\"f\",\"task\":\"t\",\"retries\":-1}\n",
+            "{\"id\":\"g\",\"task\":\"t\",\"retries\":true}\n",
+            "{\"id\":\"h\",\"task\":\"t\",\"retries\":4294967296}\n",
+        ))
+        .await;
+        let Parsed::Job(a) = &parsed[0] else {
+            panic!("{:?}", parsed[0])
+        };
+        assert_eq!(a.policy.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(a.policy.retries, Some(2));
+        let Parsed::Job(b) = &parsed[1] else {
+            panic!("{:?}", parsed[1])
+        };
+        assert_eq!(
+            b.policy,
+            JobPolicy {
+                timeout: None,
+                retries: Some(0)
+            }
+        );
+        let msg = |i: usize| bad_line(&parsed[i]).1.to_owned();
+        assert!(
+            msg(2).contains("\"timeout_ms\" must be a whole number"),
+            "{}",
+            msg(2)
+        );
+        assert!(msg(2).ends_with("not a string"), "{}", msg(2));
+        assert!(msg(3).ends_with("not 0"), "{}", msg(3));
+        assert!(msg(4).ends_with("not 1.5"), "{}", msg(4));
+        assert!(
+            msg(5).contains("\"retries\" must be a whole number >= 0, not -1"),
+            "{}",
+            msg(5)
+        );
+        assert!(msg(6).ends_with("not a boolean"), "{}", msg(6));
+        assert!(msg(7).ends_with("not 4294967296"), "{}", msg(7));
     }
 }

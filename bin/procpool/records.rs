@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use procpool::TaskError;
+use procpool::{MetaError, TaskError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -34,7 +34,8 @@ pub(crate) struct Record {
     pub(crate) result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<ErrorInfo>,
-    /// Runs of the task (no retries yet: always 1; absent for a bad job).
+    /// Times the task was started, retries included (0 if it never started; absent for a
+    /// bad job).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) attempts: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,13 +70,27 @@ pub(crate) struct ErrorInfo {
     /// `timed_out`: the deadline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timeout_ms: Option<f64>,
+    /// The nested task (`$task` in the job's arguments) whose failure failed the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<NestedInput>,
+}
+
+/// `error.input`: which nested task failed a job.
+#[derive(Debug, Serialize)]
+pub(crate) struct NestedInput {
+    /// Its task name.
+    pub(crate) task: String,
+    /// Where it sits in the job's `args`, JSONPath-like: `$[0][1]` is `args[0][1]`.
+    pub(crate) path: String,
 }
 
 impl Record {
-    /// The record of a job that ran (or was refused by the pool).
+    /// The record of a job that ran `attempts` times (0 if the pool refused it or it was
+    /// cancelled while queued).
     pub(crate) fn finished(
         job: Job,
         outcome: Result<Value, TaskError>,
+        attempts: u32,
         duration: Duration,
     ) -> Record {
         let (status, result, error) = match outcome {
@@ -91,10 +106,33 @@ impl Record {
             status,
             result,
             error,
-            attempts: Some(1),
+            attempts: Some(attempts),
             duration_ms: Some(millis(duration)),
             line: job.line,
         }
+    }
+
+    /// The record of a job whose nested tasks failed (its own task never ran): the failed
+    /// nested task's kind and details, and `error.input` naming it.
+    pub(crate) fn nested_failed(job: Job, err: MetaError, duration: Duration) -> Record {
+        let (input, err) = match err {
+            MetaError::Task {
+                name, path, source, ..
+            } => (Some(NestedInput { task: name, path }), *source),
+            MetaError::Cancelled => (None, TaskError::Cancelled),
+            // Combine steps and shared results are not used for jobs; reported by text.
+            other => (
+                None,
+                TaskError::Codec {
+                    message: other.to_string(),
+                },
+            ),
+        };
+        let mut record = Record::finished(job, Err(err), 0, duration);
+        if let Some(error) = &mut record.error {
+            error.input = input;
+        }
+        record
     }
 
     /// The record of a line that could not become a job.
@@ -194,6 +232,7 @@ mod tests {
             task: "t".into(),
             args: Value::Array(vec![]),
             line: 4,
+            policy: Default::default(),
         }
     }
 
@@ -203,7 +242,7 @@ mod tests {
 
     #[test]
     fn completed() {
-        let r = Record::finished(job(), Ok(3.into()), Duration::from_micros(420));
+        let r = Record::finished(job(), Ok(3.into()), 1, Duration::from_micros(420));
         assert_eq!(
             json(&r),
             serde_json::json!({"id": "j", "task": "t", "status": "completed", "result": 3,
@@ -220,6 +259,7 @@ mod tests {
                 exit_code: None,
                 stderr_tail: vec!["x".into()],
             }),
+            1,
             Duration::ZERO,
         );
         let v = json(&r);
@@ -236,6 +276,7 @@ mod tests {
                 exit_code: Some(3),
                 stderr_tail: vec![],
             }),
+            1,
             Duration::ZERO,
         );
         let v = json(&r);
@@ -248,6 +289,7 @@ mod tests {
         let v = json(&Record::finished(
             job(),
             Err(TaskError::Cancelled),
+            0,
             Duration::ZERO,
         ));
         assert_eq!(v["status"], "cancelled");
@@ -257,8 +299,39 @@ mod tests {
             Err(TaskError::Codec {
                 message: "m".into(),
             }),
+            1,
             Duration::ZERO,
         ));
         assert_eq!(v["error"]["kind"], "protocol");
+    }
+
+    #[test]
+    fn timeout_limit_and_attempts() {
+        let v = json(&Record::finished(
+            job(),
+            Err(TaskError::TimedOut {
+                after: Duration::from_millis(200),
+            }),
+            3,
+            Duration::from_millis(201),
+        ));
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["attempts"], 3);
+        assert_eq!(v["error"]["kind"], "timed_out");
+        assert_eq!(v["error"]["timeout_ms"], 200.0);
+        let v = json(&Record::finished(
+            job(),
+            Err(TaskError::LimitExceeded {
+                message: "max_rss: 300 MiB above 256 MiB".into(),
+            }),
+            1,
+            Duration::ZERO,
+        ));
+        assert_eq!(v["error"]["kind"], "limit_exceeded");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("300 MiB"),
+            "{v}"
+        );
+        assert!(v["error"].get("timeout_ms").is_none(), "{v}");
     }
 }

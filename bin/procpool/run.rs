@@ -11,12 +11,12 @@ use std::task::Poll;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use procpool::{Pool, Shutdown, Task, TaskHandle};
+use procpool::{JsonGraph, MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::cli::{RunArgs, WorkerArgs};
-use crate::jobs::{self, Job, JobReader, Parsed};
+use crate::cli::{PolicyArgs, RunArgs, WorkerArgs};
+use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed};
 use crate::records::{Record, Status};
 use crate::{Exit, Failure};
 
@@ -32,7 +32,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     if let Some(out) = &args.out {
         refuse_same_file(&args.jobs, out).map_err(Failure::Setup)?;
     }
-    let pool = start_pool(&args.worker, args.workers.map(|n| n as usize)).await?;
+    let pool = start_pool(
+        &args.worker,
+        args.workers.map(|n| n as usize),
+        Some(&args.policy),
+    )
+    .await?;
     // Created only once the pool is up, so a bad worker leaves an existing file untouched.
     let out = open_output(args.out.as_deref()).map_err(Failure::Setup)?;
     tracing::info!(workers = pool.size(), "pool started");
@@ -49,7 +54,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
 }
 
 /// Builds a pool off the async threads (`build` blocks until every worker said hello).
-pub(crate) async fn start_pool(args: &WorkerArgs, workers: Option<usize>) -> Result<Pool, Failure> {
+/// A setting the pool refuses (e.g. --min-workers above --workers) is a setup failure.
+pub(crate) async fn start_pool(
+    args: &WorkerArgs,
+    workers: Option<usize>,
+    policy: Option<&PolicyArgs>,
+) -> Result<Pool, Failure> {
     let mut builder = Pool::builder();
     builder
         .worker(&args.worker)
@@ -57,11 +67,50 @@ pub(crate) async fn start_pool(args: &WorkerArgs, workers: Option<usize>) -> Res
     if let Some(n) = workers {
         builder.workers(n);
     }
+    if let Some(p) = policy {
+        apply_policy(&mut builder, p);
+    }
     tokio::task::spawn_blocking(move || builder.build())
         .await
         .context("the pool start-up thread panicked")
         .map_err(Failure::Runtime)?
         .map_err(|e| Failure::Setup(e.into()))
+}
+
+/// The pool-wide policy flags onto the builder; unset flags keep the library's defaults.
+fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) {
+    if let Some(d) = p.timeout {
+        builder.timeout(d);
+    }
+    if let Some(d) = p.grace {
+        builder.grace(d);
+    }
+    if let Some(n) = p.retries {
+        builder.retry(RetryPolicy::new(n));
+    }
+    if let Some(n) = p.max_tasks_per_worker {
+        builder.max_tasks_per_worker(n);
+    }
+    if let Some(bytes) = p.max_rss {
+        builder.max_rss(bytes);
+    }
+    if let Some(n) = p.min_workers {
+        builder.min_workers(n as usize);
+    }
+    if let Some(d) = p.idle_timeout {
+        builder.idle_timeout(d);
+    }
+}
+
+/// A job's own `timeout_ms` and `retries` onto its task (they win over the pool's).
+fn with_policy<R>(mut task: Task<R>, policy: &JobPolicy) -> Task<R> {
+    if let Some(d) = policy.timeout {
+        task = task.timeout(d);
+    }
+    if let Some(n) = policy.retries {
+        task = task.retry(RetryPolicy::new(n));
+    }
+    task
 }
 
 /// Streams `input` through the pool into `out`; true when every job completed.
@@ -99,8 +148,12 @@ async fn run_jobs(
             parsed = reader.next(), if can_read => {
                 match parsed.context("error reading the jobs")? {
                     None => input_done = true,
+                    Some(Parsed::Job(job)) if JsonGraph::contains_tasks(&job.args) => {
+                        in_flight.spawn(finish_nested(pool.clone(), job));
+                    }
                     Some(Parsed::Job(job)) => {
-                        let handle = pool.submit(Task::json(job.task.clone(), job.args.clone()));
+                        let task = Task::json(job.task.clone(), job.args.clone());
+                        let handle = pool.submit(with_policy(task, &job.policy));
                         in_flight.spawn(finish(job, handle));
                     }
                     Some(Parsed::Bad(bad)) => {
@@ -115,6 +168,43 @@ async fn run_jobs(
     Ok(all_completed)
 }
 
+/// Runs a job whose arguments hold nested tasks (`{"$task": ..., "args": [...]}`): they
+/// run first, all at once, as the inputs of a MetaTask; their results replace them, and
+/// then the job's own task runs like any other job. A failed nested task fails the job
+/// with its own kind, and the MetaTask cancels the other nested tasks (their workers are
+/// killed) before the record is written.
+async fn finish_nested(pool: Pool, job: Job) -> Record {
+    let began = Instant::now();
+    let graph = match JsonGraph::parse(job.args.clone()) {
+        Ok(graph) => graph,
+        // `jobs::validate` let the job through only if this parses; kept as a record
+        // rather than a panic all the same.
+        Err(e) => {
+            let err = TaskError::BadArgs {
+                message: e.to_string(),
+            };
+            return Record::finished(job, Err(err), 0, began.elapsed());
+        }
+    };
+    // A name the worker does not serve fails the job before any nested task starts.
+    let unknown = std::iter::once(job.task.as_str())
+        .chain(graph.task_names())
+        .find(|name| !pool.tasks().iter().any(|t| t.name == *name))
+        .map(str::to_owned);
+    if let Some(name) = unknown {
+        let err = TaskError::UnknownTask { name };
+        return Record::finished(job, Err(err), 0, began.elapsed());
+    }
+    match MetaTask::new(graph, |args| args).run(&pool).await {
+        Ok(args) => {
+            let task = Task::json(job.task.clone(), args);
+            let handle = pool.submit(with_policy(task, &job.policy));
+            finish(job, handle).await
+        }
+        Err(err) => Record::nested_failed(job, err, began.elapsed()),
+    }
+}
+
 /// Waits for one job and makes its record. The duration counts from the moment a worker
 /// takes the task, so time spent queued behind other jobs is not billed to it.
 async fn finish(job: Job, mut handle: TaskHandle<Value>) -> Record {
@@ -123,11 +213,11 @@ async fn finish(job: Job, mut handle: TaskHandle<Value>) -> Record {
     // oversized arguments): such a handle is ready at once, so poll it first.
     let early = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut handle).poll(cx))).await;
     if let Poll::Ready(outcome) = early {
-        return Record::finished(job, outcome, submitted.elapsed());
+        return Record::finished(job, outcome, handle.attempts(), submitted.elapsed());
     }
     let began = handle.started().await.map_or(submitted, |_| Instant::now());
     let outcome = (&mut handle).await;
-    let record = Record::finished(job, outcome, began.elapsed());
+    let record = Record::finished(job, outcome, handle.attempts(), began.elapsed());
     tracing::debug!(id = ?record.id, status = ?record.status, "job finished");
     record
 }

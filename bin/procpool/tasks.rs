@@ -12,7 +12,7 @@ use crate::{Exit, Failure};
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<Exit, Failure> {
     // One worker is enough: every worker of a binary announces the same registry.
-    let pool = start_pool(&args.worker, Some(1)).await?;
+    let pool = start_pool(&args.worker, Some(1), None).await?;
     let mut tasks: Vec<TaskInfo> = pool.tasks().to_vec();
     pool.shutdown(Shutdown::Kill).await;
     tasks.sort_by(|a, b| a.name.cmp(&b.name));

@@ -279,6 +279,11 @@ impl Executor {
                         },
                         Err(e) => break End::Protocol(format!("undecodable frame from worker: {e}")),
                     },
+                    // A worker that dies with a frame of ours still unread in its socket
+                    // resets the channel (ECONNRESET) instead of closing it: that is its
+                    // death, and its exit status is the verdict, not a protocol error.
+                    Some(Err(procpool_proto::FrameError::Io(e)))
+                        if e.kind() == std::io::ErrorKind::ConnectionReset => break End::Eof,
                     Some(Err(e)) => break End::Protocol(format!("bad frame from worker: {e}")),
                     None => break End::Eof,
                 },

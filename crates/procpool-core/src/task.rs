@@ -103,6 +103,20 @@ impl<R> Task<R> {
         self
     }
 
+    /// Like [`on_progress`](Self::on_progress), but keeps a callback set before: both run,
+    /// the earlier one first. For wrappers (a MetaTask, a task manager) that watch a task's
+    /// progress without taking its owner's callback away.
+    pub fn also_on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(match self.on_progress.take() {
+            None => Arc::new(f),
+            Some(first) => Arc::new(move |p: &Progress| {
+                first(p);
+                f(p);
+            }),
+        });
+        self
+    }
+
     /// The task id.
     pub fn id(&self) -> Uuid {
         self.id

@@ -23,18 +23,23 @@ fn bincode_decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     // In-memory size may legitimately exceed the encoded size (varints, 24-byte `String`
     // headers), hence the factor; the floor keeps tiny payloads with small containers valid.
     let budget = bytes.len().saturating_mul(32).max(64 << 10);
+    // bincode's limit is a type-level constant: use the largest rung of the ladder that is
+    // not above the budget. Rounding up instead would let a claim reach 4x the budget (a
+    // 33 KiB payload could make the decoder allocate 4 MiB at once, 128x its size).
     macro_rules! with_limit {
-        ($($n:literal),*) => {{
-            $(if budget <= $n {
+        ($($n:literal),*; $floor:literal) => {{
+            $(if budget >= $n {
                 let cfg = bincode::config::standard().with_limit::<$n>();
                 return finish(bincode::serde::decode_from_slice::<T, _>(bytes, cfg)?, bytes.len());
             })*
-            let cfg = bincode::config::standard().with_limit::<{ 1 << 34 }>();
+            // The budget is never below the floor.
+            let cfg = bincode::config::standard().with_limit::<$floor>();
             finish(bincode::serde::decode_from_slice::<T, _>(bytes, cfg)?, bytes.len())
         }};
     }
     with_limit!(
-        65536, 262144, 1048576, 4194304, 16777216, 67108864, 268435456, 1073741824, 4294967296
+        17179869184, 4294967296, 1073741824, 268435456, 67108864, 16777216, 4194304, 1048576,
+        262144; 65536
     )
 }
 
@@ -230,6 +235,8 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: usize) -> Result<bo
         return Err(FrameError::TooLarge { len, max });
     }
     buf.clear();
+    // Exact: amortised growth would let the reused buffer reach twice the cap.
+    buf.reserve_exact(len);
     buf.resize(len, 0);
     r.read_exact(buf)?;
     Ok(true)

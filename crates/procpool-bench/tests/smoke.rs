@@ -1,0 +1,108 @@
+//! The harness must not rot: run the engine at its tiny scale on the floors and procpool
+//! (no peer is built or needed) and check the JSON document `scripts/bench --json` relies on.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_procpool-bench");
+
+const METRICS: [&str; 11] = [
+    "rtt_us",
+    "tput_strict_per_s",
+    "tput_window_per_s",
+    "spawn_ready_ms",
+    "fresh_process_per_s",
+    "cancel_resolve_ms",
+    "cancel_replace_ms",
+    "crash_detect_ms",
+    "blob_mb_per_s",
+    "idle_worker_rss_mb",
+    "queued_task_bytes",
+];
+
+fn out_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("procpool-bench-{name}-{}.json", std::process::id()))
+}
+
+#[test]
+fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
+    let json = out_path("smoke");
+    let out = Command::new(BENCH)
+        .args([
+            "--scale",
+            "tiny",
+            "--reps",
+            "2",
+            "--systems",
+            "floor_pipe,floor_tokio,procpool",
+            // The bench binary links the demo tasks and can serve as the worker, so the
+            // test does not depend on procpool-demo having been built.
+            "--worker",
+            BENCH,
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run procpool-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("procpool against the targets"), "{stdout}");
+    assert!(stdout.contains("rtt_us"), "{stdout}");
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert!(doc["machine"]["cpus"].as_u64().unwrap_or(0) >= 1, "{}", doc["machine"]);
+    assert_eq!(doc["machine"]["profile"], "debug");
+    let metrics = doc["metrics"].as_object().expect("metrics object");
+    for m in METRICS {
+        let per_system = metrics
+            .get(m)
+            .and_then(|v| v.as_object())
+            .unwrap_or_else(|| panic!("no {m} in {}", doc["metrics"]));
+        let pp = per_system.get("procpool").and_then(|v| v.as_f64());
+        assert!(
+            pp.is_some_and(|v| v.is_finite() && v > 0.0),
+            "{m}: procpool {pp:?}"
+        );
+        if m != "queued_task_bytes" {
+            for floor in ["floor_pipe", "floor_tokio"] {
+                let v = per_system.get(floor).and_then(|v| v.as_f64());
+                assert!(v.is_some_and(|v| v > 0.0), "{m}: {floor} {v:?}");
+            }
+        } else {
+            assert!(per_system.get("floor_pipe").is_none());
+            assert_eq!(
+                doc["unsupported"]["queued_task_bytes"]["floor_pipe"],
+                "a floor has no queue"
+            );
+        }
+        // No peer was asked for: none appears.
+        assert!(per_system.get("procspawn").is_none() && per_system.get("python_ppe").is_none());
+        assert_eq!(doc["samples"][m]["procpool"].as_array().map(Vec::len), Some(2));
+    }
+    let targets = doc["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 14);
+    for t in targets {
+        // Absolute targets and those against a floor have a verdict; those against
+        // procspawn have none without it.
+        let against_peer = t["against"] == "procspawn";
+        assert_eq!(t["met"].is_boolean(), !against_peer, "{t}");
+    }
+    assert!(
+        doc["notes"].as_array().is_some_and(|n| n.is_empty()),
+        "{}",
+        doc["notes"]
+    );
+}
+
+#[test]
+fn unknown_system_is_refused() {
+    let out = Command::new(BENCH)
+        .args(["--scale", "tiny", "--systems", "nope"])
+        .output()
+        .expect("run procpool-bench");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown system nope"));
+}
