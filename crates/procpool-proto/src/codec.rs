@@ -24,8 +24,7 @@ fn bincode_decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     // headers), hence the factor; the floor keeps tiny payloads with small containers valid.
     let budget = bytes.len().saturating_mul(32).max(64 << 10);
     // bincode's limit is a type-level constant: use the largest rung of the ladder that is
-    // not above the budget. Rounding up instead would let a claim reach 4x the budget (a
-    // 33 KiB payload could make the decoder allocate 4 MiB at once, 128x its size).
+    // not above the budget. Rounding up instead would let a claim exceed the budget.
     macro_rules! with_limit {
         ($($n:literal),*; $floor:literal) => {{
             $(if budget >= $n {
@@ -37,9 +36,9 @@ fn bincode_decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
             finish(bincode::serde::decode_from_slice::<T, _>(bytes, cfg)?, bytes.len())
         }};
     }
+    // Powers of two, so rounding down costs at most half the budget.
     with_limit!(
-        17179869184, 4294967296, 1073741824, 268435456, 67108864, 16777216, 4194304, 1048576,
-        262144; 65536
+        17179869184, 8589934592, 4294967296, 2147483648, 1073741824, 536870912, 268435456, 134217728, 67108864, 33554432, 16777216, 8388608, 4194304, 2097152, 1048576, 524288, 262144, 131072; 65536
     )
 }
 

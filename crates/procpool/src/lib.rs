@@ -7,9 +7,13 @@
 //! exactly why: the function's own error, a panic, a crash with its signal or exit code,
 //! a cancel, bad arguments, a protocol error.
 //!
-//! This crate only re-exports: the supervisor lives in `procpool-core`, the worker side in
-//! `procpool-worker`, the wire format in `procpool-proto`, the attributes in
-//! `procpool-macros`.
+//! [`MetaTask`] fans tasks out to workers and combines their results (failing fast by
+//! killing the other inputs' workers), and [`TaskManager`] shares runs between consumers
+//! by cache key, publishes [`TaskEvent`]s per channel and keeps results to be taken once.
+//!
+//! This crate only re-exports: the supervisor lives in `procpool-core`, orchestration in
+//! `procpool-manager`, the worker side in `procpool-worker`, the wire format in
+//! `procpool-proto`, the attributes in `procpool-macros`.
 //!
 //! ```no_run
 //! #[procpool::task]
