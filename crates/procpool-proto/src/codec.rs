@@ -128,6 +128,8 @@ pub fn decode_args<A: DeserializeOwned>(
         Encoding::Json => {
             // `()` deserializes from `null`, not from `[]`.
             match serde_json::from_slice::<serde_json::Value>(bytes) {
+                // `[]`, or `null` (how a unit argument tuple encodes).
+                Ok(serde_json::Value::Null) => Ok(serde_json::from_value(serde_json::Value::Null)?),
                 Ok(serde_json::Value::Array(items)) if items.is_empty() => {
                     Ok(serde_json::from_value(serde_json::Value::Null)?)
                 }

@@ -19,8 +19,8 @@
 //! # Caveats
 //! Frames are capped ([`DEFAULT_MAX_FRAME`] unless configured) and the cap is checked on the
 //! length prefix, before any buffer is allocated. Lengths *inside* a payload are bounded by
-//! the same cap through bincode's decode limit, so a forged `String` length cannot make the
-//! decoder allocate more than one frame's worth.
+//! bincode's decode limit, scaled to the payload: a forged `String` length cannot make the
+//! decoder claim more than 32 times the payload's size (at least 64 KiB).
 #![deny(missing_docs)]
 
 mod codec;
