@@ -24,7 +24,9 @@ fn prefetch_pool(workers: usize, prefetch: usize) -> Pool {
 async fn many_tiny_tasks_all_come_back_right() {
     let _serial = serial().await;
     let pool = prefetch_pool(2, 16);
-    let handles: Vec<_> = (0..5000i64).map(|i| pool.submit(demo::square::task(i))).collect();
+    let handles: Vec<_> = (0..5000i64)
+        .map(|i| pool.submit(demo::square::task(i)))
+        .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let i = i as i64;
         assert_eq!(h.await.unwrap(), i * i);
@@ -40,7 +42,9 @@ async fn a_crash_fails_only_the_running_task_and_prefetched_ones_run_elsewhere()
     // On one worker: a slow task, then a crash, then tasks prefetched behind the crash.
     let slow = pool.submit(demo::sleep_ms::task(100));
     let crash = pool.submit(demo::segfault::task());
-    let behind: Vec<_> = (0..6i64).map(|i| pool.submit(demo::add::task(i, 1))).collect();
+    let behind: Vec<_> = (0..6i64)
+        .map(|i| pool.submit(demo::add::task(i, 1)))
+        .collect();
     let first_worker = slow.started().await.unwrap();
     assert_eq!(slow.await.unwrap(), 100);
     let err = crash.await.unwrap_err();
@@ -63,7 +67,8 @@ async fn cancel_of_a_prefetched_task_means_it_never_starts() {
     let running = pool.submit(demo::sleep_ms::task(300));
     let seen = Arc::new(Mutex::new(false));
     let flag = seen.clone();
-    let queued = pool.submit(demo::progress::task(1, 0).on_progress(move |_| *flag.lock().unwrap() = true));
+    let queued =
+        pool.submit(demo::progress::task(1, 0).on_progress(move |_| *flag.lock().unwrap() = true));
     running.started().await.unwrap();
     // Give the Run frame time to reach the worker's prefetch queue.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -84,7 +89,9 @@ async fn cancel_of_the_running_task_in_a_window_kills_only_that_task() {
     let _serial = serial().await;
     let pool = prefetch_pool(1, 4);
     let running = pool.submit(demo::sleep_ms::task(60_000));
-    let behind: Vec<_> = (0..3i64).map(|i| pool.submit(demo::square::task(i))).collect();
+    let behind: Vec<_> = (0..3i64)
+        .map(|i| pool.submit(demo::square::task(i)))
+        .collect();
     let pid = running.started().await.unwrap();
     let t0 = Instant::now();
     running.cancel();
@@ -107,7 +114,10 @@ async fn idle_workers_are_used_before_windows_fill() {
     let b = pool.submit(demo::sleep_ms::task(200));
     let pa = a.started().await.unwrap();
     let pb = b.started().await.unwrap();
-    assert_ne!(pa, pb, "the second task must go to the idle worker, not a window");
+    assert_ne!(
+        pa, pb,
+        "the second task must go to the idle worker, not a window"
+    );
     let pids: HashSet<u32> = pool.worker_pids().await.into_iter().collect();
     assert_eq!(pids, HashSet::from([pa, pb]));
     a.await.unwrap();

@@ -136,7 +136,11 @@ pub fn apply_rlimits(spec: &str) -> Result<(), OsError> {
         // For CPU time the hard limit sits one second above the soft one: at the soft limit
         // the kernel sends SIGXCPU (reported as a limit), while equal limits would go
         // straight to SIGKILL, indistinguishable from any other kill.
-        let hard = if key == "cpu" { value.saturating_add(1) } else { value };
+        let hard = if key == "cpu" {
+            value.saturating_add(1)
+        } else {
+            value
+        };
         setrlimit(resource, value, hard).map_err(|e| OsError::WorkerSetup {
             what: "setrlimit",
             source: e.into(),
