@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::params::{Group, Params};
 use crate::sys;
-use crate::{Outcome, ms, us};
+use crate::{Outcome, median, ms, rtt_chunks, us};
 
 const MSG: usize = 64;
 const OP_ECHO: u8 = 0;
@@ -91,7 +91,10 @@ impl FloorPipe {
     }
 
     fn pair(&self) -> Result<Vec<PipeChild>> {
-        Ok(vec![PipeChild::spawn(&self.exe)?, PipeChild::spawn(&self.exe)?])
+        Ok(vec![
+            PipeChild::spawn(&self.exe)?,
+            PipeChild::spawn(&self.exe)?,
+        ])
     }
 
     pub fn measure(&mut self, g: Group, p: &Params) -> Result<Outcome> {
@@ -101,11 +104,15 @@ impl FloorPipe {
                 for i in 0..100 {
                     ch[(i % 2) as usize].echo(i)?;
                 }
-                let t = Instant::now();
-                for i in 0..p.rtt_n {
-                    ch[(i % 2) as usize].echo(i)?;
+                let mut chunks = Vec::new();
+                for range in rtt_chunks(p.rtt_n) {
+                    let (t, len) = (Instant::now(), range.end - range.start);
+                    for i in range {
+                        ch[(i % 2) as usize].echo(i)?;
+                    }
+                    chunks.push(us(t.elapsed()) / len as f64);
                 }
-                let v = us(t.elapsed()) / p.rtt_n as f64;
+                let v = median(chunks);
                 ch.into_iter().for_each(PipeChild::close);
                 Ok(Outcome::one("rtt_us", v))
             }
@@ -195,7 +202,10 @@ impl FloorPipe {
                     use std::os::unix::process::ExitStatusExt;
                     ensure!(status.signal() == Some(libc::SIGSEGV), "{status}");
                 }
-                Ok(Outcome::one("crash_detect_ms", ms(total) / p.crash_k as f64))
+                Ok(Outcome::one(
+                    "crash_detect_ms",
+                    ms(total) / p.crash_k as f64,
+                ))
             }
             Group::Blob => {
                 let mut c = PipeChild::spawn(&self.exe)?;

@@ -22,7 +22,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::params::{Group, Params};
 use crate::sys;
-use crate::{Outcome, ms, us};
+use crate::{Outcome, median, ms, rtt_chunks, us};
 
 const MAX_FRAME: usize = 64 << 20;
 
@@ -47,8 +47,13 @@ enum Req {
 
 #[derive(Serialize, Deserialize)]
 enum Resp {
-    Ready { pid: u32 },
-    Done { id: u128, result: Result<ByteBuf, String> },
+    Ready {
+        pid: u32,
+    },
+    Done {
+        id: u128,
+        result: Result<ByteBuf, String>,
+    },
 }
 
 /// The same layout as `Resp` (bincode numbers variants in order), borrowing the result so
@@ -129,7 +134,10 @@ impl FrameChild {
 
     async fn ready(&mut self) -> Result<()> {
         let f = self.rx.next().await.context("no ready frame")??;
-        ensure!(matches!(decode::<Resp>(&f)?, Resp::Ready { .. }), "not ready");
+        ensure!(
+            matches!(decode::<Resp>(&f)?, Resp::Ready { .. }),
+            "not ready"
+        );
         Ok(())
     }
 
@@ -189,12 +197,16 @@ impl FloorTokio {
                     a.call(i, i as i64).await?;
                     b.call(i, i as i64).await?;
                 }
-                let t = Instant::now();
-                for i in 0..p.rtt_n {
-                    let c = if i % 2 == 0 { &mut a } else { &mut b };
-                    c.call(i as u128, i as i64).await?;
+                let mut chunks = Vec::new();
+                for range in rtt_chunks(p.rtt_n) {
+                    let (t, len) = (Instant::now(), range.end - range.start);
+                    for i in range {
+                        let c = if i % 2 == 0 { &mut a } else { &mut b };
+                        c.call(i as u128, i as i64).await?;
+                    }
+                    chunks.push(us(t.elapsed()) / len as f64);
                 }
-                let v = us(t.elapsed()) / p.rtt_n as f64;
+                let v = median(chunks);
                 a.close().await;
                 b.close().await;
                 Ok(Outcome::one("rtt_us", v))
@@ -293,7 +305,10 @@ impl FloorTokio {
                     use std::os::unix::process::ExitStatusExt;
                     ensure!(status.signal() == Some(libc::SIGSEGV), "{status}");
                 }
-                Ok(Outcome::one("crash_detect_ms", ms(total) / p.crash_k as f64))
+                Ok(Outcome::one(
+                    "crash_detect_ms",
+                    ms(total) / p.crash_k as f64,
+                ))
             }
             Group::Blob => {
                 let (mut a, b) = self.pair().await?;

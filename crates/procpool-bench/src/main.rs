@@ -45,6 +45,25 @@ impl Outcome {
     }
 }
 
+/// `0..n` in up to 10 consecutive chunks. Round trips are timed per chunk and the sample
+/// is the median of the chunk means, so a burst of load from outside spoils one chunk, not
+/// the whole sample.
+pub fn rtt_chunks(n: u64) -> Vec<std::ops::Range<u64>> {
+    let k = n.clamp(1, 10);
+    (0..k).map(|c| c * n / k..(c + 1) * n / k).collect()
+}
+
+/// Median of a non-empty list.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -371,7 +390,10 @@ fn run(cli: Cli) -> Result<()> {
     for ((_, s), t) in &timing {
         *by_system.entry(s.as_str()).or_default() += t;
     }
-    let spent: Vec<String> = by_system.iter().map(|(s, t)| format!("{s} {t:.1} s")).collect();
+    let spent: Vec<String> = by_system
+        .iter()
+        .map(|(s, t)| format!("{s} {t:.1} s"))
+        .collect();
     println!("total {elapsed:.1} s ({})", spent.join(", "));
 
     if let Some(path) = &cli.json {
@@ -402,7 +424,7 @@ fn definitions(p: &Params, scale: Scale) -> Vec<String> {
     vec![
         "all systems: 2 workers; units: us, ms, tasks/s, MiB/s, MiB, bytes".into(),
         format!(
-            "rtt_us: mean of {} sequential submit -> typed result (python: {})",
+            "rtt_us: {} sequential submit -> typed result in 10 chunks, median of the chunk means (python: {})",
             p.rtt_n, py.rtt_n
         ),
         format!(

@@ -74,7 +74,10 @@ impl Group {
 
 /// Every metric in table order.
 pub fn all_metrics() -> Vec<&'static str> {
-    Group::ALL.iter().flat_map(|g| g.metrics().iter().copied()).collect()
+    Group::ALL
+        .iter()
+        .flat_map(|g| g.metrics().iter().copied())
+        .collect()
 }
 
 /// Whether a larger value is better (throughputs) or worse (times, memory).

@@ -12,7 +12,7 @@ use tokio::runtime::Runtime;
 
 use crate::params::{Group, Params};
 use crate::sys;
-use crate::{Outcome, ms, us};
+use crate::{Outcome, median, ms, rtt_chunks, us};
 
 pub struct Procpool {
     worker: PathBuf,
@@ -71,11 +71,15 @@ impl Procpool {
                 for i in 0..100 {
                     add(&pool, i).await?;
                 }
-                let t = Instant::now();
-                for i in 0..p.rtt_n {
-                    add(&pool, i as i64).await?;
+                let mut chunks = Vec::new();
+                for range in rtt_chunks(p.rtt_n) {
+                    let (t, len) = (Instant::now(), range.end - range.start);
+                    for i in range {
+                        add(&pool, i as i64).await?;
+                    }
+                    chunks.push(us(t.elapsed()) / len as f64);
                 }
-                Ok(Outcome::one("rtt_us", us(t.elapsed()) / p.rtt_n as f64))
+                Ok(Outcome::one("rtt_us", median(chunks)))
             }
             Group::TputStrict => {
                 let pool = builder(w).build()?;
@@ -164,7 +168,10 @@ impl Procpool {
                         other => bail!("segfault gave {other:?}"),
                     }
                 }
-                Ok(Outcome::one("crash_detect_ms", ms(total) / p.crash_k as f64))
+                Ok(Outcome::one(
+                    "crash_detect_ms",
+                    ms(total) / p.crash_k as f64,
+                ))
             }
             Group::Blob => {
                 let pool = builder(w).build()?;
@@ -196,7 +203,10 @@ impl Procpool {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let pids = pool.worker_pids().await;
                 ensure!(pids.len() == 2, "{} workers", pids.len());
-                Ok(Outcome::one("idle_worker_rss_mb", sys::mean_rss_mib(&pids)?))
+                Ok(Outcome::one(
+                    "idle_worker_rss_mb",
+                    sys::mean_rss_mib(&pids)?,
+                ))
             }
             Group::Queued => unreachable!("measured in a child process"),
         }

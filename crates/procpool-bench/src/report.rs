@@ -311,7 +311,18 @@ impl Results {
                     None => (None, None),
                 },
             };
-            let met = figure.map(|f| if t.at_most { f <= t.bound } else { f >= t.bound });
+            let met = figure.map(|f| {
+                if t.at_most {
+                    f <= t.bound
+                } else {
+                    f >= t.bound
+                }
+            });
+            // For an absolute target, what the framed floor managed in the same run.
+            let floor = match t.against {
+                None => self.stat(t.metric, "floor_tokio").map(|s| s.median),
+                Some(_) => None,
+            };
             rows.push(json!({
                 "metric": t.metric,
                 "goal": t.goal,
@@ -321,6 +332,7 @@ impl Results {
                 "figure_max": range.map(|r| r.1),
                 "kind": if t.against.is_some() { "same-repetition ratio" } else { "value" },
                 "met": met,
+                "floor_tokio": floor,
             }));
         }
         rows
@@ -337,7 +349,11 @@ impl Results {
             let metric = r["metric"].as_str().unwrap_or_default();
             let goal = r["goal"].as_str().unwrap_or_default();
             let ratio = !r["against"].is_null();
-            let figure = match (r["figure"].as_f64(), r["figure_min"].as_f64(), r["figure_max"].as_f64()) {
+            let figure = match (
+                r["figure"].as_f64(),
+                r["figure_min"].as_f64(),
+                r["figure_max"].as_f64(),
+            ) {
                 (Some(f), Some(lo), Some(hi)) if ratio => {
                     format!("{f:.2}x [{lo:.2}–{hi:.2}]")
                 }
@@ -351,7 +367,14 @@ impl Results {
                 Some(false) => "MISSED",
                 None => "n/a",
             };
-            let _ = writeln!(out, "  {verdict:<6} {metric:<20} {goal:<44} {figure}");
+            let context = match r["floor_tokio"].as_f64() {
+                Some(f) => format!("  (floor_tokio {})", fmt_num(f)),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {verdict:<6} {metric:<20} {goal:<44} {figure}{context}"
+            );
         }
         out
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -60,7 +60,10 @@ pub fn kill_pid(pid: u32) {
 
 /// Runs `cmd` in its own process group with a deadline, and returns its stdout. Whatever
 /// it left running in its group is killed afterwards, so no peer worker outlives a sample.
-pub fn run_captured(mut cmd: Command, timeout: Duration) -> Result<(std::process::ExitStatus, String)> {
+pub fn run_captured(
+    mut cmd: Command,
+    timeout: Duration,
+) -> Result<(std::process::ExitStatus, String)> {
     use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -74,37 +77,58 @@ pub fn run_captured(mut cmd: Command, timeout: Duration) -> Result<(std::process
         let _ = stdout.read_to_string(&mut out);
         out
     });
-    let status = wait_deadline(&mut child, timeout);
+    let exited = exited_by(pid, Instant::now() + timeout);
+    // The group is killed while its leader is still unreaped (a zombie at worst), so the
+    // group id cannot have been reused by then.
     kill_group(pid);
-    let status = match status {
-        Some(s) => s,
-        None => {
-            let _ = child.wait();
-            // The reader may still hold a pipe some grandchild kept open: killed above.
-            let _ = reader.join();
-            bail!("{cmd:?} took more than {timeout:?}; killed");
-        }
-    };
+    let status = child.wait().context("reaping a peer")?;
+    if !exited {
+        // The reader may still hold a pipe some grandchild kept open: killed above.
+        let _ = reader.join();
+        bail!("{cmd:?} took more than {timeout:?}; killed");
+    }
     let out = reader.join().unwrap_or_default();
     Ok((status, out))
 }
 
-fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
+/// Waits until the child exits (leaving it unreaped) or the deadline passes.
+fn exited_by(pid: u32, deadline: Instant) -> bool {
     loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            _ => {
-                let _ = child.kill();
-                return None;
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall with a valid pointer; WNOWAIT leaves the child unreaped.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r != 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
+            // Nothing left to wait for.
+            return true;
         }
+        // SAFETY: filled by a successful waitid.
+        if unsafe { info.si_pid() } != 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
 fn first_line_of(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).stderr(Stdio::null()).output().ok()?;
+    let out = Command::new(cmd)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     String::from_utf8(out.stdout)
         .ok()?
         .lines()
@@ -147,7 +171,12 @@ pub fn machine() -> BTreeMap<String, serde_json::Value> {
     m.insert("loadavg_start".into(), loadavg().into());
     m.insert(
         "profile".into(),
-        if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
     );
     m
 }

@@ -53,7 +53,11 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).unwrap();
     let _ = std::fs::remove_file(&json);
-    assert!(doc["machine"]["cpus"].as_u64().unwrap_or(0) >= 1, "{}", doc["machine"]);
+    assert!(
+        doc["machine"]["cpus"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        doc["machine"]
+    );
     assert_eq!(doc["machine"]["profile"], "debug");
     let metrics = doc["metrics"].as_object().expect("metrics object");
     for m in METRICS {
@@ -80,7 +84,10 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
         }
         // No peer was asked for: none appears.
         assert!(per_system.get("procspawn").is_none() && per_system.get("python_ppe").is_none());
-        assert_eq!(doc["samples"][m]["procpool"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            doc["samples"][m]["procpool"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
     let targets = doc["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 14);
