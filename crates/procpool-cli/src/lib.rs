@@ -1,0 +1,102 @@
+//! The `procpool` supervisor command line, as a library: runs JSON Lines batch jobs on a
+//! pool of worker processes (`procpool run`) and lists what a worker binary serves
+//! (`procpool tasks`). The `procpool` binary is a one-line call to [`main`].
+//!
+//! This file only wires things together: parse the command line ([`cli`]), set up logging,
+//! run the subcommand on a tokio runtime, and turn the outcome into the exit code scripts
+//! rely on ([`Exit`]). The batch loop lives in [`run`], the job format in [`jobs`], the
+//! result format in [`records`], the task listing in [`tasks`].
+
+mod cli;
+mod jobs;
+mod records;
+mod run;
+mod tasks;
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, LogLevel};
+
+/// Exit codes: part of the CLI contract, listed in `procpool run --help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// Every job completed (or, for `tasks`, the listing was printed).
+    Success = 0,
+    /// At least one job failed, was cancelled or was a bad job; or the run broke down
+    /// half-way (an unreadable job stream, an unwritable output).
+    JobsFailed = 1,
+    /// Bad usage, or the worker could not be started: nothing was run.
+    Usage = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Why a subcommand stopped early; decides the exit code.
+#[derive(Debug)]
+enum Failure {
+    /// Detected before any job ran (unusable worker, unreadable job file, ...): exit 2.
+    Setup(anyhow::Error),
+    /// The run broke down after jobs started: exit 1.
+    Runtime(anyhow::Error),
+}
+
+/// Runs the `procpool` command line on this process's arguments and returns its exit code.
+pub fn main() -> ExitCode {
+    // Clap prints help/version to stdout with exit 0, and usage errors to stderr with 2.
+    let cli = Cli::parse();
+    init_logging(cli.log_level);
+
+    // One thread is plenty: the loop only moves lines between the job stream, the pool
+    // (whose supervisor has its own thread) and the output. Measured on 20k tiny jobs, a
+    // multi-thread runtime was slower from cross-thread wake-ups.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("procpool: error: cannot start the async runtime: {e}");
+            return Exit::JobsFailed.into();
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Tasks(args) => tasks::tasks(args).await,
+        }
+    });
+    match outcome {
+        Ok(exit) => exit.into(),
+        Err(Failure::Setup(e)) => {
+            eprintln!("procpool: error: {e:#}");
+            Exit::Usage.into()
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("procpool: error: {e:#}");
+            Exit::JobsFailed.into()
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries the records). `--log-level` wins over `RUST_LOG`;
+/// with neither, only warnings and errors are shown.
+fn init_logging(level: Option<LogLevel>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level.as_str()),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
