@@ -365,6 +365,9 @@ async fn cancel_of_a_queued_task_means_it_never_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_the_tasks_grandchildren() {
     let _serial = serial().await;
+    // The killed sleep comes back to this process (a subreaper now) to be reaped, instead
+    // of staying a zombie of a PID 1 that may never reap it.
+    let reaper = procpool::OrphanReaper::start().expect("subreaper");
     let pool = demo_pool(1);
     let mut h = pool.submit(demo::grandchild::task(60));
     let worker = h.started().await.unwrap();
@@ -404,8 +407,14 @@ async fn cancel_kills_the_tasks_grandchildren() {
             "gone (reaped)".to_owned()
         }
     );
-    assert!(group_members(worker).iter().all(|p| p.state == 'Z'));
+    assert!(
+        wait_until(Duration::from_secs(1), || is_gone(sleep_pid)),
+        "the dead grandchild was not reaped: {:?}",
+        proc_stat(sleep_pid)
+    );
+    assert!(group_members(worker).is_empty());
     drop(pool);
+    assert_eq!(reaper.finish(), 0, "nothing left to kill");
     assert_no_children();
 }
 

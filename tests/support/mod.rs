@@ -153,3 +153,32 @@ pub fn vm_hwm_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/self/status")
 }
+
+/// Processes whose parent is `ppid`.
+pub fn children_of(ppid: u32) -> Vec<ProcStat> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == ppid)
+        .collect()
+}
+
+/// SIGKILLs, on drop, the processes a test found and that may outlive it if it fails
+/// half-way (a CLI's workers and their grandchildren). Each is killed only if it still
+/// runs under the same name, by pid.
+pub struct KillOnDrop(pub Vec<(u32, String)>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for (pid, comm) in &self.0 {
+            if let Some(s) = proc_stat(*pid)
+                && s.state != 'Z'
+                && &s.comm == comm
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}

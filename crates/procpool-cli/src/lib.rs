@@ -68,10 +68,22 @@ pub fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        match cli.command {
+        // Every child of this process is a pool worker, so it can adopt the workers'
+        // orphaned grandchildren: reaped as they die, killed at the end if still running.
+        let reaper = procpool::OrphanReaper::start()
+            .map_err(|e| tracing::warn!(error = %e, "orphaned grandchildren will not be adopted"))
+            .ok();
+        let outcome = match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Tasks(args) => tasks::tasks(args).await,
+        };
+        if let Some(reaper) = reaper {
+            let left = reaper.finish();
+            if left > 0 {
+                tracing::info!(left, "reaped processes the workers left behind");
+            }
         }
+        outcome
     });
     match outcome {
         Ok(exit) => exit.into(),

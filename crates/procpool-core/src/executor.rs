@@ -42,6 +42,8 @@ impl Drop for GroupGuard {
                 Signal::SIGKILL,
                 "executor dropped without reaping its worker",
             );
+            // tokio's orphan queue reaps it now; an orphan reaper may as well.
+            procpool_os::worker_reaped(pgid.get());
         }
     }
 }
@@ -69,7 +71,8 @@ pub(crate) fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let spawned = cmd.spawn();
+    // Registered as a worker before any orphan reaper can see it exit.
+    let spawned = procpool_os::spawn_worker(|| cmd.spawn(), Child::id);
     // The Command holds the worker's end of the channel; drop it now, or our side would
     // never see EOF when the worker dies.
     drop(cmd);
@@ -474,6 +477,7 @@ impl Executor {
     ) -> ExitVerdict {
         self.pgid.signal(Signal::SIGKILL, reason);
         let status = child.wait().await;
+        procpool_os::worker_reaped(self.pid);
         guard.0 = None;
         for reader in [self.stderr.take(), self.stdout.take()]
             .into_iter()

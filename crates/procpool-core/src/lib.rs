@@ -31,6 +31,8 @@ mod dispatcher;
 mod errors;
 mod executor;
 mod internal;
+#[cfg(target_os = "linux")]
+mod orphans;
 mod output;
 mod pool;
 mod task;
@@ -38,6 +40,8 @@ mod task;
 pub use config::{PoolBuilder, RetryPolicy};
 pub use errors::{PoolError, TaskError};
 pub use internal::Shutdown;
+#[cfg(target_os = "linux")]
+pub use orphans::OrphanReaper;
 pub use pool::{Pool, PoolStatus};
 pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use task::{Progress, Task, TaskHandle};

@@ -4,7 +4,9 @@
 //! It defines [`Pgid`] (a worker's process group, the unit every kill addresses), the
 //! channel handed to a worker ([`channel_pair`] on the supervisor side,
 //! [`take_worker_channel`] in the worker), the worker's own orphan protection
-//! ([`die_with_parent`]) and readable exit verdicts ([`ExitVerdict`]). It knows nothing of
+//! ([`die_with_parent`]), the adoption of orphaned grandchildren by a subreaper supervisor
+//! ([`become_subreaper`], [`reap_adopted`], [`kill_adopted`]) and readable exit verdicts
+//! ([`ExitVerdict`]). It knows nothing of
 //! tasks or frames: `procpool-core` decides *when* to kill, this crate only *how*.
 //!
 //! ```
@@ -20,6 +22,8 @@
 mod errors;
 mod exit;
 mod kill;
+#[cfg(target_os = "linux")]
+mod orphans;
 #[cfg(unix)]
 #[path = "os/unix.rs"]
 mod os;
@@ -27,4 +31,6 @@ mod os;
 pub use errors::OsError;
 pub use exit::{ExitVerdict, signal_name};
 pub use kill::{Pgid, Signal};
+#[cfg(target_os = "linux")]
+pub use orphans::{become_subreaper, kill_adopted, reap_adopted, spawn_worker, worker_reaped};
 pub use os::{apply_rlimits, channel_pair, die_with_parent, rss_bytes, take_worker_channel};

@@ -61,6 +61,8 @@
 //!   not relied on.
 #![deny(missing_docs)]
 
+#[cfg(target_os = "linux")]
+pub use procpool_core::OrphanReaper;
 pub use procpool_core::{
     ParamInfo, Pool, PoolBuilder, PoolError, PoolStatus, Progress, RetryPolicy, Shutdown, Task,
     TaskError, TaskHandle, TaskInfo,

@@ -1,0 +1,139 @@
+//! Adopted orphans: a supervisor that owns every child it has (the `procpool` CLI) can
+//! become a child subreaper, so a worker's grandchildren are re-parented to it instead of
+//! to PID 1 when the worker dies. That matters where PID 1 does not reap (containers
+//! without an init, some sandboxes): there, killed grandchildren stay zombies forever. A
+//! grandchild that moved to its own process group or session escapes every group kill,
+//! but not this: it is adopted too, and killed at shutdown by [`kill_adopted`].
+//!
+//! Pools register their workers here ([`spawn_worker`], [`worker_reaped`]) so that
+//! [`reap_adopted`] never takes the exit status of a worker its executor is waiting for.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+/// Pids of the live workers of every pool in this process: spawned, not yet reaped.
+static WORKERS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+fn workers() -> MutexGuard<'static, Option<HashSet<u32>>> {
+    WORKERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Spawns a worker with `spawn` and registers its pid (from `pid_of`) before any reaper
+/// can look: the lock is held across the spawn, so a worker that dies at once is never
+/// mistaken for an adopted orphan.
+pub fn spawn_worker<C>(
+    spawn: impl FnOnce() -> io::Result<C>,
+    pid_of: impl FnOnce(&C) -> Option<u32>,
+) -> io::Result<C> {
+    let mut live = workers();
+    let child = spawn()?;
+    if let Some(pid) = pid_of(&child) {
+        live.get_or_insert_with(HashSet::new).insert(pid);
+    }
+    Ok(child)
+}
+
+/// The worker `pid` was reaped by its owner (or handed to another reaper): forget it.
+pub fn worker_reaped(pid: u32) {
+    if let Some(live) = workers().as_mut() {
+        live.remove(&pid);
+    }
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphaned descendants
+/// are re-parented to it. Only for a process that does not wait for children of its own
+/// outside procpool's pools, since [`reap_adopted`] reaps every other exited child.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe {
+        nix::libc::prctl(
+            nix::libc::PR_SET_CHILD_SUBREAPER,
+            1 as nix::libc::c_ulong,
+            0 as nix::libc::c_ulong,
+            0 as nix::libc::c_ulong,
+            0 as nix::libc::c_ulong,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reaps every exited child of this process that is not a registered worker; returns
+/// their pids. Cheap enough to call on every SIGCHLD: it reads only this process's
+/// children lists.
+pub fn reap_adopted() -> Vec<u32> {
+    let live = workers();
+    let mut reaped = Vec::new();
+    for pid in children() {
+        if is_worker(&live, pid) || state(pid) != Some('Z') {
+            continue;
+        }
+        if let Ok(status) = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG))
+            && status.pid().is_some()
+        {
+            tracing::debug!(pid, ?status, "reaped an adopted orphan");
+            reaped.push(pid);
+        }
+    }
+    reaped
+}
+
+/// SIGKILLs every child of this process that is not a registered worker (adopted
+/// grandchildren still running, e.g. ones that left their worker's group), then reaps
+/// them; returns their pids. For shutdown, after the pools are gone.
+pub fn kill_adopted() -> Vec<u32> {
+    let live = workers();
+    let mut killed = Vec::new();
+    for pid in children() {
+        if is_worker(&live, pid) {
+            continue;
+        }
+        let target = Pid::from_raw(pid as i32);
+        if state(pid) != Some('Z') {
+            tracing::warn!(pid, "killing a leftover descendant of a worker");
+            let _ = kill(target, Signal::SIGKILL);
+        }
+        // Blocking: a SIGKILLed process exits promptly.
+        if waitpid(target, None).is_ok() {
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
+fn is_worker(live: &Option<HashSet<u32>>, pid: u32) -> bool {
+    live.as_ref().is_some_and(|l| l.contains(&pid))
+}
+
+/// Children of every thread of this process. An orphan is re-parented to one thread of
+/// the subreaper, and `/proc/self/task/T/children` lists the children of thread T only.
+fn children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+/// The one-letter state of `pid` from `/proc/PID/stat` (after the parenthesised name,
+/// which may itself contain spaces and parentheses).
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
