@@ -53,7 +53,9 @@
 //! - **Dropping**: the last [`Pool`] clone kills and reaps every worker; dropping a
 //!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future cancels it.
 //! - **Grandchildren**: cancel and crash kill the worker's whole process group; a
-//!   grandchild that moved to its own group or session escapes.
+//!   grandchild that moved to its own group or session escapes. Killed grandchildren are
+//!   re-parented to PID 1, which may never reap them; a process whose only children are
+//!   pool workers can adopt and reap them with [`OrphanReaper`] (the `procpool` CLI does).
 //! - **Encoding**: arguments and results are bincode 2 for typed tasks and JSON for
 //!   [`Task::json`]; use [`Bytes`] for byte payloads (a plain `Vec<u8>` is encoded element
 //!   by element). Frames are capped ([`PoolBuilder::max_frame_bytes`], 64 MiB by default).
