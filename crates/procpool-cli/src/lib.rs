@@ -11,6 +11,7 @@ mod cli;
 mod jobs;
 mod records;
 mod run;
+mod serve;
 mod tasks;
 
 use std::io::IsTerminal as _;
@@ -31,6 +32,10 @@ enum Exit {
     JobsFailed = 1,
     /// Bad usage, or the worker could not be started: nothing was run.
     Usage = 2,
+    /// Stopped by SIGINT (128 + 2).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15).
+    Terminated = 143,
 }
 
 impl From<Exit> for ExitCode {
@@ -71,6 +76,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Tasks(args) => tasks::tasks(args).await,
+            Command::Serve(args) => serve::serve(args).await,
         }
     });
     match outcome {
