@@ -132,7 +132,14 @@ struct Valid {
 }
 
 fn validate(shared: &Shared, body: &[u8]) -> Result<Valid, ApiError> {
-    let body: SubmitBody = serde_json::from_slice(body)
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "a task request is a JSON object: {\"task\": NAME, \"args\": [...]}",
+        ));
+    }
+    let body: SubmitBody = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid task request: {e}")))?;
     if body.task.is_empty() {
         return Err(ApiError::bad_request("\"task\" is empty"));
