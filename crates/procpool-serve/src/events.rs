@@ -204,9 +204,12 @@ async fn handle(shared: &Shared, event: TaskEvent) {
                 Some(entry) => entry.pending.clone(),
                 None => return,
             };
-            // The manager answers its consumers right after publishing the end.
-            let outcome = pending.value().await;
-            shared.finish(id, &outcome, Instant::now());
+            // The manager answers its consumers right after publishing the end. (No
+            // `pending`: the task's watcher recorded it already.)
+            if let Some(pending) = pending {
+                let outcome = pending.value().await;
+                shared.finish(id, &outcome, Instant::now());
+            }
             let mut table = shared.table();
             let Some(entry) = table.entry(id) else {
                 return;

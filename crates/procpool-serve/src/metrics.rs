@@ -61,6 +61,7 @@ impl Metrics {
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("procpool");
         let m = Metrics {
+            registry: Registry::default(),
             submitted: Counter::default(),
             deduplicated: Counter::default(),
             ended: Family::default(),
@@ -73,11 +74,12 @@ impl Metrics {
             worker_restarts: Counter::default(),
             // 1 ms to about 65 s.
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
-            registry: Registry::default(),
         };
+        // Metrics are cheap handles on shared values: the registry gets clones, and the
+        // struct keeps the originals to update.
         registry.register(
             "tasks_submitted",
-            "Tasks accepted by POST /v1/tasks (a submission that joined a running task with its cache key included)",
+            "Tasks accepted by POST /v1/tasks (submissions that joined a running task with its cache key included)",
             m.submitted.clone(),
         );
         registry.register(
@@ -122,8 +124,7 @@ impl Metrics {
         );
         registry.register(
             "worker_restarts",
-            "Worker processes started after the pool came up: replacements of crashed, killed, \
-             timed-out or recycled workers, and on-demand starts",
+            "Worker processes started after the pool came up: replacements of crashed, killed, timed-out or recycled workers, and on-demand starts",
             m.worker_restarts.clone(),
         );
         registry.register(

@@ -280,7 +280,7 @@ fn try_submit(
                     task: task.clone(),
                     cache_key,
                     channels: channel.iter().cloned().collect(),
-                    pending: pending.clone(),
+                    pending: Some(pending.clone()),
                     accepted: now,
                     started: false,
                     progress: None,
@@ -388,10 +388,10 @@ async fn cancel(State(shared): Ctx, Path(id): Path<String>) -> Result<Response, 
     let pending = {
         let mut table = shared.table();
         match table.lookup(uuid, Instant::now()) {
-            Lookup::Known(entry) if entry.end.is_some() => {
-                return Ok(already_finished(&shared, uuid, entry));
-            }
-            Lookup::Known(entry) => entry.pending.clone(),
+            Lookup::Known(entry) => match &entry.pending {
+                Some(pending) => pending.clone(),
+                None => return Ok(already_finished(&shared, uuid, entry)),
+            },
             Lookup::Expired => return Err(expired(&shared, uuid)),
             Lookup::Unknown => return Err(not_found(&id)),
         }

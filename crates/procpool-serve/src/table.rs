@@ -25,8 +25,9 @@ pub(crate) struct Entry {
     pub(crate) cache_key: Option<String>,
     /// Channels of the submissions that share it (one per distinct channel).
     pub(crate) channels: Vec<String>,
-    /// One consumer of the run, to await its outcome.
-    pub(crate) pending: PendingTask,
+    /// One consumer of the run, to await its outcome; dropped once the outcome is here
+    /// (it holds a copy of the result).
+    pub(crate) pending: Option<PendingTask>,
     pub(crate) accepted: Instant,
     /// Set once any of its tasks was seen on a worker: `pending` never comes back.
     pub(crate) started: bool,
@@ -141,6 +142,7 @@ impl Table {
             took: now.saturating_duration_since(entry.accepted),
         };
         entry.end = Some(ended);
+        entry.pending = None;
         self.active -= 1;
         self.ended.push_back((now, id));
         self.sweep(now);
