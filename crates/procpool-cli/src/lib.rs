@@ -1,6 +1,8 @@
 //! The `procpool` supervisor command line, as a library: runs JSON Lines batch jobs on a
 //! pool of worker processes (`procpool run`) and lists what a worker binary serves
-//! (`procpool tasks`). The `procpool` binary is a one-line call to [`main`].
+//! (`procpool tasks`), and serves a pool over HTTP and WebSocket (`procpool serve`, whose
+//! server is the `procpool-serve` crate). The `procpool` binary is a one-line call to
+//! [`main`].
 //!
 //! This file only wires things together: parse the command line ([`cli`]), set up logging,
 //! run the subcommand on a tokio runtime, and turn the outcome into the exit code scripts
