@@ -169,3 +169,78 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(accepted: Instant) -> Entry {
+        Entry {
+            task: "add".into(),
+            cache_key: None,
+            channels: Vec::new(),
+            // Not needed by the table itself.
+            pending: None,
+            accepted,
+            started: false,
+            progress: None,
+            end: None,
+        }
+    }
+
+    #[test]
+    fn first_outcome_wins_then_it_expires_into_a_tombstone() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut table = Table::new(ttl);
+        let id = Uuid::new_v4();
+        table.insert(id, entry(t0));
+        assert_eq!(table.active(), 1);
+
+        let done = table.finish(id, &Ok(3.into()), t0 + Duration::from_millis(5));
+        let done = done.expect("the first outcome is recorded");
+        assert_eq!((done.status, done.kind), (Status::Completed, "none"));
+        assert_eq!(done.took, Duration::from_millis(5));
+        assert!(
+            table.finish(id, &Err(MetaError::Cancelled), t0).is_none(),
+            "a second outcome is ignored"
+        );
+        assert_eq!(table.active(), 0);
+
+        let at = t0 + Duration::from_millis(5);
+        match table.lookup(id, at + ttl - Duration::from_millis(1)) {
+            Lookup::Known(e) => assert_eq!(e.end.as_ref().unwrap().result, Some(3.into())),
+            _ => panic!("readable until its TTL"),
+        }
+        assert!(matches!(table.lookup(id, at + ttl), Lookup::Expired));
+        assert!(matches!(
+            table.lookup(Uuid::new_v4(), at + ttl),
+            Lookup::Unknown
+        ));
+    }
+
+    #[test]
+    fn failures_carry_their_kind_and_running_tasks_never_expire() {
+        let t0 = Instant::now();
+        let mut table = Table::new(Duration::from_millis(1));
+        let (running, failed) = (Uuid::new_v4(), Uuid::new_v4());
+        table.insert(running, entry(t0));
+        table.insert(failed, entry(t0));
+        let err = MetaError::Task {
+            id: failed,
+            name: "panic".into(),
+            path: "$".into(),
+            source: Box::new(procpool::TaskError::Panicked {
+                message: "boom".into(),
+                location: None,
+                backtrace: None,
+            }),
+        };
+        let done = table.finish(failed, &Err(err), t0).unwrap();
+        assert_eq!((done.status, done.kind), (Status::Failed, "panicked"));
+        let later = t0 + Duration::from_secs(3600);
+        assert!(matches!(table.lookup(running, later), Lookup::Known(_)));
+        assert!(matches!(table.lookup(failed, later), Lookup::Expired));
+        assert_eq!(table.active(), 1);
+    }
+}
