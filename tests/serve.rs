@@ -705,8 +705,8 @@ fn a_token_is_required_on_every_v1_route() {
     assert_eq!(server.call_as(None, "GET", "/metrics", None).status, 200);
 }
 
-/// `serve` refuses a non-loopback address without a token: exit 2, a clear message, no
-/// worker started.
+/// `serve` refuses a non-loopback address without a token (exit 2, a clear message, no
+/// worker started), and an address it cannot bind (exit 2).
 #[test]
 fn a_public_address_without_a_token_is_refused() {
     let out = Command::new(PROCPOOL)
@@ -722,6 +722,20 @@ fn a_public_address_without_a_token_is_refused() {
         "{stderr}"
     );
     assert!(!stderr.contains("listening"), "{stderr}");
+
+    // An address already taken: exit 2 as well, and the workers started for it are gone.
+    let first = Server::start(&[], &[]);
+    let out = Command::new(PROCPOOL)
+        .args(["serve", "--worker", DEMO, "--listen", &first.addr])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run procpool serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {}", first.addr)),
+        "{stderr}"
+    );
 }
 
 /// Malformed bodies are 400 with a message saying what is wrong; unknown tasks 422; a
