@@ -199,7 +199,7 @@ async fn handle(shared: &Shared, event: TaskEvent) {
             emit(shared, &entry.channels, &event);
         }
         // Completed, failed, cancelled: record the outcome first, then tell the clients.
-        _ => {
+        event if event.is_terminal() => {
             let pending = match shared.table().entry(id) {
                 Some(entry) => entry.pending.clone(),
                 None => return,
@@ -228,6 +228,8 @@ async fn handle(shared: &Shared, event: TaskEvent) {
             };
             emit(shared, &entry.channels, &event);
         }
+        // Kinds of events added later are not part of this stream yet.
+        _ => {}
     }
 }
 
