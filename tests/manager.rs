@@ -485,6 +485,33 @@ async fn cancel_task_by_id_and_cancel_all_tasks() {
     finish(pool).await;
 }
 
+/// `worker_pids` names the workers running a task's own call, its inputs and the shared
+/// tasks it consumes, nothing while they are queued, and `None` once the task ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_pids_of_a_running_task_and_its_inputs() {
+    let _serial = serial().await;
+    let pool = demo_pool(2);
+    let workers = ready_pids(&pool).await;
+    let manager = TaskManager::new(pool.clone());
+    assert_eq!(manager.worker_pids(Uuid::new_v4()), None);
+
+    // A nested input and a shared one (cache key): one worker each.
+    let graph =
+        procpool::JsonGraph::parse(json!([{"$task": "sleep_ms", "args": [10_000]}])).unwrap();
+    let shared = Cached::new("sleeper", demo::sleep_ms::task(10_000));
+    let run = manager.run_task(MetaTask::new((graph, shared), |(a, b)| (a, b)), None);
+    wait_busy(&pool, 2).await;
+    assert_eq!(manager.worker_pids(run.id()).unwrap(), workers);
+    let queued = manager.run_task(demo::sleep_ms::task(10), None);
+    wait_status(&pool, 2, 1).await;
+    assert_eq!(manager.worker_pids(queued.id()), Some(vec![]));
+
+    manager.cancel_all_tasks().await;
+    assert_eq!(manager.worker_pids(run.id()), None, "ended");
+    drop(manager);
+    finish(pool).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // TaskManager: events
 

@@ -24,6 +24,9 @@ pub(crate) enum Command {
     Run(RunArgs),
     /// List the tasks a worker binary serves, with parameter and result types.
     Tasks(TasksArgs),
+    /// Serve a pool over HTTP and WebSocket: submit, poll and cancel tasks, follow their
+    /// events, scrape metrics.
+    Serve(ServeArgs),
 }
 
 /// Log levels for `--log-level`.
@@ -139,6 +142,65 @@ pub(crate) struct TasksArgs {
     pub(crate) json: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(after_long_help = SERVE_AFTER_HELP)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) worker: WorkerArgs,
+
+    /// Number of worker processes. Default: the available CPUs.
+    #[arg(long, env = "PROCPOOL_WORKERS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) workers: Option<u32>,
+
+    /// Address and port to listen on; port 0 picks a free one. The address it listens
+    /// on is printed on stderr as `listening on http://ADDR`. Any address that is not
+    /// loopback needs --token.
+    #[arg(
+        long,
+        env = "PROCPOOL_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub(crate) listen: std::net::SocketAddr,
+
+    /// Require `Authorization: Bearer TOKEN` on every /v1 request (else 401). Prefer the
+    /// environment variable: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "PROCPOOL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
+
+    /// How long a finished task stays readable with GET /v1/tasks/{id} (then 410 Gone),
+    /// e.g. `30s`, `10m`, `1h`.
+    #[arg(long, env = "PROCPOOL_RESULT_TTL", value_name = "DURATION", default_value = "10m",
+          value_parser = parse_timeout)]
+    pub(crate) result_ttl: Duration,
+
+    /// Largest request body accepted (else 413), e.g. `64KiB`, `1MiB`.
+    #[arg(long, env = "PROCPOOL_MAX_BODY", value_name = "SIZE", default_value = "1MiB",
+          value_parser = parse_size)]
+    pub(crate) max_body: u64,
+
+    /// Most tasks accepted and not yet finished; more submissions get 429.
+    #[arg(long, env = "PROCPOOL_MAX_ACTIVE", value_name = "N", default_value = "10000",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_active: u64,
+
+    /// What the first SIGTERM or SIGINT does to running tasks: `cancel` kills their
+    /// workers, `drain` lets them (and the queued ones) finish. A second signal kills
+    /// everything at once.
+    #[arg(long, env = "PROCPOOL_ON_SIGNAL", value_name = "MODE", default_value = "cancel",
+          value_parser = clap::builder::PossibleValuesParser::new(["cancel", "drain"]))]
+    pub(crate) on_signal: String,
+
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -231,3 +293,43 @@ EXIT CODES:
   1  at least one job did not complete (or the run broke down half-way)
   2  bad usage, an unreadable job file, or a worker binary that is missing or is not a
      procpool worker: nothing was run and no record was written";
+
+const SERVE_AFTER_HELP: &str = "\
+ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, else 401):
+  POST   /v1/tasks        {\"task\": \"add\", \"args\": [1, 2], \"cache_key\": \"k\",
+                           \"channel\": \"c\", \"timeout_ms\": 5000, \"retries\": 1}
+                          -> 202 {\"task_id\": ID}. Only task is required; args may hold
+                          nested tasks {\"$task\": NAME, \"args\": [...]} as in `procpool
+                          run`. The same cache_key while that task runs -> the same
+                          task_id (it runs once). 400 malformed body or unknown field,
+                          413 body over --max-body, 422 a task the workers do not
+                          serve, 429 over --max-active, 503 shutting down.
+  GET    /v1/tasks/ID     -> {\"task_id\", \"task\", \"status\", \"progress\",
+                          \"progress_message\", \"worker_pids\", \"result\", \"error\"}
+                          status: pending | running | completed | failed | cancelled;
+                          error: {\"kind\", \"message\", ...} as in `procpool run`
+                          records. Readable until --result-ttl after the end, then 410;
+                          404 for an unknown id.
+  DELETE /v1/tasks/ID     cancel: its workers are killed and reaped -> 200 with the
+                          task; 409 if it had already finished; 404 unknown.
+  GET    /v1/events?channel=C
+                          WebSocket of JSON events for the tasks submitted with that
+                          channel (every task without ?channel): {\"type\": \"started\"},
+                          {\"type\": \"progress\", \"task_id\", \"input_id\", \"progress\":
+                          0.4, \"message\"}, {\"type\": \"message\"}, then one of
+                          completed (+ result), failed or cancelled (+ error).
+  GET    /metrics         Prometheus text (OpenMetrics): tasks by status and error kind,
+                          queue depth, workers by state, task durations, worker restarts.
+  GET    /healthz         200 {\"status\": \"ok\"}; 503 while no worker can be started or
+                          while shutting down.
+
+SIGNALS:
+  The first SIGTERM or SIGINT stops accepting connections, cancels the running tasks
+  (or lets them finish with --on-signal drain), reaps every worker and exits 143
+  (SIGTERM) or 130 (SIGINT). A second one kills every worker at once. SIGHUP is ignored.
+
+EXIT CODES:
+  130/143  stopped by SIGINT/SIGTERM
+  1        the server failed while running
+  2        bad usage, an address it cannot listen on, a non-loopback --listen without a
+           token, or a worker binary that is missing or is not a procpool worker";

@@ -1,6 +1,8 @@
 //! The `procpool` supervisor command line, as a library: runs JSON Lines batch jobs on a
 //! pool of worker processes (`procpool run`) and lists what a worker binary serves
-//! (`procpool tasks`). The `procpool` binary is a one-line call to [`main`].
+//! (`procpool tasks`), and serves a pool over HTTP and WebSocket (`procpool serve`, whose
+//! server is the `procpool-serve` crate). The `procpool` binary is a one-line call to
+//! [`main`].
 //!
 //! This file only wires things together: parse the command line ([`cli`]), set up logging,
 //! run the subcommand on a tokio runtime, and turn the outcome into the exit code scripts
@@ -11,6 +13,7 @@ mod cli;
 mod jobs;
 mod records;
 mod run;
+mod serve;
 mod tasks;
 
 use std::io::IsTerminal as _;
@@ -31,6 +34,10 @@ enum Exit {
     JobsFailed = 1,
     /// Bad usage, or the worker could not be started: nothing was run.
     Usage = 2,
+    /// Stopped by SIGINT (128 + 2).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15).
+    Terminated = 143,
 }
 
 impl From<Exit> for ExitCode {
@@ -76,6 +83,7 @@ pub fn main() -> ExitCode {
         let outcome = match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Tasks(args) => tasks::tasks(args).await,
+            Command::Serve(args) => serve::serve(args).await,
         };
         if let Some(reaper) = reaper {
             let left = reaper.finish();

@@ -260,6 +260,14 @@ impl<R: DeserializeOwned + Send + 'static> Live for Leaf<R> {
     fn ended(&self) -> BoxFuture<'_, ()> {
         std::future::poll_fn(|cx| self.poll_end(cx)).boxed()
     }
+
+    fn worker_pids(&self, out: &mut Vec<u32>) {
+        // The last worker that took the task: between the task's end and this leaf
+        // noticing it (or during a retry's backoff) that worker may be on other work.
+        if let LeafState::Running(handle) = &*self.lock() {
+            out.extend(handle.worker_pid());
+        }
+    }
 }
 
 /// Runs `inputs`, then builds a task from their results with `build` and runs it as a

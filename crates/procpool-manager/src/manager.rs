@@ -216,6 +216,15 @@ impl TaskManager {
         self.inner.root_ids()
     }
 
+    /// Pids of the worker processes running tasks of the running task `id` right now:
+    /// its own task, its inputs, and the shared tasks it consumes. Empty while all of them
+    /// are queued; `None` when no task run with [`run_task`](Self::run_task) has this id
+    /// (it never ran, or it ended). For status reports: a pid may be gone, or at other
+    /// work, by the time it is read.
+    pub fn worker_pids(&self, id: Uuid) -> Option<Vec<u32>> {
+        self.inner.root(id).map(|node| node.scope.worker_pids())
+    }
+
     /// Takes the stored result of task `id`: the first call returns it and removes it, a
     /// second one (or one after its TTL, or after it was evicted) fails with
     /// [`ManagerError::NoResult`].

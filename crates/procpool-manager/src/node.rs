@@ -329,6 +329,11 @@ impl ManagerInner {
         roots
     }
 
+    /// The node run under `id` by `run_task`, if it is still running.
+    pub(crate) fn root(&self, id: Uuid) -> Option<Arc<Node>> {
+        self.registry().by_id.get(&id).cloned()
+    }
+
     /// Ids of the tasks run by `run_task` that have not ended.
     pub(crate) fn root_ids(&self) -> Vec<Uuid> {
         self.registry().by_id.keys().copied().collect()
@@ -712,5 +717,9 @@ impl Live for Consumer {
 
     fn ended(&self) -> BoxFuture<'_, ()> {
         self.wait().map(drop).boxed()
+    }
+
+    fn worker_pids(&self, out: &mut Vec<u32>) {
+        out.extend(self.node.scope.worker_pids());
     }
 }

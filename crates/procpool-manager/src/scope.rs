@@ -21,6 +21,11 @@ pub(crate) trait Live: Send + Sync {
     /// Resolves once it has ended: the task's handle resolved (after its worker was
     /// reaped), or the subscription has its outcome.
     fn ended(&self) -> BoxFuture<'_, ()>;
+
+    /// Adds the pids of the worker processes running it right now to `out` (none while
+    /// queued or once ended). For status reports only: a pid may be gone by the time it
+    /// is read.
+    fn worker_pids(&self, _out: &mut Vec<u32>) {}
 }
 
 /// Key of a live member, to leave the scope with.
@@ -112,6 +117,20 @@ impl Scope {
     /// The first failure, if any.
     pub(crate) fn failure(&self) -> Option<MetaError> {
         self.lock().failure.clone()
+    }
+
+    /// Pids of the worker processes running the live members right now.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        // Members are asked outside the lock: a member that is a subscription asks its
+        // shared task's own scope.
+        let live: Vec<Arc<dyn Live>> = self.lock().live.values().cloned().collect();
+        let mut pids = Vec::new();
+        for member in live {
+            member.worker_pids(&mut pids);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Resolves with the first failure, once there is one.

@@ -1,0 +1,57 @@
+//! `procpool serve`: starts the pool and hands it to the control plane in
+//! `procpool-serve`, which owns the routes, the events and the shutdown.
+
+use anyhow::Context as _;
+use procpool_serve::{OnSignal, ServeSettings, Server, StopSignal};
+
+use crate::cli::ServeArgs;
+use crate::run::start_pool;
+use crate::{Exit, Failure};
+
+pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
+    let mut settings = ServeSettings::default();
+    settings.listen = args.listen;
+    settings.token = args.token.filter(|t| !t.is_empty());
+    settings.result_ttl = args.result_ttl;
+    settings.max_body = usize::try_from(args.max_body).unwrap_or(usize::MAX);
+    settings.max_active = usize::try_from(args.max_active).unwrap_or(usize::MAX);
+    settings.on_signal = match args.on_signal.as_str() {
+        "drain" => OnSignal::Drain,
+        _ => OnSignal::Cancel,
+    };
+    // Checked before the workers start: a refused address costs nothing.
+    if settings.token.is_none() && !settings.listen.ip().is_loopback() {
+        return Err(Failure::Setup(
+            procpool_serve::ServeError::NoToken {
+                addr: settings.listen,
+            }
+            .into(),
+        ));
+    }
+    // Installed first: from here on a SIGTERM is a graceful stop, never a silent death.
+    let signals = procpool_serve::os_signals()
+        .context("cannot start")
+        .map_err(Failure::Setup)?;
+    let pool = start_pool(
+        &args.worker,
+        args.workers.map(|n| n as usize),
+        Some(&args.policy),
+    )
+    .await?;
+    let server = Server::bind(pool, settings)
+        .await
+        .map_err(|e| Failure::Setup(e.into()))?;
+    eprintln!(
+        "procpool serve: listening on http://{}",
+        server.local_addr()
+    );
+    let signal = server
+        .run(signals)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    eprintln!("procpool serve: stopped by {}", signal.name());
+    Ok(match signal {
+        StopSignal::Interrupt => Exit::Interrupted,
+        StopSignal::Terminate => Exit::Terminated,
+    })
+}

@@ -1,0 +1,260 @@
+//! [`Server`]: binds the listener, runs the HTTP routes, the event forwarder and the
+//! result sweeper, and stops on a signal: gracefully on the first, at once on the second.
+
+use std::collections::HashSet;
+use std::future::IntoFuture as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt as _};
+use procpool::{MetaError, Pool, Shutdown, TaskEvent, TaskManager};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+use uuid::Uuid;
+
+use crate::errors::ServeError;
+use crate::events::{self, CLIENT_BUFFER, INTERNAL_CHANNEL, MANAGER_BUFFER, Outgoing};
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::settings::{OnSignal, ServeSettings};
+use crate::signals::StopSignal;
+use crate::table::Table;
+
+/// How long the HTTP server may take to finish its requests once it stopped accepting.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
+
+/// The state every route, the forwarder and the sweeper share.
+pub(crate) struct Shared {
+    pub(crate) manager: TaskManager,
+    table: Mutex<Table>,
+    /// Events to the WebSocket clients.
+    pub(crate) clients: broadcast::Sender<Outgoing>,
+    pub(crate) metrics: Metrics,
+    pub(crate) settings: ServeSettings,
+    /// Names of the tasks the workers serve.
+    pub(crate) tasks: HashSet<String>,
+    /// Worker processes started by the time the pool was up.
+    pub(crate) initial_starts: u64,
+    /// Cleared at the first stop signal: submissions get `503` from then on.
+    pub(crate) accepting: AtomicBool,
+    /// Set once the last events went out: the WebSocket streams close.
+    pub(crate) closing: watch::Sender<bool>,
+    /// Woken whenever a task ends (a drain waits on it).
+    ended: Notify,
+}
+
+impl Shared {
+    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
+        // Every update is a single insert, remove or field write: consistent after a panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the outcome of task `id` once (the forwarder and the task's own watcher
+    /// both get it; the first one records it).
+    pub(crate) fn finish(&self, id: Uuid, outcome: &Result<Value, MetaError>, now: Instant) {
+        let finished = self.table().finish(id, outcome, now);
+        if let Some(f) = finished {
+            self.metrics.ended(f.status, f.kind, f.took);
+            self.ended.notify_waiters();
+        }
+    }
+
+    /// Resolves once no accepted task is left running.
+    async fn idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.table().active() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// The `procpool serve` control plane: an HTTP and WebSocket front end to a
+/// [`TaskManager`] on a pool (see the crate docs for the routes).
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    events: broadcast::Receiver<TaskEvent>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Checks the settings, binds the listener and sets up the task manager on `pool`.
+    /// Refuses a non-loopback address without a token ([`ServeError::NoToken`]).
+    pub async fn bind(pool: Pool, settings: ServeSettings) -> Result<Server, ServeError> {
+        match &settings.token {
+            Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(ServeError::BadToken);
+            }
+            None if !settings.listen.ip().is_loopback() => {
+                return Err(ServeError::NoToken {
+                    addr: settings.listen,
+                });
+            }
+            _ => {}
+        }
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        let initial_starts = pool.status().await.worker_starts;
+        let tasks = pool.tasks().iter().map(|t| t.name.clone()).collect();
+        let manager = TaskManager::builder(pool)
+            // The server keeps each result itself and takes it out of the store at once;
+            // the TTL only bounds what a crash of that hand-over would leave behind.
+            .result_ttl(Some(settings.result_ttl))
+            .cache_ttl(Some(settings.result_ttl))
+            .event_capacity(MANAGER_BUFFER)
+            .build();
+        // Subscribed before any task can run, so no event is missed.
+        let events = manager.subscribe(INTERNAL_CHANNEL);
+        let shared = Arc::new(Shared {
+            manager,
+            table: Mutex::new(Table::new(settings.result_ttl)),
+            clients: broadcast::channel(CLIENT_BUFFER).0,
+            metrics: Metrics::new(),
+            settings,
+            tasks,
+            initial_starts,
+            accepting: AtomicBool::new(true),
+            closing: watch::channel(false).0,
+            ended: Notify::new(),
+        });
+        Ok(Server {
+            shared,
+            listener,
+            addr,
+            events,
+        })
+    }
+
+    /// The address the server listens on (with the port picked, for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the first item of `stops`, then shuts down gracefully and returns
+    /// that signal:
+    ///
+    /// 1. no new connection is accepted and submissions get `503`;
+    /// 2. running tasks are cancelled (their workers killed) or, with
+    ///    [`OnSignal::Drain`], finish;
+    /// 3. the pool stops, every worker reaped;
+    /// 4. the last events go out and the WebSocket streams close;
+    /// 5. requests in progress get up to 5 s to finish.
+    ///
+    /// A second item of `stops` during this kills every worker at once and returns.
+    pub async fn run<S>(self, mut stops: S) -> Result<StopSignal, ServeError>
+    where
+        S: Stream<Item = StopSignal> + Send + Unpin,
+    {
+        let shared = self.shared;
+        let (drain_tx, drain_rx) = oneshot::channel();
+        let forwarder = tokio::spawn(events::forward(shared.clone(), self.events, drain_rx));
+        let sweeper = tokio::spawn(sweep(shared.clone()));
+        let (stop_http, mut http_stopped) = watch::channel(false);
+        let app = routes::router(shared.clone());
+        let mut http = tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|s| *s).await;
+                })
+                .into_future(),
+        );
+
+        let first = tokio::select! {
+            Some(signal) = stops.next() => signal,
+            outcome = &mut http => {
+                forwarder.abort();
+                sweeper.abort();
+                let err = match outcome {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => std::io::Error::other("the HTTP server stopped by itself"),
+                    Err(e) => std::io::Error::other(e),
+                };
+                return Err(ServeError::Serve(err));
+            }
+        };
+        tracing::info!(signal = first.name(), mode = ?shared.settings.on_signal, "stopping");
+        shared.accepting.store(false, Ordering::SeqCst);
+        let _ = stop_http.send(true);
+
+        let pool = shared.manager.pool().clone();
+        let wind_down = async {
+            match shared.settings.on_signal {
+                OnSignal::Cancel => {
+                    shared.manager.cancel_all_tasks().await;
+                    // A submission that raced the signal is killed too.
+                    pool.shutdown(Shutdown::Kill).await;
+                }
+                OnSignal::Drain => {
+                    shared.idle().await;
+                    pool.shutdown(Shutdown::Drain).await;
+                }
+            }
+        };
+        let second = tokio::select! {
+            () = wind_down => None,
+            Some(signal) = stops.next() => Some(signal),
+        };
+        if let Some(second) = second {
+            tracing::warn!(
+                signal = second.name(),
+                "second signal: killing every worker now"
+            );
+            pool.shutdown(Shutdown::Kill).await;
+            http.abort();
+            forwarder.abort();
+            sweeper.abort();
+            return Ok(first);
+        }
+
+        // Every task has ended and its end is in the forwarder's buffer: send it all out,
+        // then close the streams.
+        let (done_tx, done_rx) = oneshot::channel();
+        if drain_tx.send(done_tx).is_ok() {
+            let _ = done_rx.await;
+        }
+        let _ = shared.closing.send(true);
+        sweeper.abort();
+        tokio::select! {
+            _ = tokio::time::timeout(HTTP_GRACE, &mut http) => {}
+            Some(_) = stops.next() => {}
+        }
+        http.abort();
+        Ok(first)
+    }
+}
+
+/// Expires results in the background too (reads and submissions also do it), so an idle
+/// server gives their memory back.
+async fn sweep(shared: Arc<Shared>) {
+    let every =
+        (shared.settings.result_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        shared.table().sweep(Instant::now());
+    }
+}
