@@ -31,36 +31,35 @@ fn become_subreaper() {
     nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
 }
 
-/// A job's grandchild, killed with its worker's group on a timeout, is reaped by the CLI
-/// while the batch goes on: not even a zombie of it is left, whatever PID 1 does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_reaps_the_grandchild_of_a_timed_out_job() {
-    let _serial = serial().await;
-    become_subreaper();
+/// Starts `procpool run --jobs -` on the demo worker with `flags`, writes `job` to its
+/// stdin and leaves stdin open (the batch goes on); stdout is piped.
+fn cli_running(flags: &[&str], job: &str) -> (std::process::Child, std::process::ChildStdin) {
     let mut cli = Command::new(env!("CARGO_BIN_EXE_procpool"))
-        .args([
-            "run",
-            "--worker",
-            demo_worker(),
-            "--jobs",
-            "-",
-            "--workers",
-            "1",
-            "--grace",
-            "0",
-        ])
+        .args(["run", "--worker", demo_worker(), "--jobs", "-"])
+        .args(flags)
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn procpool");
-    let cli_pid = cli.id();
     let mut stdin = cli.stdin.take().unwrap();
-    stdin
-        .write_all(b"{\"id\":\"g\",\"task\":\"grandchild\",\"args\":[60],\"timeout_ms\":300}\n")
-        .unwrap();
+    writeln!(stdin, "{job}").unwrap();
     stdin.flush().unwrap();
+    (cli, stdin)
+}
+
+/// A job's grandchild, killed with its worker's group on a timeout, is reaped by the CLI
+/// while the batch goes on: not even a zombie of it is left, whatever PID 1 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaps_the_grandchild_of_a_timed_out_job() {
+    let _serial = serial().await;
+    become_subreaper();
+    let (mut cli, stdin) = cli_running(
+        &["--workers", "1", "--grace", "0"],
+        r#"{"id":"g","task":"grandchild","args":[60],"timeout_ms":300}"#,
+    );
+    let cli_pid = cli.id();
 
     let mut sleep = None;
     let found = wait_until(Duration::from_secs(5), || {
@@ -109,28 +108,11 @@ async fn the_cli_reaps_the_grandchild_of_a_timed_out_job() {
 async fn sigkill_of_the_cli_leaves_no_worker_and_no_grandchild() {
     let _serial = serial().await;
     become_subreaper();
-    let mut cli = Command::new(env!("CARGO_BIN_EXE_procpool"))
-        .args([
-            "run",
-            "--worker",
-            demo_worker(),
-            "--jobs",
-            "-",
-            "--workers",
-            "2",
-        ])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn procpool");
+    let (mut cli, stdin) = cli_running(
+        &["--workers", "2"],
+        r#"{"id":"g","task":"grandchild","args":[60]}"#,
+    );
     let cli_pid = cli.id();
-    let mut stdin = cli.stdin.take().unwrap();
-    stdin
-        .write_all(b"{\"id\":\"g\",\"task\":\"grandchild\",\"args\":[60]}\n")
-        .unwrap();
-    stdin.flush().unwrap();
     // stdin stays open: the batch is not over.
 
     let mut workers = Vec::new();
