@@ -308,8 +308,9 @@ RESUME (--resume --out FILE):
   when FILE has a bad_job record for its line, so a duplicate never hides the job that
   owns the id. The job file must therefore not change between the runs. A line of FILE
   that is not a record (other than a torn last line) stops the run before anything
-  starts (exit 2). Memory: 16 bytes per job id (a 128-bit hash), for the duplicate
-  check and the skip list together.
+  starts (exit 2). The exit code covers the records kept from the earlier runs too: 0
+  only if every record in FILE is `completed`. Memory: 16 bytes per job id (a 128-bit
+  hash), for the duplicate check and the skip list together.
 
 SIGNALS:
   The first SIGINT or SIGTERM stops dispatching: no new job is read. Then, per

@@ -55,7 +55,7 @@ impl Progress {
         } else {
             View::Lines(Some(args.progress_interval).filter(|d| !d.is_zero()))
         };
-        Progress {
+        let progress = Progress {
             view,
             started: Instant::now(),
             done: 0,
@@ -64,7 +64,11 @@ impl Progress {
             running: 0,
             total: None,
             tally: BTreeMap::new(),
+        };
+        if let View::Bar(bar) = &progress.view {
+            bar.set_message(progress.counters());
         }
+        progress
     }
 
     /// Whether the job total is worth counting (someone will see it).

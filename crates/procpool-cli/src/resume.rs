@@ -17,6 +17,8 @@ pub(crate) struct Previous {
     pub(crate) ledger: Ledger,
     /// Records read.
     pub(crate) records: u64,
+    /// Of those, the ones that did not complete (they decide the exit code too).
+    pub(crate) not_completed: u64,
     /// Length of the file up to and including its last newline; anything after it is a
     /// torn record, cut before appending.
     pub(crate) keep_len: u64,
@@ -47,6 +49,7 @@ pub(crate) fn read(path: &Path) -> anyhow::Result<Previous> {
     let mut previous = Previous {
         ledger: Ledger::default(),
         records: 0,
+        not_completed: 0,
         keep_len: 0,
         torn: 0,
     };
@@ -78,7 +81,7 @@ pub(crate) fn read(path: &Path) -> anyhow::Result<Previous> {
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let key = closing_key(&buf).map_err(|why| {
+        let (key, completed) = closing_key(&buf).map_err(|why| {
             anyhow::anyhow!(
                 "line {number} of the results file {} is not a result record ({why}); refusing \
                  to append to it",
@@ -87,12 +90,14 @@ pub(crate) fn read(path: &Path) -> anyhow::Result<Previous> {
         })?;
         previous.ledger.mark_done(key);
         previous.records += 1;
+        previous.not_completed += u64::from(!completed);
     }
     Ok(previous)
 }
 
-/// The key of the job a record line closes: its line number for a `bad_job`, else its id.
-fn closing_key(line: &[u8]) -> Result<Key, String> {
+/// The key of the job a record line closes (its line number for a `bad_job`, else its id),
+/// and whether the job completed.
+fn closing_key(line: &[u8]) -> Result<(Key, bool), String> {
     let record: Closing = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     if !matches!(&*record.status, "completed" | "failed" | "cancelled") {
         return Err(format!("unknown status {:?}", record.status));
@@ -102,17 +107,18 @@ fn closing_key(line: &[u8]) -> Result<Key, String> {
         .as_ref()
         .and_then(|e| e.kind.as_deref())
         .is_some_and(|k| k == "bad_job");
-    if bad_job {
+    let key = if bad_job {
         record
             .line
             .map(Key::line)
-            .ok_or_else(|| "a bad_job record without a line number".to_owned())
+            .ok_or_else(|| "a bad_job record without a line number".to_owned())?
     } else {
         record
             .id
             .map(|id| Key::id(&id))
-            .ok_or_else(|| "a record without an id".to_owned())
-    }
+            .ok_or_else(|| "a record without an id".to_owned())?
+    };
+    Ok((key, record.status == "completed"))
 }
 
 #[cfg(test)]
@@ -144,6 +150,7 @@ mod tests {
         );
         let mut p = read_text(text).unwrap();
         assert_eq!(p.records, 4);
+        assert_eq!(p.not_completed, 3);
         let torn = "{\"id\":\"c\",\"sta".len();
         assert_eq!(p.torn, torn as u64);
         assert_eq!(p.keep_len, (text.len() - torn) as u64);

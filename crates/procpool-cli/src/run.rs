@@ -63,6 +63,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let keep = previous.as_ref().map(|p| p.keep_len);
     let mut out = open_output(args.out.as_deref(), keep).map_err(Failure::Setup)?;
     tracing::info!(workers = pool.size(), "pool started");
+    let earlier_not_completed = previous.as_ref().map_or(0, |p| p.not_completed);
     let ledger = match previous {
         Some(p) => {
             tracing::info!(
@@ -117,7 +118,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     Ok(match outcome.stop {
         Some(Stop::Interrupt) => Exit::Interrupted,
         Some(Stop::Terminate) => Exit::Terminated,
-        None if outcome.all_completed => Exit::Success,
+        // With --resume, the records kept from the earlier runs count too.
+        None if outcome.all_completed && earlier_not_completed == 0 => Exit::Success,
         None => Exit::JobsFailed,
     })
 }
