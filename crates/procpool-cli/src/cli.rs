@@ -49,7 +49,7 @@ pub(crate) enum Command {
 pub(crate) enum LogFormat {
     /// `2026-01-01T00:00:00Z  WARN message key=value`.
     Text,
-    /// `{"timestamp": ..., "level": ..., "fields": {"message": ...}}`.
+    /// `{"timestamp": ..., "level": "WARN", "message": ..., "key": value}`.
     Json,
 }
 
