@@ -1,7 +1,7 @@
 //! The only per-job state of `procpool run`: which job ids were seen (to refuse a
 //! duplicate) and which jobs already have a record from an earlier run (`--resume`). Both
-//! live in one hash set of 128-bit hashes, 16 bytes per job (plus the table's slack), so a
-//! batch of millions of jobs costs tens of megabytes, not the ids themselves.
+//! live in one set of 128-bit hashes, about 20 bytes per job all told, so a batch of
+//! millions of jobs costs tens of megabytes, whatever the length of its ids.
 //!
 //! Two distinct ids share a hash with probability about n²/2^128 (n = number of jobs):
 //! below 10^-20 for a billion jobs, far below the odds of a memory error.
@@ -42,48 +42,126 @@ pub(crate) enum Claim {
     Duplicate,
 }
 
-/// The set of keys; see the module docs.
-#[derive(Default)]
+/// The set of keys. New keys go to `recent`, a small hash table, and move in batches into
+/// `sorted`, a sorted vector, whenever `recent` reaches an eighth of it. The vector costs
+/// 16 bytes per key; a hash table of the whole set would cost 18 to 36, and twice that for
+/// a moment each time it grows. The small table keeps inserts cheap, and the batches keep
+/// the re-sorting to a few passes over the set in all.
 pub(crate) struct Ledger {
-    keys: HashSet<u128, BuildHasherDefault<PassThrough>>,
+    sorted: Vec<u128>,
+    recent: HashSet<u128, BuildHasherDefault<PassThrough>>,
+    /// `recent` moves into `sorted` at this size at least.
+    min_batch: usize,
     /// Keys marked done and not met yet.
     pending_done: u64,
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::with_batch(1 << 16)
+    }
+}
+
+/// Where a key is stored.
+#[derive(Clone, Copy)]
+enum Slot {
+    Sorted(usize),
+    Recent,
+}
+
 impl Ledger {
+    fn with_batch(min_batch: usize) -> Ledger {
+        Ledger {
+            sorted: Vec::new(),
+            recent: HashSet::default(),
+            min_batch,
+            pending_done: 0,
+        }
+    }
+
     /// Records that an earlier run wrote a record for `key`.
     pub(crate) fn mark_done(&mut self, key: Key) {
-        if !self.keys.contains(&key.0) && self.keys.insert(key.0 | DONE) {
+        if self.locate(key.0).is_none() {
+            self.insert(key.0 | DONE);
             self.pending_done += 1;
         }
     }
 
     /// Claims an id met in the job stream.
     pub(crate) fn claim(&mut self, key: Key) -> Claim {
-        if self.keys.remove(&(key.0 | DONE)) {
-            self.pending_done -= 1;
-            self.keys.insert(key.0);
-            Claim::Resumed
-        } else if self.keys.insert(key.0) {
-            Claim::New
-        } else {
-            Claim::Duplicate
+        match self.locate(key.0) {
+            Some((slot, true)) => {
+                self.met(key.0, slot);
+                Claim::Resumed
+            }
+            Some((_, false)) => Claim::Duplicate,
+            None => {
+                self.insert(key.0);
+                Claim::New
+            }
         }
     }
 
     /// Whether an earlier run wrote a record for `key` (used for line keys, which are
     /// never claimed); true only the first time.
     pub(crate) fn take_done(&mut self, key: Key) -> bool {
-        let found = self.keys.remove(&(key.0 | DONE));
-        if found {
-            self.pending_done -= 1;
+        match self.locate(key.0) {
+            Some((slot, true)) => {
+                self.met(key.0, slot);
+                true
+            }
+            _ => false,
         }
-        found
     }
 
     /// Keys marked done: how many records the earlier runs left.
     pub(crate) fn pending_done(&self) -> u64 {
         self.pending_done
+    }
+
+    /// Where `key` is stored, and whether it is stored as done (`key | DONE`).
+    fn locate(&self, key: u128) -> Option<(Slot, bool)> {
+        match self.sorted.binary_search(&key) {
+            Ok(i) => return Some((Slot::Sorted(i), false)),
+            // `key | DONE` is `key + 1`: if present, it sits where `key` would go.
+            Err(i) if self.sorted.get(i) == Some(&(key | DONE)) => {
+                return Some((Slot::Sorted(i), true));
+            }
+            Err(_) => {}
+        }
+        if self.recent.contains(&key) {
+            Some((Slot::Recent, false))
+        } else if self.recent.contains(&(key | DONE)) {
+            Some((Slot::Recent, true))
+        } else {
+            None
+        }
+    }
+
+    /// A key stored as done is now met in the job stream.
+    fn met(&mut self, key: u128, slot: Slot) {
+        match slot {
+            // In place: no other key sorts between `key | DONE` and `key`, so the vector
+            // stays sorted.
+            Slot::Sorted(i) => self.sorted[i] = key,
+            Slot::Recent => {
+                self.recent.remove(&(key | DONE));
+                self.recent.insert(key);
+            }
+        }
+        self.pending_done -= 1;
+    }
+
+    /// Stores a key known to be absent (in neither form).
+    fn insert(&mut self, stored: u128) {
+        self.recent.insert(stored);
+        if self.recent.len() >= self.min_batch.max(self.sorted.len() / 8) {
+            // Exact: the vector is most of the memory, so no growth slack. `drain` keeps
+            // the table's capacity for the next batch.
+            self.sorted.reserve_exact(self.recent.len());
+            self.sorted.extend(self.recent.drain());
+            self.sorted.sort_unstable();
+        }
     }
 }
 
@@ -114,7 +192,14 @@ mod tests {
 
     #[test]
     fn claims_and_resumes() {
-        let mut ledger = Ledger::default();
+        // Batches of 1 and 2 move keys into the sorted part at once; the default keeps them
+        // in the table: every path is taken.
+        for batch in [1, 2, 1 << 16] {
+            claims_and_resumes_with(Ledger::with_batch(batch));
+        }
+    }
+
+    fn claims_and_resumes_with(mut ledger: Ledger) {
         ledger.mark_done(Key::id("a"));
         ledger.mark_done(Key::id("a"));
         ledger.mark_done(Key::line(3));
@@ -134,11 +219,25 @@ mod tests {
     }
 
     #[test]
-    fn many_ids_stay_distinct() {
-        let mut ledger = Ledger::default();
-        for i in 0..200_000u32 {
-            assert_eq!(ledger.claim(Key::id(&format!("job-{i}"))), Claim::New);
+    fn many_ids_stay_distinct_across_batches() {
+        let mut ledger = Ledger::with_batch(1000);
+        for i in 0..50_000u32 {
+            if i % 3 == 0 {
+                ledger.mark_done(Key::id(&format!("job-{i}")));
+            }
         }
-        assert_eq!(ledger.claim(Key::id("job-199999")), Claim::Duplicate);
+        for i in 0..100_000u32 {
+            let expected = match i {
+                i if i < 50_000 && i % 3 == 0 => Claim::Resumed,
+                _ => Claim::New,
+            };
+            assert_eq!(ledger.claim(Key::id(&format!("job-{i}"))), expected, "{i}");
+        }
+        assert_eq!(ledger.pending_done(), 0);
+        for i in (0..100_000u32).step_by(7) {
+            assert_eq!(ledger.claim(Key::id(&format!("job-{i}"))), Claim::Duplicate);
+        }
+        assert!(ledger.sorted.len() > 80_000, "{}", ledger.sorted.len());
+        assert!(ledger.sorted.is_sorted());
     }
 }
