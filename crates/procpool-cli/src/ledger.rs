@@ -240,4 +240,18 @@ mod tests {
         assert!(ledger.sorted.len() > 80_000, "{}", ledger.sorted.len());
         assert!(ledger.sorted.is_sorted());
     }
+
+    #[test]
+    fn about_twenty_bytes_per_job() {
+        let mut ledger = Ledger::default();
+        let n = 400_000;
+        for i in 0..n {
+            ledger.claim(Key::id(&i.to_string()));
+        }
+        // The table: one 16-byte slot and one control byte per bucket, at most 7/8 full,
+        // buckets a power of two.
+        let table = (ledger.recent.capacity() * 8 / 7).next_power_of_two() * 17;
+        let bytes = ledger.sorted.capacity() * 16 + table;
+        assert!(bytes / n <= 24, "{} bytes per job", bytes / n);
+    }
 }
