@@ -44,6 +44,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     if let Some(out) = &args.out {
         refuse_same_file(&args.jobs, out).map_err(Failure::Setup)?;
     }
+    // Read on this thread: nothing else runs yet.
     let previous = match &args.out {
         Some(out) if args.resume => Some(resume::read(out).map_err(Failure::Setup)?),
         _ => None,
@@ -107,9 +108,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
 
     let mut notes = Vec::new();
     if let Some(stop) = outcome.stop {
+        let again = if args.out.is_some() {
+            "run the same command with --resume to finish them"
+        } else {
+            "with --out FILE, --resume would finish them"
+        };
         notes.push(format!(
             "stopped by {}: {} jobs had been dispatched, each has its record; jobs not \
-             dispatched have none (run the same command with --resume to finish them)",
+             dispatched have none ({again})",
             stop.name(),
             outcome.dispatched
         ));
