@@ -1,5 +1,7 @@
 //! The command line, as clap derive structs: every flag, its default and its help text in
-//! one place, so `--help` and the code cannot drift apart. No logic lives here.
+//! one place, so `--help` and the code cannot drift apart. No logic lives here: the
+//! `PROCPOOL_*` variables and the config file are added to every flag generically by
+//! `config.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,10 +11,26 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Multi-process worker pool: run batch jobs on crash-isolated worker processes.
 #[derive(Debug, Parser)]
 #[command(name = "procpool", version, propagate_version = true)]
+#[command(after_long_help = CONFIG_HELP)]
 pub(crate) struct Cli {
     /// Log verbosity on stderr. Default: `RUST_LOG` if set, else `warn`.
     #[arg(long, global = true, value_enum, value_name = "LEVEL")]
     pub(crate) log_level: Option<LogLevel>,
+
+    /// Log lines as text for people or as JSON objects (one per line) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub(crate) log_format: LogFormat,
+
+    /// TOML file with defaults for any flag (see CONFIGURATION in `procpool --help`).
+    /// Read before the command line is parsed.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -27,6 +45,24 @@ pub(crate) enum Command {
     /// Serve a pool over HTTP and WebSocket: submit, poll and cancel tasks, follow their
     /// events, scrape metrics.
     Serve(ServeArgs),
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// `2026-01-01T00:00:00Z  WARN message key=value`.
+    Text,
+    /// `{"timestamp": ..., "level": "WARN", "message": ..., "key": value}`.
+    Json,
+}
+
+/// `--on-signal`: what the first SIGINT or SIGTERM does to the jobs already dispatched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnSignal {
+    /// Let every dispatched job finish and write its record.
+    Drain,
+    /// Kill the workers at once; every dispatched job unfinished is `cancelled`.
+    Cancel,
 }
 
 /// Log levels for `--log-level`.
@@ -55,8 +91,10 @@ impl LogLevel {
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
     /// Worker executable: a binary built with procpool that calls `procpool::init()`.
+    /// Default: this executable, when it registers tasks itself (a program whose `main`
+    /// is `procpool_cli::main()`); the plain `procpool` binary needs it.
     #[arg(long, value_name = "PATH")]
-    pub(crate) worker: PathBuf,
+    pub(crate) worker: Option<PathBuf>,
 
     /// Seconds a worker may take to start and complete its handshake.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
@@ -78,10 +116,25 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) workers: Option<u32>,
 
-    /// Write the result lines to FILE (created, or truncated if it exists) instead of
-    /// stdout.
+    /// Write the result lines to FILE (created, or truncated if it exists; appended to
+    /// with --resume) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
+
+    /// Continue an interrupted batch: keep the records already in --out, skip every job
+    /// that has one, run the rest and append their records (see RESUME below). Needs
+    /// --out.
+    #[arg(long)]
+    pub(crate) resume: bool,
+
+    /// What the first SIGINT or SIGTERM does to the jobs already dispatched: `drain` lets
+    /// them finish, `cancel` kills their workers. Either way no new job starts, every
+    /// dispatched job gets its record, and a second signal kills at once.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "cancel")]
+    pub(crate) on_signal: OnSignal,
+
+    #[command(flatten)]
+    pub(crate) feedback: FeedbackArgs,
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
@@ -129,6 +182,21 @@ pub(crate) struct PolicyArgs {
     /// Stop workers idle for this long, down to --min-workers, e.g. `30s`. Default: never.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// What the operator sees on stderr while a batch runs.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Progress on stderr")]
+pub(crate) struct FeedbackArgs {
+    /// No progress bar, no periodic summary, no final table: stderr only gets errors and
+    /// the logs asked for.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+
+    /// When stderr is not a terminal, print a one-line summary this often, e.g. `10s`,
+    /// `1m`; `0` prints none. (On a terminal, a live progress bar is drawn instead.)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_grace)]
+    pub(crate) progress_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -288,11 +356,50 @@ in input order):
               started: refused by the pool, or cancelled while queued)
   duration_ms time from the task reaching a worker to its result
 
+RESUME (--resume --out FILE):
+  Every record is appended to --out and flushed as soon as its job ends, so after a
+  crash or a SIGKILL of the supervisor FILE holds a record for every job that ended
+  before it. Run the same command again with --resume: the records in FILE
+  are kept, a torn last line (a record cut off mid-write) is removed, every job that
+  already has a record is skipped, and the others run and append theirs. However often
+  a batch is killed and resumed, it ends with exactly one record per job line.
+  Jobs are matched by id: a job is skipped when FILE has a completed, failed or
+  cancelled record with its id (a job cancelled by a signal counts as done; use
+  --on-signal drain to let dispatched jobs finish instead). `bad_job` records are
+  matched by line number, not id: a bad line (no id, a duplicate id, ...) is skipped
+  when FILE has a bad_job record for its line, so a duplicate never hides the job that
+  owns the id. The job file must therefore not change between the runs. A line of FILE
+  that is not a record (other than a torn last line) stops the run before anything
+  starts (exit 2). The exit code covers the records kept from the earlier runs too: 0
+  only if every record in FILE is `completed`. Memory: 16 bytes per job id (a 128-bit
+  hash), for the duplicate check and the skip list together.
+
+SIGNALS:
+  The first SIGINT or SIGTERM stops dispatching: no new job is read. Then, per
+  --on-signal, the jobs already dispatched (submitted to the pool, running or queued)
+  either finish (drain) or are cancelled at once, their workers killed (cancel, the
+  default). Either way every dispatched job gets its record, every worker is reaped,
+  and procpool exits with 130 (SIGINT) or 143 (SIGTERM). A second SIGINT or SIGTERM
+  kills every worker at once (the unfinished jobs get `cancelled` records) and exits
+  with the same code. SIGHUP is logged and ignored. Jobs never dispatched get no
+  record: run again with --resume to finish them.
+
+PROGRESS (stderr; stdout or --out only ever get records):
+  On a terminal, a live bar: jobs done of the total, failed, running, rate, ETA. The
+  total is counted from the job file in the background (none for stdin). Otherwise a
+  line every --progress-interval, e.g.
+    procpool: 12.0s: 4000 of 100000 jobs done, 3 failed, 8 running, 333 jobs/s, ETA 4m 48s
+  At the end, a table of the jobs by status and error kind. --quiet turns all of this
+  off.
+
 EXIT CODES:
-  0  every job completed
-  1  at least one job did not complete (or the run broke down half-way)
-  2  bad usage, an unreadable job file, or a worker binary that is missing or is not a
-     procpool worker: nothing was run and no record was written";
+  0    every job completed
+  1    at least one job did not complete (or the run broke down half-way)
+  2    bad usage (a bad flag, --resume without --out, a bad config file or variable), an
+       unreadable job or results file, or a worker binary that is missing or is not a
+       procpool worker: nothing was run and no record was written
+  130  stopped by SIGINT (see SIGNALS)
+  143  stopped by SIGTERM";
 
 const SERVE_AFTER_HELP: &str = "\
 ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, else 401):
@@ -333,3 +440,31 @@ EXIT CODES:
   1        the server failed while running
   2        bad usage, an address it cannot listen on, a non-loopback --listen without a
            token, or a worker binary that is missing or is not a procpool worker";
+
+const CONFIG_HELP: &str = "\
+CONFIGURATION:
+  Every flag of every subcommand can also be set by an environment variable or in a TOML
+  file; the first found wins: the command line, then the variable, then the file, then
+  the built-in default.
+  Variables: PROCPOOL_ and the flag's long name in capitals with _ for -, e.g.
+  PROCPOOL_WORKERS=8 for --workers, PROCPOOL_ON_SIGNAL=drain; one exception: --worker is
+  PROCPOOL_WORKER_PATH (PROCPOOL_WORKER marks a worker process). Switches take true or
+  false: PROCPOOL_QUIET=true. Each flag's variable is shown beside it in --help.
+  File: --config FILE, or PROCPOOL_CONFIG=FILE. Keys are long flag names. Keys at the top
+  apply to every subcommand that has the flag; a [run], [tasks] (or any other subcommand)
+  table applies to that subcommand only and wins over the top. Values are strings,
+  numbers or booleans, written as on the command line:
+    worker = \"/usr/local/bin/my-worker\"
+    log-level = \"info\"
+    [run]
+    workers = 8
+    timeout = \"30s\"
+    on-signal = \"drain\"
+    quiet = true
+  A key that no subcommand knows, a table that is not a subcommand, or a value the flag
+  refuses is an error naming the key (exit 2). `procpool run --help --config FILE` shows
+  the file's values as the defaults.
+
+EXIT CODES:
+  0 success; 1 some job did not complete; 2 bad usage or unusable worker, nothing run;
+  130/143 stopped by SIGINT/SIGTERM (see `procpool run --help`).";

@@ -1,15 +1,16 @@
 //! The job stream: reads JSON Lines jobs one line at a time (never the whole file) and
 //! validates each into a [`Job`] or a [`BadJob`]. It owns the job format and its rules
-//! (required fields, unique ids, 1-based line numbers), so the batch loop in `run.rs`
-//! only sees well-formed jobs or ready-made rejections.
+//! (required fields, unique ids, 1-based line numbers, which lines `--resume` skips), so
+//! the batch loop in `run.rs` only sees well-formed jobs, ready-made rejections and skips.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+use crate::ledger::{Claim, Key, Ledger};
 
 /// One valid job line.
 #[derive(Debug, PartialEq)]
@@ -47,6 +48,8 @@ pub(crate) struct BadJob {
 pub(crate) enum Parsed {
     Job(Job),
     Bad(BadJob),
+    /// An earlier run already wrote this line's record (`--resume`).
+    Skipped,
 }
 
 /// Fields a job line may have; anything else is rejected, so a typo such as `"arg"` is
@@ -72,7 +75,7 @@ pub(crate) async fn open(path: &Path) -> anyhow::Result<Box<dyn AsyncBufRead + U
 }
 
 /// Reads jobs line by line and remembers the ids seen (the only state that grows with
-/// the stream: one string per job).
+/// the stream: one 128-bit hash per job, see `ledger.rs`).
 pub(crate) struct JobReader<R> {
     reader: R,
     /// The line being read. Kept across calls so that a cancelled [`JobReader::next`]
@@ -80,16 +83,18 @@ pub(crate) struct JobReader<R> {
     buf: Vec<u8>,
     /// Number of the last complete line.
     line: u64,
-    seen: HashSet<String>,
+    /// Ids seen, and the jobs an earlier run finished.
+    ledger: Ledger,
 }
 
 impl<R: AsyncBufRead + Unpin> JobReader<R> {
-    pub(crate) fn new(reader: R) -> Self {
+    /// A reader that skips the jobs `ledger` marks done (none for a fresh ledger).
+    pub(crate) fn new(reader: R, ledger: Ledger) -> Self {
         JobReader {
             reader,
             buf: Vec::new(),
             line: 0,
-            seen: HashSet::new(),
+            ledger,
         }
     }
 
@@ -123,26 +128,30 @@ impl<R: AsyncBufRead + Unpin> JobReader<R> {
             Ok(Value::Object(obj)) => obj,
             Ok(other) => {
                 bad.message = format!("a job must be a JSON object, not {}", type_of(&other));
-                return Parsed::Bad(bad);
+                return self.bad(bad);
             }
             Err(e) => {
                 bad.message = format!("invalid JSON: {e}");
-                return Parsed::Bad(bad);
+                return self.bad(bad);
             }
         };
         bad.id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
         bad.task = obj.get("task").and_then(Value::as_str).map(str::to_owned);
         // The id is claimed even when the rest of the line is bad, so that every record
         // of a run has a distinct id.
-        let duplicate = bad
-            .id
-            .as_ref()
-            .is_some_and(|id| !self.seen.insert(id.clone()));
+        let claim = match &bad.id {
+            Some(id) => self.ledger.claim(Key::id(id)),
+            None => Claim::New,
+        };
+        if claim == Claim::Resumed {
+            return Parsed::Skipped;
+        }
+        let duplicate = claim == Claim::Duplicate;
         match validate(obj, line) {
             Ok(job) if !duplicate => Parsed::Job(job),
             Ok(job) => {
                 bad.message = format!("duplicate id {:?} (ids must be unique)", job.id);
-                Parsed::Bad(bad)
+                self.bad(bad)
             }
             Err(message) => {
                 bad.message = if duplicate {
@@ -150,8 +159,25 @@ impl<R: AsyncBufRead + Unpin> JobReader<R> {
                 } else {
                     message
                 };
-                Parsed::Bad(bad)
+                self.bad(bad)
             }
+        }
+    }
+
+    /// Records of earlier runs that no line read so far matched; after the whole stream,
+    /// records for jobs that are not in it.
+    pub(crate) fn unmatched_records(&self) -> u64 {
+        self.ledger.pending_done()
+    }
+
+    /// A bad line, unless an earlier run already wrote its `bad_job` record. Bad lines
+    /// are matched by line number: a duplicate carries the id of the job that owns it, so
+    /// matching it by id would skip that job.
+    fn bad(&mut self, bad: BadJob) -> Parsed {
+        if self.ledger.take_done(Key::line(bad.line)) {
+            Parsed::Skipped
+        } else {
+            Parsed::Bad(bad)
         }
     }
 }
@@ -253,7 +279,11 @@ mod tests {
     use super::*;
 
     async fn parse_all(input: &str) -> Vec<Parsed> {
-        let mut reader = JobReader::new(input.as_bytes());
+        parse_with(input, Ledger::default()).await
+    }
+
+    async fn parse_with(input: &str, ledger: Ledger) -> Vec<Parsed> {
+        let mut reader = JobReader::new(input.as_bytes(), ledger);
         let mut out = Vec::new();
         while let Some(p) = reader.next().await.unwrap() {
             out.push(p);
@@ -264,7 +294,7 @@ mod tests {
     fn bad_line(p: &Parsed) -> (u64, &str) {
         match p {
             Parsed::Bad(b) => (b.line, b.message.as_str()),
-            Parsed::Job(j) => panic!("expected a bad job, got {j:?}"),
+            other => panic!("expected a bad job, got {other:?}"),
         }
     }
 
@@ -366,5 +396,38 @@ mod tests {
         );
         assert!(msg(6).ends_with("not a boolean"), "{}", msg(6));
         assert!(msg(7).ends_with("not 4294967296"), "{}", msg(7));
+    }
+
+    #[tokio::test]
+    async fn resume_skips_finished_ids_and_recorded_bad_lines_only() {
+        let mut ledger = Ledger::default();
+        // An earlier run: `a` finished, line 3 (a duplicate of `b`) and line 4 (bad JSON)
+        // got bad_job records; `b` itself never finished.
+        ledger.mark_done(Key::id("a"));
+        ledger.mark_done(Key::line(3));
+        ledger.mark_done(Key::line(4));
+        let parsed = parse_with(
+            concat!(
+                "{\"id\":\"a\",\"task\":\"t\"}\n",
+                "{\"id\":\"b\",\"task\":\"t\"}\n",
+                "{\"id\":\"b\",\"task\":\"t\"}\n",
+                "oops\n",
+                "{\"id\":\"a\",\"task\":\"t\"}\n",
+                "oops\n",
+            ),
+            ledger,
+        )
+        .await;
+        assert_eq!(parsed[0], Parsed::Skipped);
+        assert!(
+            matches!(&parsed[1], Parsed::Job(j) if j.id == "b"),
+            "{:?}",
+            parsed[1]
+        );
+        assert_eq!(parsed[2], Parsed::Skipped);
+        assert_eq!(parsed[3], Parsed::Skipped);
+        // A second `a` is still a duplicate, and a bad line without a record is reported.
+        assert!(bad_line(&parsed[4]).1.contains("duplicate id"));
+        assert_eq!(bad_line(&parsed[5]).0, 6);
     }
 }

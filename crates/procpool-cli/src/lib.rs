@@ -4,25 +4,48 @@
 //! server is the `procpool-serve` crate). The `procpool` binary is a one-line call to
 //! [`main`].
 //!
-//! This file only wires things together: parse the command line ([`cli`]), set up logging,
-//! run the subcommand on a tokio runtime, and turn the outcome into the exit code scripts
-//! rely on ([`Exit`]). The batch loop lives in [`run`], the job format in [`jobs`], the
-//! result format in [`records`], the task listing in [`tasks`].
+//! An application that registers its own tasks can call [`main`] from its own `main` and
+//! get the same command line from its own binary, which is then both the supervisor and
+//! the worker (`--worker` defaults to the running executable):
+//!
+//! ```no_run
+//! #[procpool::task]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     // In a worker process this serves tasks and never returns.
+//!     procpool_cli::main()
+//! }
+//! ```
+//!
+//! This file only wires things together: enter worker mode if this process is a worker,
+//! parse the command line ([`cli`], with variables and the config file from [`config`]),
+//! set up logging ([`logging`]), run the subcommand on a tokio runtime, and turn the
+//! outcome into the exit code scripts rely on ([`Exit`]). The batch loop lives in [`run`],
+//! the job format in [`jobs`], the result format in [`records`], `--resume` in [`resume`]
+//! and [`ledger`], signals in [`signals`], the operator's view in [`progress`], the task
+//! listing in [`tasks`].
 
 mod cli;
+mod config;
 mod jobs;
+mod ledger;
+mod logging;
+mod progress;
 mod records;
+mod resume;
 mod run;
 mod serve;
+mod signals;
 mod tasks;
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use clap::FromArgMatches as _;
 
-use crate::cli::{Cli, Command, LogLevel};
+use crate::cli::{Cli, Command};
 
 /// Exit codes: part of the CLI contract, listed in `procpool run --help`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,9 +57,9 @@ enum Exit {
     JobsFailed = 1,
     /// Bad usage, or the worker could not be started: nothing was run.
     Usage = 2,
-    /// Stopped by SIGINT (128 + 2).
+    /// Stopped by SIGINT: 128 + 2, as a shell reports it.
     Interrupted = 130,
-    /// Stopped by SIGTERM (128 + 15).
+    /// Stopped by SIGTERM: 128 + 15.
     Terminated = 143,
 }
 
@@ -56,10 +79,23 @@ enum Failure {
 }
 
 /// Runs the `procpool` command line on this process's arguments and returns its exit code.
+///
+/// It calls [`procpool::init`] first: in a process started as a worker it serves tasks
+/// and never returns, so an application can make this its whole `main`.
 pub fn main() -> ExitCode {
+    procpool::init();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match config::command(&argv) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("procpool: error: {e}");
+            return Exit::Usage.into();
+        }
+    };
     // Clap prints help/version to stdout with exit 0, and usage errors to stderr with 2.
-    let cli = Cli::parse();
-    init_logging(cli.log_level);
+    let matches = command.get_matches_from(argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    logging::init(cli.log_level, cli.log_format);
 
     // One thread is plenty: the loop only moves lines between the job stream, the pool
     // (whose supervisor has its own thread) and the output. Measured on 20k tiny jobs, a
@@ -104,19 +140,4 @@ pub fn main() -> ExitCode {
             Exit::JobsFailed.into()
         }
     }
-}
-
-/// Logs go to stderr (stdout carries the records). `--log-level` wins over `RUST_LOG`;
-/// with neither, only warnings and errors are shown.
-fn init_logging(level: Option<LogLevel>) {
-    let filter = match level {
-        Some(level) => EnvFilter::new(level.as_str()),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::jobs::{BadJob, Job};
 
 /// How a job ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Status {
     /// The task returned a value.

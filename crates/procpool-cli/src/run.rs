@@ -1,11 +1,13 @@
 //! `procpool run`: the batch loop. It streams jobs in, keeps a bounded number of them in
 //! flight on the pool, and writes each result line the moment its job ends. Reading,
-//! submitting and writing all happen in one `select!` loop, so backpressure is simple: no
-//! new line is read while the window is full, and a finished job is written even while the
-//! job stream is waiting for its next line (e.g. a slow producer on stdin).
+//! submitting, writing, signals and progress all happen in one `select!` loop, so
+//! backpressure is simple: no new line is read while the window is full, and a finished
+//! job is written even while the job stream is waiting for its next line (e.g. a slow
+//! producer on stdin).
 
+use std::future::Future;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Instant;
@@ -15,9 +17,13 @@ use procpool::{JsonGraph, MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::cli::{PolicyArgs, RunArgs, WorkerArgs};
+use crate::cli::{OnSignal, PolicyArgs, RunArgs, WorkerArgs};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed};
+use crate::ledger::Ledger;
+use crate::progress::{self, Progress};
 use crate::records::{Record, Status};
+use crate::resume;
+use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
 
 /// Jobs in flight (submitted, no result yet) per worker: enough that a worker finds its
@@ -28,29 +34,118 @@ const IN_FLIGHT_PER_WORKER: usize = 4;
 pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     // Everything that can go wrong before a job runs is checked first, and reported as a
     // setup failure: exit 2, no record written.
+    if args.resume && args.out.is_none() {
+        return Err(Failure::Setup(anyhow::anyhow!(
+            "--resume needs --out FILE: the records of the earlier run are read from that \
+             file and the new ones appended to it"
+        )));
+    }
     let input = jobs::open(&args.jobs).await.map_err(Failure::Setup)?;
     if let Some(out) = &args.out {
         refuse_same_file(&args.jobs, out).map_err(Failure::Setup)?;
     }
+    // Read on this thread: nothing else runs yet.
+    let previous = match &args.out {
+        Some(out) if args.resume => Some(resume::read(out).map_err(Failure::Setup)?),
+        _ => None,
+    };
+    // Before the first worker starts: from here on a SIGINT or SIGTERM is ours to handle,
+    // and one that arrives during start-up is seen first thing by the loop.
+    let mut signals = Signals::install()
+        .context("cannot install the signal handlers")
+        .map_err(Failure::Runtime)?;
     let pool = start_pool(
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
     )
     .await?;
-    // Created only once the pool is up, so a bad worker leaves an existing file untouched.
-    let out = open_output(args.out.as_deref()).map_err(Failure::Setup)?;
+    // Opened only once the pool is up, so a bad worker leaves an existing file untouched.
+    let keep = previous.as_ref().map(|p| p.keep_len);
+    let mut out = open_output(args.out.as_deref(), keep).map_err(Failure::Setup)?;
     tracing::info!(workers = pool.size(), "pool started");
+    let earlier_not_completed = previous.as_ref().map_or(0, |p| p.not_completed);
+    let ledger = match previous {
+        Some(p) => {
+            tracing::info!(
+                records = p.records,
+                "resuming: jobs with a record are skipped"
+            );
+            if p.torn > 0 {
+                tracing::warn!(
+                    "cut a torn record ({} bytes, written when the earlier run was killed) \
+                     from the end of {}",
+                    p.torn,
+                    out.name
+                );
+            }
+            p.ledger
+        }
+        None => Ledger::default(),
+    };
 
-    let all_completed = run_jobs(&pool, input, out)
-        .await
-        .map_err(Failure::Runtime)?;
-    pool.shutdown(Shutdown::Drain).await;
-    Ok(if all_completed {
-        Exit::Success
+    let mut progress = Progress::new(&args.feedback);
+    let total = (progress.wants_total() && args.jobs.as_os_str() != "-").then(|| {
+        let path = args.jobs.clone();
+        tokio::task::spawn_blocking(move || progress::count_jobs(&path))
+    });
+    let batch = Batch {
+        pool: &pool,
+        reader: JobReader::new(input, ledger),
+        out: &mut out,
+        progress: &mut progress,
+        signals: &mut signals,
+        on_signal: args.on_signal,
+        total,
+    };
+    let outcome = batch.run().await.map_err(Failure::Runtime)?;
+    pool.shutdown(if outcome.stop.is_some() {
+        Shutdown::Kill
     } else {
-        Exit::JobsFailed
+        Shutdown::Drain
     })
+    .await;
+
+    let mut notes = Vec::new();
+    if let Some(stop) = outcome.stop {
+        let again = if args.out.is_some() {
+            "run the same command with --resume to finish them"
+        } else {
+            "with --out FILE, --resume would finish them"
+        };
+        notes.push(format!(
+            "stopped by {}: {} jobs had been dispatched, each has its record; jobs not \
+             dispatched have none ({again})",
+            stop.name(),
+            outcome.dispatched
+        ));
+    }
+    progress.finish(&notes);
+    Ok(match outcome.stop {
+        Some(Stop::Interrupt) => Exit::Interrupted,
+        Some(Stop::Terminate) => Exit::Terminated,
+        // With --resume, the records kept from the earlier runs count too.
+        None if outcome.all_completed && earlier_not_completed == 0 => Exit::Success,
+        None => Exit::JobsFailed,
+    })
+}
+
+/// The worker binary: `--worker`, else this executable when it registers tasks itself
+/// (an application whose `main` is `procpool_cli::main()`). Shared by every subcommand
+/// that starts workers.
+pub(crate) fn worker_path(args: &WorkerArgs) -> Result<PathBuf, Failure> {
+    if let Some(path) = &args.worker {
+        return Ok(path.clone());
+    }
+    if procpool::registered_tasks().is_empty() {
+        return Err(Failure::Setup(anyhow::anyhow!(
+            "no worker: pass --worker PATH (or set PROCPOOL_WORKER_PATH), a binary built with \
+             procpool that calls procpool::init(); this executable registers no task itself"
+        )));
+    }
+    std::env::current_exe()
+        .context("cannot find this executable to use it as the worker")
+        .map_err(Failure::Setup)
 }
 
 /// Builds a pool off the async threads (`build` blocks until every worker said hello).
@@ -62,7 +157,7 @@ pub(crate) async fn start_pool(
 ) -> Result<Pool, Failure> {
     let mut builder = Pool::builder();
     builder
-        .worker(&args.worker)
+        .worker(worker_path(args)?)
         .start_timeout(args.start_timeout);
     if let Some(n) = workers {
         builder.workers(n);
@@ -113,59 +208,179 @@ fn with_policy<R>(mut task: Task<R>, policy: &JobPolicy) -> Task<R> {
     task
 }
 
-/// Streams `input` through the pool into `out`; true when every job completed.
-async fn run_jobs(
-    pool: &Pool,
-    input: Box<dyn tokio::io::AsyncBufRead + Unpin + Send>,
-    mut out: Output,
-) -> anyhow::Result<bool> {
-    let window = pool.size().saturating_mul(IN_FLIGHT_PER_WORKER).max(1);
-    let mut reader = JobReader::new(input);
-    let mut in_flight: JoinSet<Record> = JoinSet::new();
-    let mut all_completed = true;
-    let mut input_done = false;
-    loop {
-        // Every record written so far leaves before the loop waits again; a burst of
-        // results that finished together leaves in one write.
-        out.flush()?;
-        let can_read = !input_done && in_flight.len() < window;
-        if !can_read && in_flight.is_empty() {
-            break;
-        }
-        tokio::select! {
-            // Results first: they are what the user is waiting for.
-            biased;
-            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let mut joined = Some(joined);
-                while let Some(done) = joined {
-                    let record = done.context("a job's task panicked")?;
-                    all_completed &= record.status == Status::Completed;
-                    out.write(&record)?;
-                    joined = in_flight.try_join_next();
+/// How a batch ended.
+struct Outcome {
+    /// Every job with a record completed.
+    all_completed: bool,
+    /// The first SIGINT or SIGTERM, if one stopped the batch.
+    stop: Option<Stop>,
+    /// Jobs submitted to the pool.
+    dispatched: u64,
+}
+
+/// Everything the batch loop works with.
+struct Batch<'a> {
+    pool: &'a Pool,
+    reader: JobReader<Box<dyn tokio::io::AsyncBufRead + Unpin + Send>>,
+    out: &'a mut Output,
+    progress: &'a mut Progress,
+    signals: &'a mut Signals,
+    on_signal: OnSignal,
+    /// The background count of job lines, for the progress total.
+    total: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
+}
+
+impl Batch<'_> {
+    /// Streams the jobs through the pool into the output until the input ends or a
+    /// signal stops it; returns once every dispatched job has its record.
+    async fn run(mut self) -> anyhow::Result<Outcome> {
+        let pool = self.pool;
+        let window = pool.size().saturating_mul(IN_FLIGHT_PER_WORKER).max(1);
+        let mut in_flight: JoinSet<Record> = JoinSet::new();
+        let mut outcome = Outcome {
+            all_completed: true,
+            stop: None,
+            dispatched: 0,
+        };
+        let mut input_done = false;
+        // The pool's `Shutdown::Kill`, once a signal asked for it: it resolves every
+        // dispatched job (as `cancelled`) and reaps every worker.
+        let mut killing: Option<tokio::task::JoinHandle<()>> = None;
+        let mut ticker = self.progress.tick_every().map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            // Every record written so far leaves before the loop waits again; a burst of
+            // results that finished together leaves in one write.
+            self.out.flush()?;
+            let can_read = outcome.stop.is_none() && !input_done && in_flight.len() < window;
+            if !can_read && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                stop = self.signals.recv() => {
+                    let kill = match outcome.stop {
+                        None => {
+                            outcome.stop = Some(stop);
+                            tracing::warn!(
+                                dispatched = outcome.dispatched,
+                                in_flight = in_flight.len(),
+                                "{}: no new job starts; {} the {} dispatched jobs not finished \
+                                 yet (a second signal kills them at once)",
+                                stop.name(),
+                                match self.on_signal {
+                                    OnSignal::Drain => "waiting for",
+                                    OnSignal::Cancel => "cancelling",
+                                },
+                                in_flight.len(),
+                            );
+                            self.on_signal == OnSignal::Cancel
+                        }
+                        Some(_) => {
+                            tracing::warn!(
+                                "{} again: killing every worker now",
+                                stop.name()
+                            );
+                            true
+                        }
+                    };
+                    if kill && killing.is_none() {
+                        let pool = pool.clone();
+                        killing = Some(tokio::spawn(async move {
+                            pool.shutdown(Shutdown::Kill).await;
+                        }));
+                    }
+                }
+                // Results first: they are what the user is waiting for.
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    let mut joined = Some(joined);
+                    while let Some(done) = joined {
+                        let mut record = done.context("a job's task panicked")?;
+                        if let (Some(stop), Some(error)) = (outcome.stop, &mut record.error)
+                            && record.status == Status::Cancelled
+                        {
+                            error.message = format!("cancelled: procpool received {}", stop.name());
+                        }
+                        outcome.all_completed &= record.status == Status::Completed;
+                        self.out.write(&record)?;
+                        self.progress.record(&record);
+                        joined = in_flight.try_join_next();
+                    }
+                }
+                counted = maybe(&mut self.total) => {
+                    self.total = None;
+                    match counted {
+                        Ok(Ok(n)) => self.progress.set_total(n),
+                        Ok(Err(e)) => tracing::debug!("cannot count the jobs: {e}"),
+                        Err(e) => tracing::debug!("the job count failed: {e}"),
+                    }
+                }
+                _ = tick(&mut ticker) => {
+                    let running = pool.status().await.busy;
+                    self.progress.tick(running);
+                }
+                // `JobReader::next` is cancel safe: losing this race loses no input.
+                parsed = self.reader.next(), if can_read => {
+                    match parsed.context("error reading the jobs")? {
+                        None => input_done = true,
+                        Some(Parsed::Job(job)) if JsonGraph::contains_tasks(&job.args) => {
+                            outcome.dispatched += 1;
+                            in_flight.spawn(finish_nested(pool.clone(), job));
+                        }
+                        Some(Parsed::Job(job)) => {
+                            outcome.dispatched += 1;
+                            let task = Task::json(job.task.clone(), job.args.clone());
+                            let handle = pool.submit(with_policy(task, &job.policy));
+                            in_flight.spawn(finish(job, handle));
+                        }
+                        Some(Parsed::Bad(bad)) => {
+                            tracing::debug!(line = bad.line, "bad job: {}", bad.message);
+                            outcome.all_completed = false;
+                            let record = Record::bad_job(bad);
+                            self.out.write(&record)?;
+                            self.progress.record(&record);
+                        }
+                        Some(Parsed::Skipped) => self.progress.skipped(),
+                    }
                 }
             }
-            // `JobReader::next` is cancel safe: losing this race loses no input.
-            parsed = reader.next(), if can_read => {
-                match parsed.context("error reading the jobs")? {
-                    None => input_done = true,
-                    Some(Parsed::Job(job)) if JsonGraph::contains_tasks(&job.args) => {
-                        in_flight.spawn(finish_nested(pool.clone(), job));
-                    }
-                    Some(Parsed::Job(job)) => {
-                        let task = Task::json(job.task.clone(), job.args.clone());
-                        let handle = pool.submit(with_policy(task, &job.policy));
-                        in_flight.spawn(finish(job, handle));
-                    }
-                    Some(Parsed::Bad(bad)) => {
-                        tracing::debug!(line = bad.line, "bad job: {}", bad.message);
-                        all_completed = false;
-                        out.write(&Record::bad_job(bad))?;
-                    }
-                }
-            }
         }
+        self.out.flush()?;
+        let unmatched = self.reader.unmatched_records();
+        if input_done && unmatched > 0 {
+            tracing::warn!(
+                "{unmatched} records in {} match no line of the job file (did the job file \
+                 change since the earlier run?)",
+                self.out.name
+            );
+        }
+        if let Some(killing) = killing {
+            killing.await.context("the pool shutdown task panicked")?;
+        }
+        Ok(outcome)
     }
-    Ok(all_completed)
+}
+
+/// Waits for `f` if there is one; never resolves otherwise (a disabled `select!` branch
+/// that needs no precondition).
+async fn maybe<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick of `ticker`, if there is one; never resolves otherwise.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a job whose arguments hold nested tasks (`{"$task": ..., "args": [...]}`): they
@@ -248,17 +463,35 @@ impl Output {
     }
 }
 
-/// `--out FILE` is created or truncated (resuming a run is not supported yet).
-fn open_output(path: Option<&Path>) -> anyhow::Result<Output> {
-    let (writer, name): (Box<dyn std::io::Write + Send>, String) = match path {
-        None => (Box::new(std::io::stdout()), "stdout".into()),
-        Some(path) => (
+/// `--out FILE` is created or truncated; with `--resume` (`keep` = the length to keep,
+/// which cuts a torn last record) it is appended to.
+fn open_output(path: Option<&Path>, keep: Option<u64>) -> anyhow::Result<Output> {
+    let (writer, name): (Box<dyn std::io::Write + Send>, String) = match (path, keep) {
+        (None, _) => (Box::new(std::io::stdout()), "stdout".into()),
+        (Some(path), None) => (
             Box::new(
                 std::fs::File::create(path)
                     .with_context(|| format!("cannot create the output file {}", path.display()))?,
             ),
             path.display().to_string(),
         ),
+        (Some(path), Some(keep)) => {
+            let file = std::fs::File::options()
+                .append(true)
+                .create(true)
+                .open(path)
+                .with_context(|| format!("cannot open the output file {}", path.display()))?;
+            let len = file
+                .metadata()
+                .with_context(|| format!("cannot read the output file {}", path.display()))?
+                .len();
+            if len > keep {
+                file.set_len(keep).with_context(|| {
+                    format!("cannot cut the torn last record of {}", path.display())
+                })?;
+            }
+            (Box::new(file), path.display().to_string())
+        }
     };
     Ok(Output {
         writer: std::io::BufWriter::with_capacity(64 << 10, writer),

@@ -77,6 +77,9 @@ pub use procpool_manager::{
 };
 pub use procpool_os::signal_name;
 pub use procpool_proto::ENV_WORKER as WORKER_ENV;
+/// The tasks linked into the running binary, sorted by name: what this binary would serve
+/// as a worker (empty for a binary that registers none, such as the `procpool` CLI).
+pub use procpool_worker::manifest as registered_tasks;
 pub use procpool_worker::{
     current_task_id, init, is_worker, recv_message, report_progress, send_message,
 };

@@ -1,0 +1,1001 @@
+//! Black-box tests of `procpool run` as operators drive it (issue 4): resuming a batch
+//! after a SIGKILL, SIGINT/SIGTERM/SIGHUP, progress on stderr (plain and on a
+//! pseudo-terminal), configuration by flag, variable and file, and the application binary
+//! (`procpool-demo`) that is the whole CLI without `--worker`. Real supervisors, real
+//! workers, real signals; every supervisor is killed by its pid if a test fails, and every
+//! test checks that no worker outlived its supervisor.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use support::{group_members, is_gone, proc_stat, wait_until};
+
+const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
+const DEMO: &str = env!("CARGO_BIN_EXE_procpool-demo");
+
+/// No supervisor may run longer than this.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running supervisor. Dropping it while it runs kills it (by its pid) and reaps it.
+struct Supervisor {
+    child: Option<Child>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    started: Instant,
+}
+
+/// What a supervisor left when it ended.
+#[derive(Debug)]
+struct Ended {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+    pid: u32,
+}
+
+fn base_command(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LOG")
+        .env_remove("PROCPOOL_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+impl Supervisor {
+    fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Supervisor {
+        let mut child = base_command(bin, args, env).spawn().expect("spawn");
+        let stdout = reader_thread(child.stdout.take().unwrap());
+        let stderr = reader_thread(child.stderr.take().unwrap());
+        Supervisor {
+            child: Some(child),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            started: Instant::now(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn signal(&self, sig: Signal) {
+        // Our own child, still unreaped (we hold its handle): the pid is its.
+        kill(Pid::from_raw(self.pid() as i32), sig).expect("signal the supervisor");
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the end (killing it past [`DEADLINE`]) and checks that none of its
+    /// workers is still alive.
+    fn wait(mut self) -> Ended {
+        let pid = self.pid();
+        let mut child = self.child.take().unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if self.started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("supervisor {pid} ran past {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let ended = Ended {
+            code: status.code(),
+            stdout: self.stdout.take().unwrap().join().unwrap(),
+            stderr: self.stderr.take().unwrap().join().unwrap(),
+            elapsed: self.started.elapsed(),
+            pid,
+        };
+        let left = workers_of(pid);
+        assert!(
+            left.is_empty(),
+            "workers of {pid} still alive: {left:?}\n{ended:?}"
+        );
+        ended
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn reader_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Runs to the end.
+fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Ended {
+    Supervisor::start(bin, args, env).wait()
+}
+
+/// Live workers of supervisor `pid`: they carry its pid in `PROCPOOL_PARENT_PID`
+/// (procpool-proto's ENV_PARENT_PID). A zombie has no environment left, so it is not
+/// counted: it runs nothing.
+fn workers_of(pid: u32) -> Vec<u32> {
+    let needle = format!("PROCPOOL_PARENT_PID={pid}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// Whether `pid` is gone or a zombie (dead, waiting for a parent to reap it).
+fn is_dead(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|s| s.state == 'Z')
+}
+
+fn write_jobs(dir: &Path, name: &str, lines: &[String]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn job(id: &str, task: &str, args: &str) -> String {
+    format!("{{\"id\": \"{id}\", \"task\": \"{task}\", \"args\": {args}}}")
+}
+
+fn sleeps(prefix: &str, n: usize, ms: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| job(&format!("{prefix}{i}"), "sleep_ms", &format!("[{ms}]")))
+        .collect()
+}
+
+fn records_in(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record ({e}): {l}")))
+        .collect()
+}
+
+/// Waits until `path` holds at least `n` complete lines.
+fn wait_for_records(path: &Path, n: usize) {
+    let ok = wait_until(Duration::from_secs(15), || {
+        std::fs::read_to_string(path).is_ok_and(|t| t.matches('\n').count() >= n)
+    });
+    assert!(ok, "fewer than {n} records in {} in time", path.display());
+}
+
+/// The number N in the final note "N jobs had been dispatched".
+fn dispatched(stderr: &str) -> usize {
+    let note = stderr
+        .lines()
+        .find(|l| l.contains("jobs had been dispatched"))
+        .unwrap_or_else(|| panic!("no dispatch note in:\n{stderr}"));
+    let before = note.split(" jobs had been dispatched").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Line numbers of the records, which must be exactly 1..=n: jobs are dispatched in
+/// order, so "every dispatched job has its record" means the records cover a prefix.
+fn assert_prefix(records: &[Value], n: usize) {
+    let lines: BTreeSet<u64> = records
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        records.len(),
+        "two records for one line: {records:#?}"
+    );
+    let expected: BTreeSet<u64> = (1..=n as u64).collect();
+    assert_eq!(lines, expected, "{records:#?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Help and exit codes
+
+#[test]
+fn help_of_every_subcommand_documents_the_ops_features() {
+    let root = run(PROCPOOL, &["--help"], &[]);
+    assert_eq!(root.code, Some(0), "{root:?}");
+    for needle in [
+        "CONFIGURATION",
+        "--config",
+        "PROCPOOL_CONFIG",
+        "PROCPOOL_WORKER_PATH",
+        "[run]",
+        "--log-format",
+        "130/143",
+    ] {
+        assert!(
+            root.stdout.contains(needle),
+            "{needle:?} missing:\n{}",
+            root.stdout
+        );
+    }
+    let run_help = run(PROCPOOL, &["run", "--help"], &[]);
+    assert_eq!(run_help.code, Some(0), "{run_help:?}");
+    for needle in [
+        "--resume",
+        "--on-signal",
+        "drain",
+        "--quiet",
+        "--progress-interval",
+        "--log-format",
+        "--config",
+        "RESUME",
+        "torn",
+        "SIGNALS",
+        "SIGHUP",
+        "PROGRESS",
+        "EXIT CODES",
+        "130",
+        "143",
+        "PROCPOOL_WORKERS",
+        "PROCPOOL_ON_SIGNAL",
+    ] {
+        assert!(
+            run_help.stdout.contains(needle),
+            "{needle:?} missing:\n{}",
+            run_help.stdout
+        );
+    }
+    let tasks_help = run(PROCPOOL, &["tasks", "--help"], &[]);
+    assert_eq!(tasks_help.code, Some(0), "{tasks_help:?}");
+    for needle in [
+        "--worker",
+        "PROCPOOL_WORKER_PATH",
+        "--json",
+        "PROCPOOL_JSON",
+        "--config",
+    ] {
+        assert!(
+            tasks_help.stdout.contains(needle),
+            "{needle:?} missing:\n{}",
+            tasks_help.stdout
+        );
+    }
+}
+
+#[test]
+fn resume_without_out_and_a_corrupt_results_file_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &[job("a", "add", "[1, 2]")]);
+    let ended = run(
+        PROCPOOL,
+        &["run", "--worker", DEMO, "--jobs", &jobs, "--resume"],
+        &[],
+    );
+    assert_eq!(ended.code, Some(2), "{ended:?}");
+    assert!(
+        ended.stderr.contains("--resume needs --out"),
+        "{}",
+        ended.stderr
+    );
+    assert!(ended.stdout.is_empty());
+
+    let out = dir.path().join("out.jsonl");
+    let text = "{\"id\":\"a\",\"status\":\"completed\",\"line\":1}\nthis is not a record\n";
+    std::fs::write(&out, text).unwrap();
+    let out_arg = out.to_str().unwrap();
+    let ended = run(
+        PROCPOOL,
+        &[
+            "run", "--worker", DEMO, "--jobs", &jobs, "--resume", "--out", out_arg,
+        ],
+        &[],
+    );
+    assert_eq!(ended.code, Some(2), "{ended:?}");
+    assert!(
+        ended.stderr.contains("line 2 of the results file"),
+        "{}",
+        ended.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        text,
+        "the file must be left alone"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Resume
+
+#[test]
+fn sigkill_mid_batch_then_resume_ends_with_one_record_per_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = sleeps("s", 50, 30);
+    lines.insert(5, job("sum", "add", "[20, 22]"));
+    lines.insert(9, job("oops", "fail", "[\"on purpose\"]"));
+    // A duplicate of a job early in the file, and a line without an id, near the end:
+    // bad lines are matched by line number on resume, so neither is reported twice and
+    // the duplicate never hides the job that owns the id.
+    lines.insert(45, job("s1", "add", "[0, 0]"));
+    lines.insert(47, "not json".to_owned());
+    let total = lines.len();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &lines);
+    let out = dir.path().join("out.jsonl");
+    let out_arg = out.to_str().unwrap().to_owned();
+    let args = [
+        "run",
+        "--worker",
+        DEMO,
+        "--jobs",
+        &jobs,
+        "--workers",
+        "2",
+        "--out",
+        &out_arg,
+    ];
+
+    let mut first = Supervisor::start(PROCPOOL, &args, &[]);
+    wait_for_records(&out, 8);
+    let supervisor = first.pid();
+    let workers = workers_of(supervisor);
+    assert!(!workers.is_empty(), "no worker found for {supervisor}");
+    // SIGKILL: no handler runs, nothing is flushed or cleaned up by the supervisor.
+    first.signal(Signal::SIGKILL);
+    let status = first.child.as_mut().unwrap().wait().unwrap();
+    assert_eq!(status.code(), None, "killed by a signal");
+    drop(first);
+    // The workers notice through their parent-death signal.
+    assert!(
+        wait_until(Duration::from_secs(5), || workers
+            .iter()
+            .all(|&w| is_dead(w))),
+        "workers {workers:?} outlived their SIGKILLed supervisor"
+    );
+    assert!(workers_of(supervisor).is_empty());
+
+    let kept = std::fs::read_to_string(&out).unwrap();
+    let kept = &kept[..kept.rfind('\n').map_or(0, |i| i + 1)];
+    let before = kept.lines().count();
+    assert!(
+        before >= 8 && before < total,
+        "{before} of {total} records before the kill"
+    );
+    // What a SIGKILL in the middle of a write leaves: a record cut short.
+    let mut torn = kept.to_owned();
+    torn.push_str("{\"id\":\"s49\",\"task\":\"sleep_ms\",\"sta");
+    std::fs::write(&out, &torn).unwrap();
+
+    let mut resumed_args = args.to_vec();
+    resumed_args.push("--resume");
+    let ended = run(PROCPOOL, &resumed_args, &[]);
+    // A user error and two bad lines in the batch: exit 1.
+    assert_eq!(ended.code, Some(1), "{ended:?}");
+    assert!(ended.stderr.contains("torn record"), "{}", ended.stderr);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.starts_with(kept),
+        "the records of the first run must stay as they were"
+    );
+    assert!(text.ends_with('\n'));
+
+    let records = records_in(&out);
+    assert_eq!(records.len(), total, "one record per job line");
+    let mut ids: HashMap<&str, u64> = HashMap::new();
+    let mut bad_lines = BTreeSet::new();
+    for r in &records {
+        if r["error"]["kind"] == "bad_job" {
+            assert!(bad_lines.insert(r["line"].as_u64().unwrap()), "{r}");
+        } else {
+            let id = r["id"].as_str().unwrap();
+            assert!(
+                ids.insert(id, r["line"].as_u64().unwrap()).is_none(),
+                "twice: {id}"
+            );
+        }
+    }
+    assert_eq!(bad_lines, BTreeSet::from([46, 48]));
+    assert_eq!(ids.len(), total - 2);
+    assert_eq!(ids["s1"], 2, "s1 is the job on line 2, not its duplicate");
+    let by_id = |id: &str| records.iter().find(|r| r["id"] == id).unwrap();
+    assert_eq!(by_id("sum")["result"], 42);
+    assert_eq!(by_id("oops")["error"]["kind"], "user_error");
+    assert_prefix(&records, total);
+
+    // Resuming a finished batch runs nothing and keeps the exit code of its records.
+    let ended = run(PROCPOOL, &resumed_args, &[]);
+    assert_eq!(ended.code, Some(1), "{ended:?}");
+    assert_eq!(records_in(&out).len(), total);
+    assert!(
+        ended.stderr.contains(&format!("{} skipped", total)),
+        "{}",
+        ended.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals
+
+#[test]
+fn sigterm_mid_batch_exits_143_reaps_every_worker_and_records_every_dispatched_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &sleeps("t", 40, 200));
+    let out = dir.path().join("out.jsonl");
+    let out_arg = out.to_str().unwrap().to_owned();
+    let sup = Supervisor::start(
+        PROCPOOL,
+        &[
+            "run",
+            "--worker",
+            DEMO,
+            "--jobs",
+            &jobs,
+            "--workers",
+            "2",
+            "--out",
+            &out_arg,
+        ],
+        &[],
+    );
+    wait_for_records(&out, 2);
+    let workers = workers_of(sup.pid());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    // Each worker leads its own process group.
+    let groups: Vec<u32> = workers
+        .iter()
+        .map(|&w| proc_stat(w).unwrap().pgrp)
+        .collect();
+    assert_eq!(groups, workers);
+    sup.signal(Signal::SIGTERM);
+    let ended = sup.wait();
+    assert_eq!(ended.code, Some(143), "{ended:?}");
+    assert!(ended.elapsed < Duration::from_secs(10), "{ended:?}");
+    for (&w, &g) in workers.iter().zip(&groups) {
+        assert!(is_gone(w), "worker {w} not reaped");
+        assert!(
+            group_members(g).is_empty(),
+            "group {g}: {:?}",
+            group_members(g)
+        );
+    }
+    let records = records_in(&out);
+    let n = dispatched(&ended.stderr);
+    assert!(n < 40, "SIGTERM must stop dispatching: {n}");
+    assert_prefix(&records, n);
+    let cancelled: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["status"] == "cancelled")
+        .collect();
+    assert!(!cancelled.is_empty(), "{records:#?}");
+    for r in &cancelled {
+        assert_eq!(r["error"]["kind"], "cancelled");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("SIGTERM"),
+            "{r}"
+        );
+    }
+    assert!(
+        records.iter().all(|r| r["status"] != "failed"),
+        "{records:#?}"
+    );
+    assert!(
+        ended.stderr.contains("STATUS"),
+        "the final table: {}",
+        ended.stderr
+    );
+}
+
+/// A batch of one quick `add` then `n` sleeps: once the add's record is out, the
+/// sleeps are dispatched.
+fn add_then_sleeps(dir: &Path, n: usize, ms: u64) -> (String, PathBuf) {
+    let mut lines = vec![job("first", "add", "[1, 1]")];
+    lines.extend(sleeps("z", n, ms));
+    let jobs = write_jobs(dir, "jobs.jsonl", &lines);
+    (jobs, dir.join("out.jsonl"))
+}
+
+/// The loop reads the next job lines right after it writes a record, in microseconds;
+/// this leaves a loaded machine time for that before the test signals.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+fn sigint_cancels_running_jobs_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jobs, out) = add_then_sleeps(dir.path(), 3, 20_000);
+    let out_arg = out.to_str().unwrap().to_owned();
+    let sup = Supervisor::start(
+        PROCPOOL,
+        &[
+            "run",
+            "--worker",
+            DEMO,
+            "--jobs",
+            &jobs,
+            "--workers",
+            "2",
+            "--out",
+            &out_arg,
+        ],
+        &[],
+    );
+    wait_for_records(&out, 1);
+    settle();
+    sup.signal(Signal::SIGINT);
+    let ended = sup.wait();
+    assert_eq!(ended.code, Some(130), "{ended:?}");
+    assert!(ended.elapsed < Duration::from_secs(10), "{ended:?}");
+    let records = records_in(&out);
+    let n = dispatched(&ended.stderr);
+    assert!((2..=4).contains(&n), "{}", ended.stderr);
+    assert_prefix(&records, n);
+    for r in &records[1..] {
+        assert_eq!(r["status"], "cancelled", "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("SIGINT"),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn drain_lets_every_dispatched_job_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jobs, out) = add_then_sleeps(dir.path(), 30, 300);
+    let out_arg = out.to_str().unwrap().to_owned();
+    let sup = Supervisor::start(
+        PROCPOOL,
+        &[
+            "run",
+            "--worker",
+            DEMO,
+            "--jobs",
+            &jobs,
+            "--workers",
+            "2",
+            "--out",
+            &out_arg,
+            "--on-signal",
+            "drain",
+        ],
+        &[],
+    );
+    wait_for_records(&out, 1);
+    settle();
+    let signalled = Instant::now();
+    sup.signal(Signal::SIGINT);
+    let ended = sup.wait();
+    assert_eq!(ended.code, Some(130), "{ended:?}");
+    // At least the sleeps that were running had to end.
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(250),
+        "{ended:?}"
+    );
+    let records = records_in(&out);
+    let n = dispatched(&ended.stderr);
+    assert!(n > 1 && n < 31, "{n}");
+    assert_prefix(&records, n);
+    assert!(
+        records.iter().all(|r| r["status"] == "completed"),
+        "drained jobs complete: {records:#?}"
+    );
+}
+
+#[test]
+fn a_second_signal_kills_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jobs, out) = add_then_sleeps(dir.path(), 3, 20_000);
+    let out_arg = out.to_str().unwrap().to_owned();
+    let mut sup = Supervisor::start(
+        PROCPOOL,
+        &[
+            "run",
+            "--worker",
+            DEMO,
+            "--jobs",
+            &jobs,
+            "--workers",
+            "2",
+            "--out",
+            &out_arg,
+            "--on-signal",
+            "drain",
+        ],
+        &[],
+    );
+    wait_for_records(&out, 1);
+    settle();
+    sup.signal(Signal::SIGTERM);
+    // Draining: the 20 s sleeps keep it running.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sup.is_running(), "drain must wait for the running jobs");
+    let workers = workers_of(sup.pid());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let second = Instant::now();
+    sup.signal(Signal::SIGTERM);
+    let ended = sup.wait();
+    assert_eq!(ended.code, Some(143), "{ended:?}");
+    assert!(second.elapsed() < Duration::from_secs(5), "{ended:?}");
+    assert!(workers.iter().all(|&w| is_gone(w)), "{workers:?}");
+    let records = records_in(&out);
+    let n = dispatched(&ended.stderr);
+    assert!((2..=4).contains(&n), "{}", ended.stderr);
+    assert_prefix(&records, n);
+    assert!(
+        records[1..].iter().all(|r| r["status"] == "cancelled"),
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jobs, out) = add_then_sleeps(dir.path(), 6, 150);
+    let out_arg = out.to_str().unwrap().to_owned();
+    let sup = Supervisor::start(
+        PROCPOOL,
+        &[
+            "run",
+            "--worker",
+            DEMO,
+            "--jobs",
+            &jobs,
+            "--workers",
+            "2",
+            "--out",
+            &out_arg,
+        ],
+        &[],
+    );
+    wait_for_records(&out, 1);
+    sup.signal(Signal::SIGHUP);
+    let ended = sup.wait();
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    assert!(
+        ended.stderr.contains("SIGHUP received and ignored"),
+        "{}",
+        ended.stderr
+    );
+    let records = records_in(&out);
+    assert_eq!(records.len(), 7);
+    assert!(records.iter().all(|r| r["status"] == "completed"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Operator feedback
+
+#[test]
+fn plain_summaries_then_a_table_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = sleeps("p", 8, 120);
+    lines.push(job("bad", "fail", "[\"no\"]"));
+    lines.push(job("gone", "segfault", "[]"));
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &lines);
+    let args = [
+        "run",
+        "--worker",
+        DEMO,
+        "--jobs",
+        &jobs,
+        "--workers",
+        "2",
+        "--progress-interval",
+        "100ms",
+    ];
+    let ended = run(PROCPOOL, &args, &[]);
+    assert_eq!(ended.code, Some(1), "{ended:?}");
+    let summaries: Vec<&str> = ended
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("procpool: ") && l.contains(" of 10 jobs done, "))
+        .collect();
+    assert!(summaries.len() >= 2, "{}", ended.stderr);
+    assert!(
+        summaries
+            .iter()
+            .all(|l| l.contains("running") && l.contains("jobs/s"))
+    );
+    let table = |status: &str, kind: &str, n: usize| {
+        ended.stderr.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells == [status, kind, &n.to_string()]
+        })
+    };
+    assert!(
+        ended.stderr.contains("procpool: 10 jobs done in "),
+        "{}",
+        ended.stderr
+    );
+    assert!(table("completed", "-", 8), "{}", ended.stderr);
+    assert!(table("failed", "user_error", 1), "{}", ended.stderr);
+    assert!(table("failed", "crashed", 1), "{}", ended.stderr);
+    // The records went to stdout, and only there.
+    assert_eq!(ended.stdout.lines().count(), 10);
+
+    let quiet = run(PROCPOOL, &[&args[..], &["--quiet"]].concat(), &[]);
+    assert_eq!(quiet.code, Some(1), "{quiet:?}");
+    assert!(quiet.stderr.is_empty(), "--quiet: {}", quiet.stderr);
+}
+
+#[test]
+fn json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &[job("a", "add", "[1, 2]")]);
+    let ended = run(
+        PROCPOOL,
+        &[
+            "run",
+            "--worker",
+            DEMO,
+            "--jobs",
+            &jobs,
+            "--quiet",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ],
+        &[],
+    );
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    let logs: Vec<Value> = ended
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "INFO" && l["message"] == "pool started"),
+        "{logs:#?}"
+    );
+}
+
+#[test]
+fn progress_bar_on_a_terminal() {
+    use nix::pty::{Winsize, openpty};
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &sleeps("b", 6, 200));
+    let size = Winsize {
+        ws_row: 24,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&size), None).expect("openpty");
+    let mut cmd = base_command(
+        PROCPOOL,
+        &["run", "--worker", DEMO, "--jobs", &jobs, "--workers", "2"],
+        &[],
+    );
+    cmd.stderr(Stdio::from(pty.slave));
+    let mut child = cmd.spawn().expect("spawn");
+    // Dropped by `Stdio::from`'s owner, the command: only the child holds the terminal now,
+    // so reading the other side ends (EIO) once the child exits.
+    drop(cmd);
+    let stdout = reader_thread(child.stdout.take().unwrap());
+    let screen = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(pty.master);
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("procpool under a terminal ran past {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let screen = screen.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{screen}");
+    assert_eq!(stdout.join().unwrap().lines().count(), 6);
+    // The bar: done of the total (counted from the file), then the counters.
+    assert!(screen.contains("/6 done, "), "{screen:?}");
+    assert!(screen.contains("running"), "{screen:?}");
+    // A plain summary line is for logs, not terminals.
+    assert!(!screen.contains(" of 6 jobs done"), "{screen:?}");
+    assert!(screen.contains("STATUS"), "the final table: {screen:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration
+
+#[test]
+fn flags_beat_variables_beat_the_config_file_beats_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(
+        dir.path(),
+        "jobs.jsonl",
+        &[job("slow", "sleep_ms", "[20000]")],
+    );
+    let config = dir.path().join("procpool.toml");
+    // `grace` at the top applies to every subcommand that has it; the [run] table holds
+    // the worker, the jobs and a timeout.
+    std::fs::write(
+        &config,
+        format!(
+            "grace = \"0\"\n[run]\nworker = \"{DEMO}\"\njobs = \"{jobs}\"\ntimeout = \"300ms\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let timeout_ms = |ended: &Ended| {
+        let records: Vec<Value> = ended
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 1, "{ended:?}");
+        assert_eq!(records[0]["error"]["kind"], "timed_out", "{ended:?}");
+        records[0]["error"]["timeout_ms"].as_f64().unwrap()
+    };
+
+    // The file alone: every flag from it, none on the command line.
+    let ended = run(PROCPOOL, &["run", "--config", config], &[]);
+    assert_eq!(ended.code, Some(1), "{ended:?}");
+    assert_eq!(timeout_ms(&ended), 300.0);
+    // The same file named by PROCPOOL_CONFIG.
+    let ended = run(PROCPOOL, &["run"], &[("PROCPOOL_CONFIG", config)]);
+    assert_eq!(timeout_ms(&ended), 300.0);
+    // A variable beats the file.
+    let ended = run(
+        PROCPOOL,
+        &["run", "--config", config],
+        &[("PROCPOOL_TIMEOUT", "400ms")],
+    );
+    assert_eq!(timeout_ms(&ended), 400.0);
+    // A flag beats both.
+    let ended = run(
+        PROCPOOL,
+        &["run", "--config", config, "--timeout", "500ms"],
+        &[("PROCPOOL_TIMEOUT", "400ms")],
+    );
+    assert_eq!(timeout_ms(&ended), 500.0);
+    // The built-in default, without file or variable: no timeout at all.
+    let quick = write_jobs(dir.path(), "quick.jsonl", &[job("q", "sleep_ms", "[400]")]);
+    let ended = run(PROCPOOL, &["run", "--worker", DEMO, "--jobs", &quick], &[]);
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    // Switches and global flags from variables: quiet, and the worker's own variable.
+    let ended = run(
+        PROCPOOL,
+        &["run", "--jobs", &quick],
+        &[("PROCPOOL_WORKER_PATH", DEMO), ("PROCPOOL_QUIET", "true")],
+    );
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    assert!(ended.stderr.is_empty(), "{ended:?}");
+    // `procpool run --help` shows the file's values as defaults.
+    let help = run(PROCPOOL, &["run", "--help", "--config", config], &[]);
+    assert!(help.stdout.contains("[default: 300ms]"), "{}", help.stdout);
+}
+
+#[test]
+fn a_bad_config_file_or_variable_exits_2_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &[job("a", "add", "[1, 2]")]);
+    let cases = [
+        ("wrokers = 2\n", "unknown key `wrokers`"),
+        ("[run]\njson = true\n", "unknown key `run.json`"),
+        ("[run]\ntimeout = \"soon\"\n", "`run.timeout`"),
+        ("[nope]\n", "unknown table [nope]"),
+        ("workers = \n", "procpool.toml"),
+    ];
+    for (text, needle) in cases {
+        let config = dir.path().join("procpool.toml");
+        std::fs::write(&config, text).unwrap();
+        let ended = run(
+            PROCPOOL,
+            &[
+                "run",
+                "--worker",
+                DEMO,
+                "--jobs",
+                &jobs,
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(ended.code, Some(2), "{text}: {ended:?}");
+        assert!(ended.stderr.contains(needle), "{text}: {}", ended.stderr);
+        assert!(ended.stdout.is_empty());
+    }
+    let ended = run(
+        PROCPOOL,
+        &[
+            "run",
+            "--worker",
+            DEMO,
+            "--jobs",
+            &jobs,
+            "--config",
+            "/nonexistent/p.toml",
+        ],
+        &[],
+    );
+    assert_eq!(ended.code, Some(2), "{ended:?}");
+    assert!(
+        ended.stderr.contains("cannot read the config file"),
+        "{}",
+        ended.stderr
+    );
+    let ended = run(
+        PROCPOOL,
+        &["run", "--worker", DEMO, "--jobs", &jobs],
+        &[("PROCPOOL_WORKERS", "zero")],
+    );
+    assert_eq!(ended.code, Some(2), "{ended:?}");
+    assert!(ended.stderr.contains("--workers"), "{}", ended.stderr);
+}
+
+// ---------------------------------------------------------------------------------------
+// The CLI inside an application binary
+
+#[test]
+fn the_demo_binary_is_supervisor_and_worker_without_worker_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(
+        dir.path(),
+        "jobs.jsonl",
+        &[job("a", "add", "[40, 2]"), job("b", "square", "[7]")],
+    );
+    let ended = run(DEMO, &["run", "--jobs", &jobs, "--workers", "2"], &[]);
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    let results: HashMap<String, Value> = ended
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r["result"].clone()))
+        .collect();
+    assert_eq!(results["a"], 42);
+    assert_eq!(results["b"], 49);
+    let tasks = run(DEMO, &["tasks", "--json"], &[]);
+    assert_eq!(tasks.code, Some(0), "{tasks:?}");
+    assert!(tasks.stdout.contains("\"sleep_ms\""), "{}", tasks.stdout);
+
+    // The plain `procpool` binary registers no task: it needs --worker.
+    let ended = run(PROCPOOL, &["run", "--jobs", &jobs], &[]);
+    assert_eq!(ended.code, Some(2), "{ended:?}");
+    assert!(
+        ended.stderr.contains("pass --worker PATH"),
+        "{}",
+        ended.stderr
+    );
+    assert!(ended.pid > 0);
+}
