@@ -2,10 +2,11 @@
 //! `procpool-serve`, which owns the routes, the events and the shutdown.
 
 use anyhow::Context as _;
-use procpool_serve::{OnSignal, ServeSettings, Server, StopSignal};
+use procpool_serve::{OnSignal, ServeSettings, Server};
 
 use crate::cli::ServeArgs;
 use crate::run::start_pool;
+use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
@@ -29,9 +30,14 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         ));
     }
     // Installed first: from here on a SIGTERM is a graceful stop, never a silent death.
-    let signals = procpool_serve::os_signals()
-        .context("cannot start")
+    let signals = Signals::install()
+        .context("cannot install the signal handlers")
         .map_err(Failure::Setup)?;
+    // The server stops gracefully at the first signal and at once at the second.
+    let stops = Box::pin(futures::stream::unfold(signals, |mut s| async move {
+        let stop = s.recv().await;
+        Some((stop, s))
+    }));
     let pool = start_pool(
         &args.worker,
         args.workers.map(|n| n as usize),
@@ -46,12 +52,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         server.local_addr()
     );
     let signal = server
-        .run(signals)
+        .run(stops)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     eprintln!("procpool serve: stopped by {}", signal.name());
     Ok(match signal {
-        StopSignal::Interrupt => Exit::Interrupted,
-        StopSignal::Terminate => Exit::Terminated,
+        Stop::Interrupt => Exit::Interrupted,
+        Stop::Terminate => Exit::Terminated,
     })
 }

@@ -29,9 +29,6 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// The stop-signal handlers could not be installed.
-    #[error("cannot install the signal handlers")]
-    Signals(#[source] std::io::Error),
     /// The HTTP server failed while running.
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),

@@ -1,7 +1,7 @@
 //! The HTTP and WebSocket control plane over a [`TaskManager`](procpool::TaskManager):
 //! what `procpool serve` runs. It defines [`Server`] (bind, serve, stop on a signal),
-//! [`ServeSettings`] and [`OnSignal`] (how it is configured), [`StopSignal`] with
-//! [`os_signals`] (what stops it), and [`ServeError`]. It is not the pool (`procpool-core`)
+//! [`ServeSettings`] and [`OnSignal`] (how it is configured) and [`ServeError`]; what stops
+//! it is any stream the caller gives (`procpool-cli` gives SIGTERM and SIGINT). It is not the pool (`procpool-core`)
 //! nor the orchestration (`procpool-manager`): every task goes through the task manager's
 //! public API, which gives the sharing by cache key, the events and nested `$task`
 //! arguments; the command line that builds the pool is `procpool-cli`.
@@ -19,18 +19,24 @@
 //! | `GET /healthz` | `200`, or `503` while no worker can start or while shutting down |
 //!
 //! ```no_run
+//! use futures::StreamExt as _;
 //! use procpool::Pool;
-//! use procpool_serve::{Server, ServeSettings, os_signals};
+//! use procpool_serve::{Server, ServeSettings};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let signals = os_signals()?; // first: a SIGTERM from now on is handled
+//! // Ctrl-C once stops gracefully, twice at once.
+//! let stops = Box::pin(futures::stream::repeat_with(|| ()).then(|()| async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     "SIGINT"
+//! }));
 //! let pool = Pool::builder().worker("target/debug/procpool-demo").build()?;
 //! let mut settings = ServeSettings::default();
 //! settings.listen = "127.0.0.1:0".parse()?;
 //! let server = Server::bind(pool, settings).await?;
 //! eprintln!("listening on http://{}", server.local_addr());
-//! let signal = server.run(signals).await?;
-//! std::process::exit(signal.exit_code().into());
+//! let signal = server.run(stops).await?;
+//! eprintln!("stopped by {signal}");
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -55,10 +61,8 @@ mod report;
 mod routes;
 mod server;
 mod settings;
-mod signals;
 mod table;
 
 pub use errors::ServeError;
 pub use server::Server;
 pub use settings::{OnSignal, ServeSettings};
-pub use signals::{StopSignal, os_signals};

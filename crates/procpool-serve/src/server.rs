@@ -20,7 +20,6 @@ use crate::events::{self, CLIENT_BUFFER, INTERNAL_CHANNEL, MANAGER_BUFFER, Outgo
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::settings::{OnSignal, ServeSettings};
-use crate::signals::StopSignal;
 use crate::table::Table;
 
 /// How long the HTTP server may take to finish its requests once it stopped accepting.
@@ -153,8 +152,8 @@ impl Server {
         self.addr
     }
 
-    /// Serves until the first item of `stops`, then shuts down gracefully and returns
-    /// that signal:
+    /// Serves until the first item of `stops` (a stop signal, typically SIGTERM or
+    /// SIGINT), then shuts down gracefully and returns that item:
     ///
     /// 1. no new connection is accepted and submissions get `503`;
     /// 2. running tasks are cancelled (their workers killed) or, with
@@ -164,9 +163,10 @@ impl Server {
     /// 5. requests in progress get up to 5 s to finish.
     ///
     /// A second item of `stops` during this kills every worker at once and returns.
-    pub async fn run<S>(self, mut stops: S) -> Result<StopSignal, ServeError>
+    pub async fn run<S>(self, mut stops: S) -> Result<S::Item, ServeError>
     where
-        S: Stream<Item = StopSignal> + Send + Unpin,
+        S: Stream + Send + Unpin,
+        S::Item: std::fmt::Debug,
     {
         let shared = self.shared;
         let (drain_tx, drain_rx) = oneshot::channel();
@@ -195,7 +195,7 @@ impl Server {
                 return Err(ServeError::Serve(err));
             }
         };
-        tracing::info!(signal = first.name(), mode = ?shared.settings.on_signal, "stopping");
+        tracing::info!(signal = ?first, mode = ?shared.settings.on_signal, "stopping");
         shared.accepting.store(false, Ordering::SeqCst);
         let _ = stop_http.send(true);
 
@@ -219,7 +219,7 @@ impl Server {
         };
         if let Some(second) = second {
             tracing::warn!(
-                signal = second.name(),
+                signal = ?second,
                 "second signal: killing every worker now"
             );
             pool.shutdown(Shutdown::Kill).await;
