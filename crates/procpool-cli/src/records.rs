@@ -1,10 +1,10 @@
-//! The result records `procpool run` writes, one JSON line per job. This is the output
-//! contract scripts parse, so the mapping from the library's `TaskError` to a status and an
-//! `error.kind` (plus the extra fields of each kind) lives here and nowhere else.
+//! The result records `procpool run` writes, one JSON line per job: the output contract
+//! scripts parse. The `error` object is the library's [`ErrorReport`], the one that
+//! `procpool serve` gives too.
 
 use std::time::Duration;
 
-use procpool::{MetaError, TaskError};
+use procpool::{Ending, ErrorReport, MetaError, TaskError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -33,7 +33,7 @@ pub(crate) struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) error: Option<ErrorInfo>,
+    pub(crate) error: Option<ErrorReport>,
     /// Times the task was started, retries included (0 if it never started; absent for a
     /// bad job).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,46 +42,6 @@ pub(crate) struct Record {
     pub(crate) duration_ms: Option<f64>,
     /// 1-based line of the job in the job stream.
     pub(crate) line: u64,
-}
-
-/// The `error` object of a record that did not complete.
-#[derive(Debug, Default, Serialize)]
-pub(crate) struct ErrorInfo {
-    pub(crate) kind: &'static str,
-    /// `user_error`: the Rust type of the task's error.
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub(crate) type_name: Option<String>,
-    /// `crashed` by a signal: its name, e.g. `SIGSEGV`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) signal: Option<String>,
-    /// `crashed` by exiting: the exit code.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) exit_code: Option<i32>,
-    pub(crate) message: String,
-    /// `panicked`: `file:line:column`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) location: Option<String>,
-    /// `panicked` in a worker run with `RUST_BACKTRACE` set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) backtrace: Option<String>,
-    /// `crashed`: the last lines the worker wrote to stderr during the task.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) stderr_tail: Option<Vec<String>>,
-    /// `timed_out`: the deadline.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) timeout_ms: Option<f64>,
-    /// The nested task (`$task` in the job's arguments) whose failure failed the job.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) input: Option<NestedInput>,
-}
-
-/// `error.input`: which nested task failed a job.
-#[derive(Debug, Serialize)]
-pub(crate) struct NestedInput {
-    /// Its task name.
-    pub(crate) task: String,
-    /// Where it sits in the job's `args`, JSONPath-like: `$[0][1]` is `args[0][1]`.
-    pub(crate) path: String,
 }
 
 impl Record {
@@ -96,8 +56,8 @@ impl Record {
         let (status, result, error) = match outcome {
             Ok(value) => (Status::Completed, Some(value), None),
             Err(err) => {
-                let (status, info) = describe(err);
-                (status, None, Some(info))
+                let (ending, report) = ErrorReport::of_task(&err);
+                (ending.into(), None, Some(report))
             }
         };
         Record {
@@ -115,24 +75,17 @@ impl Record {
     /// The record of a job whose nested tasks failed (its own task never ran): the failed
     /// nested task's kind and details, and `error.input` naming it.
     pub(crate) fn nested_failed(job: Job, err: MetaError, duration: Duration) -> Record {
-        let (input, err) = match err {
-            MetaError::Task {
-                name, path, source, ..
-            } => (Some(NestedInput { task: name, path }), *source),
-            MetaError::Cancelled => (None, TaskError::Cancelled),
-            // Combine steps and shared results are not used for jobs; reported by text.
-            other => (
-                None,
-                TaskError::Codec {
-                    message: other.to_string(),
-                },
-            ),
-        };
-        let mut record = Record::finished(job, Err(err), 0, duration);
-        if let Some(error) = &mut record.error {
-            error.input = input;
+        let (ending, report) = ErrorReport::of_meta(&err);
+        Record {
+            id: Some(job.id),
+            task: Some(job.task),
+            status: ending.into(),
+            result: None,
+            error: Some(report),
+            attempts: Some(0),
+            duration_ms: Some(millis(duration)),
+            line: job.line,
         }
-        record
     }
 
     /// The record of a line that could not become a job.
@@ -142,11 +95,7 @@ impl Record {
             task: bad.task,
             status: Status::Failed,
             result: None,
-            error: Some(ErrorInfo {
-                kind: "bad_job",
-                message: bad.message,
-                ..ErrorInfo::default()
-            }),
+            error: Some(ErrorReport::new("bad_job", bad.message)),
             attempts: None,
             duration_ms: None,
             line: bad.line,
@@ -162,59 +111,13 @@ impl Record {
     }
 }
 
-/// Status and error object for a task error. `codec` (a value that could not cross the
-/// wire) is reported as `protocol`, and `pool_closed` as a cancel: neither is in the kinds
-/// the CLI promises.
-fn describe(err: TaskError) -> (Status, ErrorInfo) {
-    let message = err.to_string();
-    let mut info = ErrorInfo {
-        kind: err.kind(),
-        message,
-        ..ErrorInfo::default()
-    };
-    let status = match err {
-        TaskError::User { type_name, message } => {
-            info.type_name = Some(type_name);
-            info.message = message;
-            Status::Failed
+impl From<Ending> for Status {
+    fn from(e: Ending) -> Self {
+        match e {
+            Ending::Failed => Status::Failed,
+            Ending::Cancelled => Status::Cancelled,
         }
-        TaskError::Panicked {
-            message,
-            location,
-            backtrace,
-        } => {
-            info.message = message;
-            info.location = location;
-            info.backtrace = backtrace;
-            Status::Failed
-        }
-        TaskError::Crashed {
-            signal,
-            exit_code,
-            stderr_tail,
-        } => {
-            info.signal = signal.map(procpool::signal_name);
-            info.exit_code = if signal.is_some() { None } else { exit_code };
-            info.stderr_tail = Some(stderr_tail);
-            Status::Failed
-        }
-        TaskError::TimedOut { after } => {
-            info.timeout_ms = Some(millis(after));
-            Status::Failed
-        }
-        TaskError::Codec { .. } => {
-            info.kind = "protocol";
-            Status::Failed
-        }
-        TaskError::Cancelled | TaskError::PoolClosed => {
-            info.kind = "cancelled";
-            Status::Cancelled
-        }
-        // limit_exceeded, unknown_task, bad_args, protocol, and kinds added later: the
-        // library's name and message are the record.
-        _ => Status::Failed,
-    };
-    (status, info)
+    }
 }
 
 /// Milliseconds with microsecond precision.

@@ -59,6 +59,7 @@ mod json;
 mod manager;
 mod meta;
 mod node;
+mod report;
 mod scope;
 mod store;
 
@@ -70,4 +71,5 @@ pub use json::JsonGraph;
 pub use manager::{PendingTask, TaskManager, TaskManagerBuilder};
 pub use meta::{MetaHandle, MetaTask};
 pub use node::Cached;
+pub use report::{Ending, ErrorReport, FailedInput};
 pub use store::{MemoryStore, Store, StoreKey};

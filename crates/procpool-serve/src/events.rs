@@ -15,8 +15,8 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
-use crate::report::ErrorInfo;
 use crate::server::Shared;
+use procpool::ErrorReport;
 
 /// The task manager channel every task of the server runs on.
 pub(crate) const INTERNAL_CHANNEL: &str = "procpool-serve";
@@ -83,11 +83,11 @@ pub(crate) enum WireEvent<'a> {
     },
     Failed {
         task_id: Uuid,
-        error: &'a ErrorInfo,
+        error: &'a ErrorReport,
     },
     Cancelled {
         task_id: Uuid,
-        error: &'a ErrorInfo,
+        error: &'a ErrorReport,
     },
     /// This client fell behind and missed `missed` events.
     Lagged {

@@ -10,7 +10,9 @@ use procpool::{MetaError, PendingTask};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::report::{self, ErrorInfo, Status};
+use procpool::ErrorReport;
+
+use crate::report::{self, Status};
 
 /// Ended tasks kept readable at once, whatever their TTL: past this, the oldest results
 /// expire early (memory stays bounded under a flood of tiny tasks).
@@ -40,7 +42,7 @@ pub(crate) struct Entry {
 pub(crate) struct Ended {
     pub(crate) status: Status,
     pub(crate) result: Option<Value>,
-    pub(crate) error: Option<ErrorInfo>,
+    pub(crate) error: Option<ErrorReport>,
 }
 
 /// What the table knows about an id.

@@ -71,9 +71,9 @@ pub use procpool_core::{
 };
 pub use procpool_macros::{main, task};
 pub use procpool_manager::{
-    Cached, Identity, InputContext, Inputs, JsonGraph, JsonGraphError, ManagerError, MemoryStore,
-    MetaError, MetaHandle, MetaTask, PendingTask, Ready, Store, StoreError, StoreKey, TaskEvent,
-    TaskManager, TaskManagerBuilder,
+    Cached, Ending, ErrorReport, FailedInput, Identity, InputContext, Inputs, JsonGraph,
+    JsonGraphError, ManagerError, MemoryStore, MetaError, MetaHandle, MetaTask, PendingTask, Ready,
+    Store, StoreError, StoreKey, TaskEvent, TaskManager, TaskManagerBuilder,
 };
 pub use procpool_os::signal_name;
 pub use procpool_proto::ENV_WORKER as WORKER_ENV;
