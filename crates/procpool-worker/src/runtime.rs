@@ -92,7 +92,7 @@ fn run() -> Result<(), WorkerError> {
     } else {
         (
             Inbound::Direct(Mutex::new(Reader {
-                stream,
+                stream: std::io::BufReader::with_capacity(64 << 10, stream),
                 buf: Vec::new(),
             })),
             None,
@@ -164,10 +164,13 @@ fn run_one(
     // before it hears that the task ended.
     let _ = std::io::Write::flush(&mut std::io::stdout());
     *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    channel.send(&FromWorker::Done {
-        task_id,
-        outcome: outcome.map(serde_bytes::ByteBuf::from),
-    });
+    match outcome {
+        Ok(result) => channel.send_done_ok(task_id, &result),
+        Err(failure) => channel.send(&FromWorker::Done {
+            task_id,
+            outcome: Err(failure),
+        }),
+    }
 }
 
 fn call(

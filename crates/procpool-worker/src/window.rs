@@ -42,7 +42,9 @@ impl Window {
     }
 
     /// Reads the channel until it ends. Runs on its own thread.
-    pub(crate) fn read_loop(&self, channel: &Channel, mut stream: UnixStream) {
+    pub(crate) fn read_loop(&self, channel: &Channel, stream: UnixStream) {
+        // Buffered: frames sent ahead in a burst come in with few reads.
+        let mut stream = std::io::BufReader::with_capacity(64 << 10, stream);
         let mut buf = Vec::new();
         while let Ok(true) = procpool_proto::read_frame(&mut stream, &mut buf, channel.max_frame) {
             let msg = match procpool_proto::decode_message::<ToWorker>(&buf) {
