@@ -27,4 +27,6 @@ mod os;
 pub use errors::OsError;
 pub use exit::{ExitVerdict, signal_name};
 pub use kill::{Pgid, Signal};
-pub use os::{apply_rlimits, channel_pair, die_with_parent, rss_bytes, take_worker_channel};
+pub use os::{
+    apply_rlimits, channel_pair, die_with_parent, keep_freed_memory, rss_bytes, take_worker_channel,
+};

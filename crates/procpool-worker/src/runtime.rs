@@ -66,6 +66,7 @@ fn run() -> Result<(), WorkerError> {
     let parent = env_number(ENV_PARENT_PID)?
         .ok_or_else(|| WorkerError::Env(format!("{ENV_PARENT_PID} is not set")))?;
     procpool_os::die_with_parent(parent as u32)?;
+    procpool_os::keep_freed_memory();
     if let Ok(spec) = std::env::var(ENV_RLIMITS) {
         procpool_os::apply_rlimits(&spec)?;
     }
