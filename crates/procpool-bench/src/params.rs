@@ -150,7 +150,8 @@ impl Params {
                 crash_k: 5,
                 blob_bytes: 10 << 20,
                 blob_k: 5,
-                queued_n: 100_000,
+                // As in the full run: the figure is defined with a million queued.
+                queued_n: 1_000_000,
             },
             Scale::Tiny => Params {
                 rtt_n: 50,

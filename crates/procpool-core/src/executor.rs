@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use procpool_os::{ExitVerdict, Pgid, Signal};
 use procpool_proto::{
@@ -126,7 +127,7 @@ struct Executor {
 enum Answer {
     Nothing,
     /// The running task ended.
-    Done(Result<Vec<u8>, TaskError>),
+    Done(Result<Bytes, TaskError>),
     /// A prefetched task was dropped before it started.
     Skipped(TaskId),
     /// A task we asked to drop had already started.
@@ -245,8 +246,8 @@ impl Executor {
         let end = loop {
             tokio::select! {
                 frame = frames.next() => match frame {
-                    Some(Ok(bytes)) => match procpool_proto::decode_message::<FromWorker>(&bytes) {
-                        Ok(msg) => match self.on_frame(msg, &inflight) {
+                    Some(Ok(frame)) => match self.answer(frame, &inflight) {
+                        Ok(answer) => match answer {
                             Answer::Nothing => {}
                             Answer::Done(outcome) => {
                                 let sub = inflight.pop_front().expect("Done answers the running task");
@@ -400,6 +401,32 @@ impl Executor {
         });
     }
 
+    /// Reads one frame from the worker. A successful `Done` is read in place: its result
+    /// stays in the frame's buffer and goes to the caller as a slice of it, uncopied.
+    fn answer(
+        &self,
+        frame: BytesMut,
+        inflight: &VecDeque<Submission>,
+    ) -> Result<Answer, procpool_proto::CodecError> {
+        match procpool_proto::decode_done_in_place(&frame) {
+            Some((task_id, outcome)) if inflight.front().is_some_and(|s| s.id == task_id) => {
+                Ok(Answer::Done(match outcome {
+                    Ok(range) => Ok(frame.freeze().slice(range)),
+                    Err(failure) => Err(TaskError::from_failure(failure)),
+                }))
+            }
+            Some(_) => {
+                tracing::debug!(
+                    worker_pid = self.pid,
+                    "dropping a result for a task the worker does not own"
+                );
+                Ok(Answer::Nothing)
+            }
+            None => procpool_proto::decode_message::<FromWorker>(&frame)
+                .map(|msg| self.on_frame(msg, inflight)),
+        }
+    }
+
     /// Handles one frame about the tasks in flight.
     fn on_frame(&self, msg: FromWorker, inflight: &VecDeque<Submission>) -> Answer {
         let Some(head) = inflight.front() else {
@@ -421,12 +448,12 @@ impl Executor {
                 Answer::Nothing
             }
             FromWorker::Message { task_id, bytes } if task_id == head.id => {
-                let _ = head.messages.send(bytes);
+                head.messages.send(bytes);
                 Answer::Nothing
             }
             FromWorker::Done { task_id, outcome } if task_id == head.id => Answer::Done(
                 outcome
-                    .map(|b| b.into_vec())
+                    .map(|b| Bytes::from(b.into_vec()))
                     .map_err(TaskError::from_failure),
             ),
             FromWorker::Skipped { task_id } => Answer::Skipped(task_id),
@@ -455,7 +482,7 @@ impl Executor {
 
     /// Delivers an outcome, or hands the task back for another attempt when its retry
     /// policy says so.
-    fn conclude(&self, sub: Submission, outcome: Result<Vec<u8>, TaskError>) {
+    fn conclude(&self, sub: Submission, outcome: Result<Bytes, TaskError>) {
         match outcome {
             Err(error) if sub.retry.retries(&error, sub.attempt) => {
                 let _ = self.events.send(WorkerEvent::Retry {
@@ -528,7 +555,7 @@ fn crash_error(verdict: ExitVerdict, stderr_tail: Vec<String>) -> TaskError {
 }
 
 /// Delivers a task's outcome.
-fn finish(sub: Submission, outcome: Result<Vec<u8>, TaskError>) {
+fn finish(sub: Submission, outcome: Result<Bytes, TaskError>) {
     sub.shared.end();
     let _ = sub.reply.send(outcome);
 }

@@ -1,10 +1,12 @@
 //! Internal vocabulary between the public handles, the dispatcher and the executors.
 //! Nothing here is public: it may carry channels and change freely.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use procpool_proto::{Encoding, TaskId, TaskInfo};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::errors::TaskError;
 use crate::task::ProgressFn;
@@ -17,6 +19,17 @@ pub(crate) struct TaskShared {
     attempts: AtomicU32,
     ended: AtomicBool,
     changed: Notify,
+    /// Messages from the task not yet read by the handle. A queue in place of a channel:
+    /// it allocates nothing until the first message, which keeps a queued task small.
+    inbox: Mutex<Inbox>,
+    inbox_changed: Notify,
+}
+
+#[derive(Default)]
+struct Inbox {
+    items: VecDeque<Vec<u8>>,
+    /// No more messages will come: the submission is gone.
+    closed: bool,
 }
 
 impl TaskShared {
@@ -39,6 +52,40 @@ impl TaskShared {
         match self.pid.load(Ordering::Acquire) {
             0 => None,
             pid => Some(pid),
+        }
+    }
+
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a message from the task for its handle.
+    pub(crate) fn push_message(&self, bytes: Vec<u8>) {
+        self.inbox().items.push_back(bytes);
+        self.inbox_changed.notify_waiters();
+    }
+
+    /// No message will follow.
+    pub(crate) fn close_messages(&self) {
+        self.inbox().closed = true;
+        self.inbox_changed.notify_waiters();
+    }
+
+    /// Next message from the task; `None` once no more can come and all were read.
+    pub(crate) async fn next_message(&self) -> Option<Vec<u8>> {
+        loop {
+            // Register before checking, so a message between check and await is not missed.
+            let changed = self.inbox_changed.notified();
+            {
+                let mut inbox = self.inbox();
+                if let Some(m) = inbox.items.pop_front() {
+                    return Some(m);
+                }
+                if inbox.closed {
+                    return None;
+                }
+            }
+            changed.await;
         }
     }
 
@@ -66,8 +113,9 @@ pub(crate) struct Submission {
     pub(crate) args: Vec<u8>,
     pub(crate) encoding: Encoding,
     pub(crate) on_progress: Option<ProgressFn>,
-    pub(crate) messages: mpsc::UnboundedSender<Vec<u8>>,
-    pub(crate) reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+    /// Delivers the task's messages to its handle; closes the inbox when dropped.
+    pub(crate) messages: MessagesTx,
+    pub(crate) reply: oneshot::Sender<Result<bytes::Bytes, TaskError>>,
     pub(crate) shared: std::sync::Arc<TaskShared>,
     /// Messages sent to the task before it reached a worker.
     pub(crate) early_messages: Vec<Vec<u8>>,
@@ -85,6 +133,22 @@ impl Submission {
     pub(crate) fn reject(self, err: TaskError) {
         self.shared.end();
         let _ = self.reply.send(Err(err));
+    }
+}
+
+/// The sending side of a task's inbox, held by its submission: when the submission is
+/// dropped (the task ended for good), the handle's `recv` returns `None` once drained.
+pub(crate) struct MessagesTx(pub(crate) std::sync::Arc<TaskShared>);
+
+impl MessagesTx {
+    pub(crate) fn send(&self, bytes: Vec<u8>) {
+        self.0.push_message(bytes);
+    }
+}
+
+impl Drop for MessagesTx {
+    fn drop(&mut self) {
+        self.0.close_messages();
     }
 }
 

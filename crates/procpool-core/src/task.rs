@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::config::RetryPolicy;
 use crate::errors::TaskError;
-use crate::internal::{Command, Submission, TaskShared};
+use crate::internal::{Command, MessagesTx, Submission, TaskShared};
 
 /// Progress reported by a running task (`procpool::report_progress` in the worker).
 #[derive(Clone, Debug, PartialEq)]
@@ -146,8 +146,7 @@ pub struct TaskHandle<R> {
     id: Uuid,
     encoding: Encoding,
     commands: mpsc::UnboundedSender<Command>,
-    reply: oneshot::Receiver<Result<Vec<u8>, TaskError>>,
-    messages: mpsc::UnboundedReceiver<Vec<u8>>,
+    reply: oneshot::Receiver<Result<bytes::Bytes, TaskError>>,
     shared: Arc<TaskShared>,
     early: Option<TaskError>,
     _result: PhantomData<fn() -> R>,
@@ -169,7 +168,6 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         let (reply_tx, reply) = oneshot::channel();
-        let (messages_tx, messages) = mpsc::unbounded_channel();
         let shared = Arc::new(TaskShared::default());
         let early = early.or_else(|| {
             task.args.as_ref().err().map(|e| TaskError::Codec {
@@ -177,6 +175,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             })
         });
         if early.is_some() {
+            shared.close_messages();
             shared.end();
         } else {
             let sub = Submission {
@@ -185,7 +184,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
                 args: task.args.unwrap_or_default(),
                 encoding: task.encoding,
                 on_progress: task.on_progress,
-                messages: messages_tx,
+                messages: MessagesTx(shared.clone()),
                 reply: reply_tx,
                 shared: shared.clone(),
                 early_messages: Vec::new(),
@@ -205,7 +204,6 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             encoding: task.encoding,
             commands: commands.clone(),
             reply,
-            messages,
             shared,
             early,
             _result: PhantomData,
@@ -239,12 +237,12 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     /// Next message from the task (`procpool::send_message`); `None` once the task ended
     /// and every message was read.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
-        self.messages.recv().await
+        self.shared.next_message().await
     }
 
     /// Blocking [`recv`](Self::recv), for code outside async contexts.
     pub fn recv_blocking(&mut self) -> Option<Vec<u8>> {
-        self.messages.blocking_recv()
+        futures::executor::block_on(self.shared.next_message())
     }
 
     /// Pid of the worker that runs (or ran) the task; `None` until one starts it.
@@ -272,7 +270,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         futures::executor::block_on(tokio::task::unconstrained(self))
     }
 
-    fn decode(&self, outcome: Result<Vec<u8>, TaskError>) -> Result<R, TaskError> {
+    fn decode(&self, outcome: Result<bytes::Bytes, TaskError>) -> Result<R, TaskError> {
         let bytes = outcome?;
         procpool_proto::decode_value(self.encoding, &bytes).map_err(|e| TaskError::Codec {
             message: format!("error decoding the result: {e}"),

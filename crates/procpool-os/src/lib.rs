@@ -33,4 +33,6 @@ pub use exit::{ExitVerdict, signal_name};
 pub use kill::{Pgid, Signal};
 #[cfg(target_os = "linux")]
 pub use orphans::{become_subreaper, kill_adopted, reap_adopted, spawn_worker, worker_reaped};
-pub use os::{apply_rlimits, channel_pair, die_with_parent, rss_bytes, take_worker_channel};
+pub use os::{
+    apply_rlimits, channel_pair, die_with_parent, keep_freed_memory, rss_bytes, take_worker_channel,
+};

@@ -1,15 +1,17 @@
 //! Micro-benchmarks of the wire, for regressions: encode and decode of `Run` and `Done`
 //! (a tiny task and a 1 MiB payload), the typed result decode, and the frame paths (the
 //! tokio `FrameCodec` the supervisor reads with, `encode_frame`/`read_frame` the worker
-//! uses). `cargo bench -p procpool-proto`; scripts/bench measures whole processes.
+//! uses, and the in-place paths of a result: `decode_done_in_place`, `write_done_ok`).
+//! `cargo bench -p procpool-proto`; scripts/bench measures whole processes.
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use procpool_proto::{
-    DEFAULT_MAX_FRAME, Encoding, FrameCodec, FromWorker, TaskId, ToWorker, decode_message,
-    decode_value, encode_frame, encode_message, encode_value, read_frame,
+    DEFAULT_MAX_FRAME, Encoding, FrameCodec, FromWorker, TaskId, ToWorker, decode_done_in_place,
+    decode_message, decode_value, encode_frame, encode_message, encode_value, read_frame,
+    write_done_ok,
 };
 use serde_bytes::ByteBuf;
 use tokio_util::codec::{Decoder, Encoder};
@@ -143,6 +145,19 @@ fn frames(c: &mut Criterion) {
         )
     });
 
+    // What the supervisor does now: the result found in place, only the caller decodes it.
+    g.bench_function("codec_decode_1MiB_in_place", |b| {
+        b.iter_batched(
+            || one.clone(),
+            |mut buf| {
+                let frame = codec.decode(&mut buf).unwrap().unwrap();
+                let (_, range) = decode_done_in_place(&frame).unwrap();
+                black_box(frame.freeze().slice(range.unwrap()))
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
     // The supervisor's write side: a `Run` into the reused write buffer.
     let small_run = run(small_args());
     g.throughput(Throughput::Elements(1));
@@ -167,6 +182,23 @@ fn frames(c: &mut Criterion) {
         b.iter(|| {
             assert!(read_frame(&mut black_box(&wire[..]), &mut buf, DEFAULT_MAX_FRAME).unwrap());
             black_box(decode_message::<ToWorker>(&buf).unwrap())
+        })
+    });
+    // What the worker does now for a successful result: head + result, one vectored write.
+    let big_result = big();
+    g.throughput(Throughput::Bytes(MIB as u64));
+    g.bench_function("write_done_ok_1MiB", |b| {
+        let mut head = Vec::new();
+        let mut sink = std::io::sink();
+        b.iter(|| {
+            write_done_ok(
+                &mut sink,
+                &mut head,
+                TaskId(1),
+                black_box(&big_result),
+                DEFAULT_MAX_FRAME,
+            )
+            .unwrap()
         })
     });
     let big_done = done(big());

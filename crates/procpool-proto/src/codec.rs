@@ -3,12 +3,14 @@
 use std::io::Read;
 
 use bytes::{Buf, BufMut, BytesMut};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::errors::{CodecError, FrameError, HandshakeError};
-use crate::messages::{Encoding, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, TaskInfo};
+use crate::messages::{
+    Encoding, FromWorker, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, TaskFailure, TaskId, TaskInfo,
+};
 
 const PREFIX: usize = 4;
 
@@ -19,7 +21,7 @@ fn encode_config() -> bincode::config::Configuration {
 /// Decodes `bytes` with a bincode allocation limit scaled to the payload: a length inside
 /// the payload may not claim much more memory than the payload could legitimately describe.
 /// Without the limit, a 10-byte payload claiming a 2^40-byte `String` aborts the process.
-fn bincode_decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+fn bincode_decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
     // In-memory size may legitimately exceed the encoded size (varints, 24-byte `String`
     // headers), hence the factor; the floor keeps tiny payloads with small containers valid.
     let budget = bytes.len().saturating_mul(32).max(64 << 10);
@@ -29,11 +31,11 @@ fn bincode_decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         ($($n:literal),*; $floor:literal) => {{
             $(if budget >= $n {
                 let cfg = bincode::config::standard().with_limit::<$n>();
-                return finish(bincode::serde::decode_from_slice::<T, _>(bytes, cfg)?, bytes.len());
+                return finish(bincode::serde::borrow_decode_from_slice::<T, _>(bytes, cfg)?, bytes.len());
             })*
             // The budget is never below the floor.
             let cfg = bincode::config::standard().with_limit::<$floor>();
-            finish(bincode::serde::decode_from_slice::<T, _>(bytes, cfg)?, bytes.len())
+            finish(bincode::serde::borrow_decode_from_slice::<T, _>(bytes, cfg)?, bytes.len())
         }};
     }
     // Powers of two, so rounding down costs at most half the budget.
@@ -58,6 +60,81 @@ pub fn encode_message<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
 /// Decodes a protocol message from one frame's payload (already capped by the framing).
 pub fn decode_message<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
     bincode_decode(payload)
+}
+
+/// `FromWorker` as far as `Done`, with the result borrowed from the frame. The variants
+/// before `Done` only hold their place (bincode numbers variants in order); any other
+/// message fails to decode here and goes through [`decode_message`].
+#[derive(Deserialize)]
+enum DoneView<'a> {
+    #[allow(dead_code)]
+    Progress,
+    #[allow(dead_code)]
+    Message,
+    Done {
+        task_id: TaskId,
+        #[serde(borrow)]
+        outcome: Result<&'a serde_bytes::Bytes, TaskFailure>,
+    },
+}
+
+/// A `FromWorker::Done` read in place: on success, where its result lies in `payload`,
+/// so a large result reaches the caller without a copy. `None` when the frame is not a
+/// well-formed `Done` (decode it with [`decode_message`] then).
+pub fn decode_done_in_place(
+    payload: &[u8],
+) -> Option<(TaskId, Result<std::ops::Range<usize>, TaskFailure>)> {
+    match bincode_decode::<DoneView<'_>>(payload).ok()? {
+        DoneView::Done { task_id, outcome } => {
+            let outcome = outcome.map(|bytes| {
+                let start = bytes.as_ptr() as usize - payload.as_ptr() as usize;
+                start..start + bytes.len()
+            });
+            Some((task_id, outcome))
+        }
+        _ => None,
+    }
+}
+
+/// Writes a `Done` with a successful result as one frame: the prefix and the message head
+/// from `head` (reused), the result from where it lies, in one vectored write. The result
+/// is not copied into a frame buffer first. Returns `FrameError::TooLarge` without writing
+/// when the frame would exceed `max`.
+pub fn write_done_ok(
+    w: &mut impl std::io::Write,
+    head: &mut Vec<u8>,
+    task_id: TaskId,
+    result: &[u8],
+    max: usize,
+) -> Result<(), FrameError> {
+    head.clear();
+    head.extend_from_slice(&[0; PREFIX]);
+    let empty: FromWorker = FromWorker::Done {
+        task_id,
+        outcome: Ok(serde_bytes::ByteBuf::new()),
+    };
+    let io = |e| FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+    bincode::serde::encode_into_std_write(&empty, head, encode_config()).map_err(io)?;
+    // The empty result ends the head with its length, 0 (one byte): put the real one.
+    head.pop();
+    bincode::serde::encode_into_std_write(result.len() as u64, head, encode_config())
+        .map_err(io)?;
+    let len = head.len() - PREFIX + result.len();
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    head[..PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+    let mut slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(result)];
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Encodes the handshake payload: magic, version (u32 LE), then the bincode body.
@@ -305,6 +382,51 @@ mod tests {
         assert_eq!(decode_message::<FromWorker>(&sync_buf).unwrap(), msg);
         let frame = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(decode_message::<FromWorker>(&frame).unwrap(), msg);
+    }
+
+    #[test]
+    fn done_in_place_and_vectored_done_match_the_message() {
+        for result in [vec![], vec![7u8; 3], vec![1u8; 300], vec![9u8; 70_000]] {
+            let msg = FromWorker::Done {
+                task_id: TaskId(42 << 70),
+                outcome: Ok(serde_bytes::ByteBuf::from(result.clone())),
+            };
+            let mut framed = Vec::new();
+            encode_frame(&msg, &mut framed, 1 << 20).unwrap();
+            let mut vectored = Vec::new();
+            let mut head = Vec::new();
+            write_done_ok(&mut vectored, &mut head, TaskId(42 << 70), &result, 1 << 20).unwrap();
+            assert_eq!(vectored, framed, "result of {} bytes", result.len());
+            let payload = &framed[PREFIX..];
+            let (id, range) = decode_done_in_place(payload).unwrap();
+            assert_eq!(id, TaskId(42 << 70));
+            assert_eq!(&payload[range.unwrap()], &result[..]);
+        }
+        let failed = FromWorker::Done {
+            task_id: TaskId(1),
+            outcome: Err(TaskFailure::User {
+                type_name: "E".into(),
+                message: "boom".into(),
+            }),
+        };
+        let payload = encode_message(&failed).unwrap();
+        let (_, outcome) = decode_done_in_place(&payload).unwrap();
+        assert!(matches!(outcome, Err(TaskFailure::User { .. })));
+        let other = encode_message(&FromWorker::Skipped { task_id: TaskId(1) }).unwrap();
+        assert!(decode_done_in_place(&other).is_none());
+        let progress = encode_message(&FromWorker::Progress {
+            task_id: TaskId(1),
+            fraction: 0.5,
+            message: "half".into(),
+        })
+        .unwrap();
+        assert!(decode_done_in_place(&progress).is_none());
+        let mut out = Vec::new();
+        assert!(matches!(
+            write_done_ok(&mut out, &mut Vec::new(), TaskId(1), &[0; 100], 50),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(out.is_empty());
     }
 
     #[test]

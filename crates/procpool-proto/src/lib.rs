@@ -28,8 +28,8 @@ mod errors;
 mod messages;
 
 pub use codec::{
-    FrameCodec, decode_args, decode_hello, decode_message, decode_value, encode_frame,
-    encode_hello, encode_message, encode_value, read_frame,
+    FrameCodec, decode_args, decode_done_in_place, decode_hello, decode_message, decode_value,
+    encode_frame, encode_hello, encode_message, encode_value, read_frame, write_done_ok,
 };
 pub use errors::{CodecError, FrameError, HandshakeError};
 pub use messages::{

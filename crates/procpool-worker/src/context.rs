@@ -26,7 +26,8 @@ pub(crate) enum Inbound {
 }
 
 pub(crate) struct Reader {
-    pub(crate) stream: UnixStream,
+    /// Buffered: a small frame's prefix and payload come in with one read.
+    pub(crate) stream: std::io::BufReader<UnixStream>,
     pub(crate) buf: Vec<u8>,
 }
 
@@ -63,6 +64,35 @@ impl Channel {
         }
         if std::io::Write::write_all(stream, buf).is_err() {
             std::process::exit(0);
+        }
+    }
+
+    /// Sends a successful `Done`: the result goes out from where it lies, in one vectored
+    /// write behind the message head, without being copied into a frame first.
+    pub(crate) fn send_done_ok(&self, task_id: TaskId, result: &[u8]) {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Writer { stream, buf } = &mut *w;
+        match procpool_proto::write_done_ok(stream, buf, task_id, result, self.max_frame) {
+            Ok(()) => {}
+            Err(procpool_proto::FrameError::TooLarge { len, max }) => {
+                drop(w);
+                // Report instead of sending a frame the supervisor would reject.
+                self.send(&FromWorker::Done {
+                    task_id,
+                    outcome: Err(procpool_proto::TaskFailure::Codec {
+                        message: format!(
+                            "result frame of {len} bytes exceeds the {max} byte limit"
+                        ),
+                    }),
+                });
+            }
+            Err(procpool_proto::FrameError::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                eprintln!("procpool worker: dropping an unsendable frame: {e}");
+            }
+            // The supervisor is gone (or killed us): nobody is left to report to.
+            Err(_) => std::process::exit(0),
         }
     }
 

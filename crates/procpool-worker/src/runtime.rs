@@ -66,6 +66,7 @@ fn run() -> Result<(), WorkerError> {
     let parent = env_number(ENV_PARENT_PID)?
         .ok_or_else(|| WorkerError::Env(format!("{ENV_PARENT_PID} is not set")))?;
     procpool_os::die_with_parent(parent as u32)?;
+    procpool_os::keep_freed_memory();
     if let Ok(spec) = std::env::var(ENV_RLIMITS) {
         procpool_os::apply_rlimits(&spec)?;
     }
@@ -92,7 +93,7 @@ fn run() -> Result<(), WorkerError> {
     } else {
         (
             Inbound::Direct(Mutex::new(Reader {
-                stream,
+                stream: std::io::BufReader::with_capacity(64 << 10, stream),
                 buf: Vec::new(),
             })),
             None,
@@ -164,10 +165,13 @@ fn run_one(
     // before it hears that the task ended.
     let _ = std::io::Write::flush(&mut std::io::stdout());
     *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    channel.send(&FromWorker::Done {
-        task_id,
-        outcome: outcome.map(serde_bytes::ByteBuf::from),
-    });
+    match outcome {
+        Ok(result) => channel.send_done_ok(task_id, &result),
+        Err(failure) => channel.send(&FromWorker::Done {
+            task_id,
+            outcome: Err(failure),
+        }),
+    }
 }
 
 fn call(
