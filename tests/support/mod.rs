@@ -236,3 +236,16 @@ pub fn assert_names_all(text: &str, needles: &[&str]) {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }
+
+/// A pool of one worker whose worker `old` is gone still serves `add(a, b)`, on a fresh
+/// worker.
+pub async fn assert_serves_on_a_new_worker(pool: &Pool, old: u32, (a, b): (i64, i64)) {
+    let sum = pool
+        .run(procpool_demo_tasks::add::task(a, b))
+        .await
+        .unwrap();
+    assert_eq!(sum, a + b);
+    let now = pool.worker_pids().await;
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], old, "the old worker {old} served again");
+}
