@@ -2,6 +2,8 @@
 //! `procpool-demo` workers. Every run goes through [`procpool`], which enforces a deadline
 //! and checks afterwards that no worker of that run is still alive.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -103,46 +105,16 @@ fn reader_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<S
 }
 
 fn wait_with_deadline(child: &mut Child, what: &[&str]) -> std::process::ExitStatus {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for procpool") {
-            return status;
-        }
-        if Instant::now() > end {
-            // Our own child, by its handle: never by name.
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("procpool {what:?} ran past {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::wait_or_kill(
+        child,
+        Instant::now() + DEADLINE,
+        &format!("procpool {what:?}"),
+    )
 }
 
-/// Workers carry their supervisor's pid in `PROCPOOL_PARENT_PID`: once the supervisor has
-/// exited, no live process may still carry it.
+/// Once the supervisor has exited, no live process may still carry its pid as its parent.
 fn assert_no_workers_left(supervisor: u32) {
-    // The variable is procpool-proto's ENV_PARENT_PID (not re-exported by the facade).
-    let needle = format!("PROCPOOL_PARENT_PID={supervisor}");
-    let mut left = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // Unreadable (another user's process) or gone: not ours either way.
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
-            left.push(pid);
-        }
-    }
+    let left = support::workers_of_supervisor(supervisor);
     assert!(
         left.is_empty(),
         "workers of procpool pid {supervisor} still alive: {left:?}"
@@ -155,30 +127,83 @@ fn write_file(dir: &Path, name: &str, text: &str) -> String {
     path.to_str().expect("utf-8 temp path").to_owned()
 }
 
+/// Runs `jobs` (JSON Lines) with `procpool run --worker WORKER FLAGS`.
+fn run_jobs_on(worker: &str, flags: &[&str], jobs: &str) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "jobs.jsonl", jobs);
+    let mut args = vec!["run", "--worker", worker, "--jobs", &path];
+    args.extend_from_slice(flags);
+    procpool(&args, "")
+}
+
+/// [`run_jobs_on`] the demo worker.
+fn run_jobs_with(flags: &[&str], jobs: &str) -> Run {
+    run_jobs_on(DEMO, flags, jobs)
+}
+
+/// A batch of one good job.
+const ADD_JOB: &str = "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n";
+
+/// Runs `procpool run --worker DEMO --workers WORKERS --jobs -` with `input` on stdin.
+fn run_stdin(workers: &str, input: &str) -> Run {
+    procpool(
+        &["run", "--worker", DEMO, "--workers", workers, "--jobs", "-"],
+        input,
+    )
+}
+
+#[track_caller]
+fn assert_message_contains(r: &Value, needle: &str) {
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains(needle),
+        "{needle:?} not in the message of {r}"
+    );
+}
+
+/// A help text: it exits 0 and names every one of `needles`.
+#[track_caller]
+fn assert_documents(help: &Run, needles: &[&str]) {
+    assert_eq!(help.code, 0, "{help:?}");
+    support::assert_names_all(&help.stdout, needles);
+}
+
+#[track_caller]
+fn assert_stderr_contains(run: &Run, needle: &str) {
+    assert!(
+        run.stderr.contains(needle),
+        "{needle:?} not in:\n{}",
+        run.stderr
+    );
+}
+
+#[track_caller]
+fn assert_quick(run: &Run) {
+    assert!(
+        run.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        run.elapsed
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Help and usage
 
 #[test]
 fn run_help_documents_flags_jobs_and_exit_codes() {
-    let run = procpool(&["run", "--help"], "");
-    assert_eq!(run.code, 0, "{run:?}");
-    for needle in [
-        "--worker",
-        "--jobs",
-        "--workers",
-        "--out",
-        "--start-timeout",
-        "--log-level",
-        "bad_job",
-        "missing or non-string id",
-        "EXIT CODES",
-    ] {
-        assert!(
-            run.stdout.contains(needle),
-            "{needle:?} missing from:\n{}",
-            run.stdout
-        );
-    }
+    assert_documents(
+        &procpool(&["run", "--help"], ""),
+        &[
+            "--worker",
+            "--jobs",
+            "--workers",
+            "--out",
+            "--start-timeout",
+            "--log-level",
+            "bad_job",
+            "missing or non-string id",
+            "EXIT CODES",
+        ],
+    );
 }
 
 #[test]
@@ -227,18 +252,13 @@ fn missing_job_file_exits_2() {
     );
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stdout.is_empty(), "{run:?}");
-    assert!(
-        run.stderr
-            .contains("cannot open the job file /nonexistent/jobs.jsonl"),
-        "{}",
-        run.stderr
-    );
+    assert_stderr_contains(&run, "cannot open the job file /nonexistent/jobs.jsonl");
 }
 
 #[test]
 fn out_file_equal_to_job_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let text = "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n";
+    let text = ADD_JOB;
     let jobs = write_file(dir.path(), "jobs.jsonl", text);
     let run = procpool(
         &["run", "--worker", DEMO, "--jobs", &jobs, "--out", &jobs],
@@ -335,12 +355,7 @@ const MIXED: &str = r#"{"id": "add", "task": "add", "args": [1, 2]}
 
 #[test]
 fn mixed_batch_reports_every_kind_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = write_file(dir.path(), "mixed.jsonl", MIXED);
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "2", "--jobs", &jobs],
-        "",
-    );
+    let run = run_jobs_with(&["--workers", "2"], MIXED);
     assert_eq!(run.code, 1, "{run:?}");
     let records = run.records();
     let non_blank = MIXED.lines().filter(|l| !l.trim().is_empty()).count();
@@ -410,43 +425,19 @@ fn mixed_batch_reports_every_kind_and_exits_1() {
 
     let r = failed(10, "unknown_task");
     assert_eq!(r["id"], "unknown");
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no_such_task"),
-        "{r}"
-    );
+    assert_message_contains(&r, "no_such_task");
     assert_eq!(failed(11, "bad_args")["id"], "types");
     assert_eq!(failed(12, "bad_args")["id"], "count");
 
     // Lines that never became jobs: malformed, duplicate id, missing id.
     let r = failed(13, "bad_job");
     assert!(r.get("id").is_none(), "{r}");
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid JSON"),
-        "{r}"
-    );
+    assert_message_contains(&r, "invalid JSON");
     let r = failed(14, "bad_job");
     assert_eq!(r["id"], "add");
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("duplicate id"),
-        "{r}"
-    );
+    assert_message_contains(&r, "duplicate id");
     let r = failed(15, "bad_job");
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("missing \"id\""),
-        "{r}"
-    );
+    assert_message_contains(&r, "missing \"id\"");
     for line in [13, 14, 15] {
         assert!(at(line).get("attempts").is_none());
     }
@@ -469,12 +460,7 @@ fn all_good_batch_exits_0_in_any_order() {
             )),
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = write_file(dir.path(), "good.jsonl", &text);
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "2", "--jobs", &jobs],
-        "",
-    );
+    let run = run_jobs_with(&["--workers", "2"], &text);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let records = by_id(&run.records());
     assert_eq!(records.len(), 300);
@@ -493,30 +479,21 @@ fn all_good_batch_exits_0_in_any_order() {
 
 #[test]
 fn missing_args_mean_no_arguments_and_an_empty_batch_succeeds() {
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "1", "--jobs", "-"],
-        "{\"id\": \"x\", \"task\": \"add\"}\n",
-    );
+    let run = run_stdin("1", "{\"id\": \"x\", \"task\": \"add\"}\n");
     assert_eq!(run.code, 1, "{run:?}");
     let r = &run.records()[0];
     assert_eq!(r["error"]["kind"], "bad_args", "{r}");
-    assert!(
-        r["error"]["message"].as_str().unwrap().contains("got 0"),
-        "{r}"
-    );
+    assert_message_contains(r, "got 0");
 
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "1", "--jobs", "-"],
-        "\n\n",
-    );
+    let run = run_stdin("1", "\n\n");
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.is_empty(), "{run:?}");
 }
 
 #[test]
 fn jobs_from_stdin() {
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "2", "--jobs", "-"],
+    let run = run_stdin(
+        "2",
         "{\"id\": \"one\", \"task\": \"add\", \"args\": [2, 3]}\n\
          {\"id\": \"two\", \"task\": \"square\", \"args\": [-4]}",
     );
@@ -652,31 +629,11 @@ fn assert_worker_refused(run: &Run, worker: &str) {
 #[test]
 fn missing_worker_binary_exits_2_and_leaves_out_file_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let jobs = write_file(
-        dir.path(),
-        "jobs.jsonl",
-        "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n",
-    );
     let out = dir.path().join("out.jsonl");
     let worker = "/nonexistent/procpool-worker";
-    let run = procpool(
-        &[
-            "run",
-            "--worker",
-            worker,
-            "--jobs",
-            &jobs,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        "",
-    );
+    let run = run_jobs_on(worker, &["--out", out.to_str().unwrap()], ADD_JOB);
     assert_worker_refused(&run, worker);
-    assert!(
-        run.stderr.contains("No such file or directory"),
-        "{}",
-        run.stderr
-    );
+    assert_stderr_contains(&run, "No such file or directory");
     assert!(!out.exists(), "the output file must not be created");
 
     let run = procpool(&["tasks", "--worker", worker], "");
@@ -686,112 +643,51 @@ fn missing_worker_binary_exits_2_and_leaves_out_file_alone() {
 #[test]
 fn non_executable_worker_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let jobs = write_file(
-        dir.path(),
-        "jobs.jsonl",
-        "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n",
-    );
     let worker = write_file(dir.path(), "not-a-binary", "just text\n");
-    let run = procpool(&["run", "--worker", &worker, "--jobs", &jobs], "");
+    let run = run_jobs_on(&worker, &[], ADD_JOB);
     assert_worker_refused(&run, &worker);
-    assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
+    assert_stderr_contains(&run, "Permission denied");
 }
 
 #[test]
 fn binary_that_exits_at_once_is_not_a_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = write_file(
-        dir.path(),
-        "jobs.jsonl",
-        "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n",
-    );
-    let run = procpool(
-        &[
-            "run",
-            "--worker",
-            "/bin/true",
-            "--workers",
-            "2",
-            "--jobs",
-            &jobs,
-        ],
-        "",
-    );
+    let run = run_jobs_on("/bin/true", &["--workers", "2"], ADD_JOB);
     assert_worker_refused(&run, "/bin/true");
-    assert!(
-        run.stderr.contains("before the handshake"),
-        "{}",
-        run.stderr
-    );
+    assert_stderr_contains(&run, "before the handshake");
 }
 
 #[test]
 fn binary_that_never_says_hello_fails_within_the_start_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = write_file(
-        dir.path(),
-        "jobs.jsonl",
-        "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n",
-    );
     // `cat` waits on its input (the worker channel) and never sends a handshake.
-    let run = procpool(
-        &[
-            "run",
-            "--worker",
-            "/bin/cat",
-            "--start-timeout",
-            "0.3",
-            "--jobs",
-            &jobs,
-        ],
-        "",
-    );
+    let run = run_jobs_on("/bin/cat", &["--start-timeout", "0.3"], ADD_JOB);
     assert_worker_refused(&run, "/bin/cat");
-    assert!(
-        run.stderr.contains("no handshake within 300ms"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+    assert_stderr_contains(&run, "no handshake within 300ms");
+    assert_quick(&run);
 }
 
 // ---------------------------------------------------------------------------------------
 // run: policies (--timeout, --grace, --retries, --max-rss, ..., per-job overrides)
 
-/// Runs `jobs` (JSON Lines) with `procpool run --worker DEMO FLAGS`.
-fn run_jobs_with(flags: &[&str], jobs: &str) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "jobs.jsonl", jobs);
-    let mut args = vec!["run", "--worker", DEMO, "--jobs", &path];
-    args.extend_from_slice(flags);
-    procpool(&args, "")
-}
-
 #[test]
 fn run_help_documents_the_policy_flags_and_job_fields() {
-    let run = procpool(&["run", "--help"], "");
-    assert_eq!(run.code, 0, "{run:?}");
-    for needle in [
-        "--timeout <DURATION>",
-        "--grace <DURATION>",
-        "--retries <N>",
-        "--max-tasks-per-worker <N>",
-        "--max-rss <SIZE>",
-        "--min-workers <N>",
-        "--idle-timeout <DURATION>",
-        "200ms",
-        "512MiB",
-        "timeout_ms",
-        "retries",
-        "attempts",
-        "limit_exceeded",
-    ] {
-        assert!(
-            run.stdout.contains(needle),
-            "{needle:?} missing from:\n{}",
-            run.stdout
-        );
-    }
+    assert_documents(
+        &procpool(&["run", "--help"], ""),
+        &[
+            "--timeout <DURATION>",
+            "--grace <DURATION>",
+            "--retries <N>",
+            "--max-tasks-per-worker <N>",
+            "--max-rss <SIZE>",
+            "--min-workers <N>",
+            "--idle-timeout <DURATION>",
+            "200ms",
+            "512MiB",
+            "timeout_ms",
+            "retries",
+            "attempts",
+            "limit_exceeded",
+        ],
+    );
 }
 
 #[test]
@@ -813,7 +709,7 @@ fn timeout_ends_a_hung_job_within_a_second() {
     assert!((200.0..700.0).contains(&took), "{hang}");
     assert_eq!(records["after"]["status"], "completed", "{run:?}");
     assert_eq!(records["after"]["result"], 3, "{run:?}");
-    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+    assert_quick(&run);
 }
 
 #[test]
@@ -874,13 +770,7 @@ fn max_rss_stops_a_memory_bomb_and_the_next_job_succeeds() {
     let bomb = &records["bomb"];
     assert_eq!(bomb["status"], "failed", "{bomb}");
     assert_eq!(bomb["error"]["kind"], "limit_exceeded", "{bomb}");
-    assert!(
-        bomb["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("above the 256 MiB limit"),
-        "{bomb}"
-    );
+    assert_message_contains(bomb, "above the 256 MiB limit");
     assert_eq!(records["small"]["result"], 16, "{run:?}");
     assert_eq!(records["next"]["result"], 42, "{run:?}");
 }
@@ -939,10 +829,7 @@ fn bad_duration_size_and_count_flags_exit_2_with_a_clear_message() {
         ),
     ];
     for (flags, needle) in cases {
-        let run = run_jobs_with(
-            flags,
-            "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 2]}\n",
-        );
+        let run = run_jobs_with(flags, ADD_JOB);
         assert_eq!(run.code, 2, "{flags:?}: {run:?}");
         assert!(run.stdout.is_empty(), "{flags:?}: {run:?}");
         assert!(
@@ -996,15 +883,10 @@ fn bad_per_job_policy_fields_are_bad_jobs() {
 
 #[test]
 fn run_help_documents_nested_tasks() {
-    let run = procpool(&["run", "--help"], "");
-    assert_eq!(run.code, 0, "{run:?}");
-    for needle in ["NESTED TASKS", "$task", "error.input"] {
-        assert!(
-            run.stdout.contains(needle),
-            "{needle:?} missing from:\n{}",
-            run.stdout
-        );
-    }
+    assert_documents(
+        &procpool(&["run", "--help"], ""),
+        &["NESTED TASKS", "$task", "error.input"],
+    );
 }
 
 #[test]
@@ -1018,10 +900,7 @@ fn nested_tasks_run_first_and_their_results_replace_them() {
         r#"{"id": "plain", "task": "add", "args": [1, 2]}"#,
         "\n",
     );
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "2", "--jobs", "-"],
-        jobs,
-    );
+    let run = run_stdin("2", jobs);
     assert_eq!(run.code, 0, "{run:?}");
     let records = by_id(&run.records());
     for (id, result) in [("m", 13), ("deep", 14), ("plain", 3)] {
@@ -1040,17 +919,10 @@ fn a_failing_nested_task_fails_its_job_with_its_kind_and_cancels_the_others() {
         r#"{"id": "after", "task": "add", "args": [20, 22]}"#,
         "\n",
     );
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "3", "--jobs", "-"],
-        jobs,
-    );
+    let run = run_stdin("3", jobs);
     assert_eq!(run.code, 1, "{run:?}");
     // The sleepers were killed: a drain waiting for them would take 10 s.
-    assert!(
-        run.elapsed < Duration::from_secs(5),
-        "took {:?}",
-        run.elapsed
-    );
+    assert_quick(&run);
     let records = by_id(&run.records());
     let f = &records["f"];
     assert_eq!(f["status"], "failed", "{f}");
@@ -1078,16 +950,9 @@ fn malformed_or_unknown_nested_tasks_fail_their_job_only() {
         r#"{"id": "ok", "task": "sum", "args": [[{"$task": "square", "args": [4]}]]}"#,
         "\n",
     );
-    let run = procpool(
-        &["run", "--worker", DEMO, "--workers", "2", "--jobs", "-"],
-        jobs,
-    );
+    let run = run_stdin("2", jobs);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.elapsed < Duration::from_secs(5),
-        "took {:?}",
-        run.elapsed
-    );
+    assert_quick(&run);
     let records = by_id(&run.records());
     let shape = &records["shape"];
     assert_eq!(shape["error"]["kind"], "bad_job", "{shape}");
@@ -1099,22 +964,10 @@ fn malformed_or_unknown_nested_tasks_fail_their_job_only() {
     );
     let extra = &records["extra"];
     assert_eq!(extra["error"]["kind"], "bad_job", "{extra}");
-    assert!(
-        extra["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"x\""),
-        "{extra}"
-    );
+    assert_message_contains(extra, "\"x\"");
     // An unknown name fails the job before any of its nested tasks start.
     let unknown = &records["unknown"];
     assert_eq!(unknown["error"]["kind"], "unknown_task", "{unknown}");
-    assert!(
-        unknown["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no_such_task"),
-        "{unknown}"
-    );
+    assert_message_contains(unknown, "no_such_task");
     assert_eq!(records["ok"]["result"], 16);
 }

@@ -176,10 +176,7 @@ async fn timeout_with_grace_is_timed_out_and_the_worker_replaced() {
     );
     assert!(group_members(pid).is_empty());
 
-    assert_eq!(pool.run(demo::add::task(1, 2)).await.unwrap(), 3);
-    let now = pool.worker_pids().await;
-    assert_eq!(now.len(), 1);
-    assert_ne!(now[0], pid, "the timed-out worker served again");
+    support::assert_serves_on_a_new_worker(&pool, pid, (1, 2)).await;
     drop(pool);
     assert_no_children();
 }
@@ -322,10 +319,7 @@ async fn max_rss_kills_with_limit_exceeded_and_the_slot_recovers() {
     assert!(group_members(pid).is_empty());
 
     // The next task on that slot succeeds, on a fresh worker.
-    assert_eq!(pool.run(demo::add::task(1, 2)).await.unwrap(), 3);
-    let now = pool.worker_pids().await;
-    assert_eq!(now.len(), 1);
-    assert_ne!(now[0], pid);
+    support::assert_serves_on_a_new_worker(&pool, pid, (1, 2)).await;
     drop(pool);
     assert_no_children();
 }

@@ -310,10 +310,7 @@ async fn cancel_of_a_running_task_kills_and_reaps_its_worker() {
     );
     assert!(group_members(pid).is_empty());
     // A replacement serves the next task.
-    assert_eq!(pool.run(demo::add::task(1, 2)).await.unwrap(), 3);
-    let now = pool.worker_pids().await;
-    assert_eq!(now.len(), 1);
-    assert_ne!(now[0], pid);
+    support::assert_serves_on_a_new_worker(&pool, pid, (1, 2)).await;
     drop(pool);
     assert_no_children();
 }
@@ -462,10 +459,7 @@ async fn dropping_a_run_future_cancels_its_task() {
         "dropped run future: worker reaped {:?} after the drop",
         t0.elapsed()
     );
-    assert_eq!(pool.run(demo::add::task(3, 4)).await.unwrap(), 7);
-    let now = pool.worker_pids().await;
-    assert_eq!(now.len(), 1);
-    assert_ne!(now[0], pid);
+    support::assert_serves_on_a_new_worker(&pool, pid, (3, 4)).await;
     drop(pool);
     assert_no_children();
 }

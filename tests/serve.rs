@@ -181,6 +181,18 @@ impl Server {
         Self::answer(resp.unwrap_or_else(|e| panic!("{method} {path}: {e}")))
     }
 
+    /// `DELETE /v1/tasks/{id}`.
+    fn cancel(&self, id: &str) -> Answer {
+        self.call("DELETE", &format!("/v1/tasks/{id}"), None)
+    }
+
+    /// Asserts that the `/metrics` text holds `line`.
+    #[track_caller]
+    fn assert_metric(&self, line: &str) {
+        let metrics = self.get("/metrics").text;
+        assert!(metrics.contains(line), "{line:?} not in:\n{metrics}");
+    }
+
     fn get(&self, path: &str) -> Answer {
         self.call("GET", path, None)
     }
@@ -486,12 +498,7 @@ fn unknown_ids_are_404_and_expired_results_410() {
         (410, "expired".into()),
         "{gone:?}"
     );
-    assert_eq!(
-        server
-            .call("DELETE", &format!("/v1/tasks/{id}"), None)
-            .status,
-        410
-    );
+    assert_eq!(server.cancel(&id).status, 410);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -504,14 +511,14 @@ fn cancel_kills_the_worker_and_a_finished_task_is_409() {
     let server = Server::start(&[], &[]);
     let id = server.submit(json!({"task": "sleep_ms", "args": [30_000]}));
     let pid = server.running_pid(&id);
-    let a = server.call("DELETE", &format!("/v1/tasks/{id}"), None);
+    let a = server.cancel(&id);
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.json()["status"], "cancelled");
     assert_eq!(a.json()["error"]["kind"], "cancelled");
     assert!(is_gone(pid), "worker {pid} outlived the cancel");
     assert_eq!(server.task(&id)["status"], "cancelled");
 
-    let again = server.call("DELETE", &format!("/v1/tasks/{id}"), None);
+    let again = server.cancel(&id);
     assert_eq!(
         (again.status, again.kind()),
         (409, "already_finished".into())
@@ -520,7 +527,7 @@ fn cancel_kills_the_worker_and_a_finished_task_is_409() {
 
     let done = server.submit(json!({"task": "add", "args": [1, 1]}));
     server.finished(&done);
-    let a = server.call("DELETE", &format!("/v1/tasks/{done}"), None);
+    let a = server.cancel(&done);
     assert_eq!(a.status, 409, "{a:?}");
     assert_eq!(a.json()["task"]["status"], "completed");
 
@@ -530,18 +537,13 @@ fn cancel_kills_the_worker_and_a_finished_task_is_409() {
         .collect();
     let queued = server.submit(json!({"task": "add", "args": [1, 1]}));
     assert_eq!(server.task(&queued)["status"], "pending");
-    let a = server.call("DELETE", &format!("/v1/tasks/{queued}"), None);
+    let a = server.cancel(&queued);
     assert_eq!(
         (a.status, a.json()["status"].clone()),
         (200, json!("cancelled"))
     );
     for id in busy {
-        assert_eq!(
-            server
-                .call("DELETE", &format!("/v1/tasks/{id}"), None)
-                .status,
-            200
-        );
+        assert_eq!(server.cancel(&id).status, 200);
     }
 }
 
@@ -581,11 +583,7 @@ fn same_cache_key_while_running_is_the_same_task_run_once() {
     let a = server.submit(json!({"task": "add", "args": [1, 2], "cache_key": "x"}));
     let b = server.submit(json!({"task": "add", "args": [1, 2], "cache_key": "y"}));
     assert_ne!(a, b);
-    let metrics = server.get("/metrics").text;
-    assert!(
-        metrics.contains("procpool_tasks_deduplicated_total 1\n"),
-        "{metrics}"
-    );
+    server.assert_metric("procpool_tasks_deduplicated_total 1\n");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -640,12 +638,7 @@ fn events_progress_then_the_terminal_event_per_channel() {
 
     let sleeper = server.submit(json!({"task": "sleep_ms", "args": [30_000], "channel": "c"}));
     server.running_pid(&sleeper);
-    assert_eq!(
-        server
-            .call("DELETE", &format!("/v1/tasks/{sleeper}"), None)
-            .status,
-        200
-    );
+    assert_eq!(server.cancel(&sleeper).status, 200);
     let got = on_c.until_terminal(&sleeper);
     assert_eq!(got.first().unwrap()["type"], "started");
     assert_eq!(got.last().unwrap()["type"], "cancelled");
@@ -786,11 +779,7 @@ fn malformed_bodies_are_400_unknown_tasks_422_large_ones_413() {
     let big = json!({"task": "echo", "args": ["x".repeat(2000)]}).to_string();
     let a = server.call("POST", "/v1/tasks", Some(&big));
     assert_eq!((a.status, a.kind()), (413, "too_large".into()), "{a:?}");
-    let metrics = server.get("/metrics").text;
-    assert!(
-        metrics.contains("procpool_tasks_submitted_total 0\n"),
-        "{metrics}"
-    );
+    server.assert_metric("procpool_tasks_submitted_total 0\n");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use support::{group_members, is_gone, proc_stat, wait_until};
+use support::workers_of_supervisor as workers_of;
+use support::{group_members, is_gone, proc_stat, wait_or_kill, wait_until};
 
 const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
 const DEMO: &str = env!("CARGO_BIN_EXE_procpool-demo");
@@ -87,17 +88,11 @@ impl Supervisor {
     fn wait(mut self) -> Ended {
         let pid = self.pid();
         let mut child = self.child.take().unwrap();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if self.started.elapsed() > DEADLINE {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("supervisor {pid} ran past {DEADLINE:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_or_kill(
+            &mut child,
+            self.started + DEADLINE,
+            &format!("supervisor {pid}"),
+        );
         let ended = Ended {
             code: status.code(),
             stdout: self.stdout.take().unwrap().join().unwrap(),
@@ -134,30 +129,6 @@ fn reader_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<S
 /// Runs to the end.
 fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Ended {
     Supervisor::start(bin, args, env).wait()
-}
-
-/// Live workers of supervisor `pid`: they carry its pid in `PROCPOOL_PARENT_PID`
-/// (procpool-proto's ENV_PARENT_PID). A zombie has no environment left, so it is not
-/// counted: it runs nothing.
-fn workers_of(pid: u32) -> Vec<u32> {
-    let needle = format!("PROCPOOL_PARENT_PID={pid}");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
-            found.push(p);
-        }
-    }
-    found
 }
 
 /// Whether `pid` is gone or a zombie (dead, waiting for a parent to reap it).
@@ -223,87 +194,125 @@ fn assert_prefix(records: &[Value], n: usize) {
     assert_eq!(lines, expected, "{records:#?}");
 }
 
+/// `procpool run --worker DEMO --jobs JOBS EXTRA...`.
+fn run_args<'a>(jobs: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [&["run", "--worker", DEMO, "--jobs", jobs][..], extra].concat()
+}
+
+/// [`run_args`] with two workers and the records written to `out`.
+fn batch_args<'a>(jobs: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let out = out.to_str().unwrap();
+    run_args(
+        jobs,
+        &[&["--workers", "2", "--out", out][..], extra].concat(),
+    )
+}
+
+/// Starts [`batch_args`] on the batch of [`add_then_sleeps`] and waits for the add's
+/// record: the sleeps are being dispatched.
+fn start_after_the_first_record(
+    dir: &Path,
+    sleeps: usize,
+    ms: u64,
+    extra: &[&str],
+) -> (Supervisor, PathBuf) {
+    let (jobs, out) = add_then_sleeps(dir, sleeps, ms);
+    let sup = Supervisor::start(PROCPOOL, &batch_args(&jobs, &out, extra), &[]);
+    wait_for_records(&out, 1);
+    (sup, out)
+}
+
+/// The records in `out` of a run stopped by a signal, checked to be exactly one per
+/// dispatched job, and how many were dispatched.
+fn stopped_records(out: &Path, ended: &Ended) -> (Vec<Value>, usize) {
+    let records = records_in(out);
+    let n = dispatched(&ended.stderr);
+    assert_prefix(&records, n);
+    (records, n)
+}
+
+#[track_caller]
+fn assert_exit(ended: &Ended, code: i32) {
+    assert_eq!(ended.code, Some(code), "{ended:?}");
+}
+
+/// A help text: it exits 0 and names every one of `needles`.
+#[track_caller]
+fn assert_documents(help: &Ended, needles: &[&str]) {
+    assert_eq!(help.code, Some(0), "{help:?}");
+    support::assert_names_all(&help.stdout, needles);
+}
+
+#[track_caller]
+fn assert_stderr_contains(ended: &Ended, needle: &str) {
+    assert!(
+        ended.stderr.contains(needle),
+        "{needle:?} not in:\n{}",
+        ended.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Help and exit codes
 
 #[test]
 fn help_of_every_subcommand_documents_the_ops_features() {
     let root = run(PROCPOOL, &["--help"], &[]);
-    assert_eq!(root.code, Some(0), "{root:?}");
-    for needle in [
-        "CONFIGURATION",
-        "--config",
-        "PROCPOOL_CONFIG",
-        "PROCPOOL_WORKER_PATH",
-        "[run]",
-        "--log-format",
-        "130/143",
-    ] {
-        assert!(
-            root.stdout.contains(needle),
-            "{needle:?} missing:\n{}",
-            root.stdout
-        );
-    }
+    assert_documents(
+        &root,
+        &[
+            "CONFIGURATION",
+            "--config",
+            "PROCPOOL_CONFIG",
+            "PROCPOOL_WORKER_PATH",
+            "[run]",
+            "--log-format",
+            "130/143",
+        ],
+    );
     let run_help = run(PROCPOOL, &["run", "--help"], &[]);
-    assert_eq!(run_help.code, Some(0), "{run_help:?}");
-    for needle in [
-        "--resume",
-        "--on-signal",
-        "drain",
-        "--quiet",
-        "--progress-interval",
-        "--log-format",
-        "--config",
-        "RESUME",
-        "torn",
-        "SIGNALS",
-        "SIGHUP",
-        "PROGRESS",
-        "EXIT CODES",
-        "130",
-        "143",
-        "PROCPOOL_WORKERS",
-        "PROCPOOL_ON_SIGNAL",
-    ] {
-        assert!(
-            run_help.stdout.contains(needle),
-            "{needle:?} missing:\n{}",
-            run_help.stdout
-        );
-    }
+    assert_documents(
+        &run_help,
+        &[
+            "--resume",
+            "--on-signal",
+            "drain",
+            "--quiet",
+            "--progress-interval",
+            "--log-format",
+            "--config",
+            "RESUME",
+            "torn",
+            "SIGNALS",
+            "SIGHUP",
+            "PROGRESS",
+            "EXIT CODES",
+            "130",
+            "143",
+            "PROCPOOL_WORKERS",
+            "PROCPOOL_ON_SIGNAL",
+        ],
+    );
     let tasks_help = run(PROCPOOL, &["tasks", "--help"], &[]);
-    assert_eq!(tasks_help.code, Some(0), "{tasks_help:?}");
-    for needle in [
-        "--worker",
-        "PROCPOOL_WORKER_PATH",
-        "--json",
-        "PROCPOOL_JSON",
-        "--config",
-    ] {
-        assert!(
-            tasks_help.stdout.contains(needle),
-            "{needle:?} missing:\n{}",
-            tasks_help.stdout
-        );
-    }
+    assert_documents(
+        &tasks_help,
+        &[
+            "--worker",
+            "PROCPOOL_WORKER_PATH",
+            "--json",
+            "PROCPOOL_JSON",
+            "--config",
+        ],
+    );
 }
 
 #[test]
 fn resume_without_out_and_a_corrupt_results_file_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", &[job("a", "add", "[1, 2]")]);
-    let ended = run(
-        PROCPOOL,
-        &["run", "--worker", DEMO, "--jobs", &jobs, "--resume"],
-        &[],
-    );
-    assert_eq!(ended.code, Some(2), "{ended:?}");
-    assert!(
-        ended.stderr.contains("--resume needs --out"),
-        "{}",
-        ended.stderr
-    );
+    let ended = run(PROCPOOL, &run_args(&jobs, &["--resume"]), &[]);
+    assert_exit(&ended, 2);
+    assert_stderr_contains(&ended, "--resume needs --out");
     assert!(ended.stdout.is_empty());
 
     let out = dir.path().join("out.jsonl");
@@ -312,17 +321,11 @@ fn resume_without_out_and_a_corrupt_results_file_exit_2() {
     let out_arg = out.to_str().unwrap();
     let ended = run(
         PROCPOOL,
-        &[
-            "run", "--worker", DEMO, "--jobs", &jobs, "--resume", "--out", out_arg,
-        ],
+        &run_args(&jobs, &["--resume", "--out", out_arg]),
         &[],
     );
-    assert_eq!(ended.code, Some(2), "{ended:?}");
-    assert!(
-        ended.stderr.contains("line 2 of the results file"),
-        "{}",
-        ended.stderr
-    );
+    assert_exit(&ended, 2);
+    assert_stderr_contains(&ended, "line 2 of the results file");
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
         text,
@@ -347,18 +350,7 @@ fn sigkill_mid_batch_then_resume_ends_with_one_record_per_job() {
     let total = lines.len();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", &lines);
     let out = dir.path().join("out.jsonl");
-    let out_arg = out.to_str().unwrap().to_owned();
-    let args = [
-        "run",
-        "--worker",
-        DEMO,
-        "--jobs",
-        &jobs,
-        "--workers",
-        "2",
-        "--out",
-        &out_arg,
-    ];
+    let args = batch_args(&jobs, &out, &[]);
 
     let mut first = Supervisor::start(PROCPOOL, &args, &[]);
     wait_for_records(&out, 8);
@@ -391,12 +383,11 @@ fn sigkill_mid_batch_then_resume_ends_with_one_record_per_job() {
     torn.push_str("{\"id\":\"s49\",\"task\":\"sleep_ms\",\"sta");
     std::fs::write(&out, &torn).unwrap();
 
-    let mut resumed_args = args.to_vec();
-    resumed_args.push("--resume");
+    let resumed_args = batch_args(&jobs, &out, &["--resume"]);
     let ended = run(PROCPOOL, &resumed_args, &[]);
     // A user error and two bad lines in the batch: exit 1.
-    assert_eq!(ended.code, Some(1), "{ended:?}");
-    assert!(ended.stderr.contains("torn record"), "{}", ended.stderr);
+    assert_exit(&ended, 1);
+    assert_stderr_contains(&ended, "torn record");
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(
         text.starts_with(kept),
@@ -429,13 +420,9 @@ fn sigkill_mid_batch_then_resume_ends_with_one_record_per_job() {
 
     // Resuming a finished batch runs nothing and keeps the exit code of its records.
     let ended = run(PROCPOOL, &resumed_args, &[]);
-    assert_eq!(ended.code, Some(1), "{ended:?}");
+    assert_exit(&ended, 1);
     assert_eq!(records_in(&out).len(), total);
-    assert!(
-        ended.stderr.contains(&format!("{} skipped", total)),
-        "{}",
-        ended.stderr
-    );
+    assert_stderr_contains(&ended, &format!("{total} skipped"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -446,22 +433,7 @@ fn sigterm_mid_batch_exits_143_reaps_every_worker_and_records_every_dispatched_j
     let dir = tempfile::tempdir().unwrap();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", &sleeps("t", 40, 200));
     let out = dir.path().join("out.jsonl");
-    let out_arg = out.to_str().unwrap().to_owned();
-    let sup = Supervisor::start(
-        PROCPOOL,
-        &[
-            "run",
-            "--worker",
-            DEMO,
-            "--jobs",
-            &jobs,
-            "--workers",
-            "2",
-            "--out",
-            &out_arg,
-        ],
-        &[],
-    );
+    let sup = Supervisor::start(PROCPOOL, &batch_args(&jobs, &out, &[]), &[]);
     wait_for_records(&out, 2);
     let workers = workers_of(sup.pid());
     assert_eq!(workers.len(), 2, "{workers:?}");
@@ -473,7 +445,7 @@ fn sigterm_mid_batch_exits_143_reaps_every_worker_and_records_every_dispatched_j
     assert_eq!(groups, workers);
     sup.signal(Signal::SIGTERM);
     let ended = sup.wait();
-    assert_eq!(ended.code, Some(143), "{ended:?}");
+    assert_exit(&ended, 143);
     assert!(ended.elapsed < Duration::from_secs(10), "{ended:?}");
     for (&w, &g) in workers.iter().zip(&groups) {
         assert!(is_gone(w), "worker {w} not reaped");
@@ -483,10 +455,8 @@ fn sigterm_mid_batch_exits_143_reaps_every_worker_and_records_every_dispatched_j
             group_members(g)
         );
     }
-    let records = records_in(&out);
-    let n = dispatched(&ended.stderr);
+    let (records, n) = stopped_records(&out, &ended);
     assert!(n < 40, "SIGTERM must stop dispatching: {n}");
-    assert_prefix(&records, n);
     let cancelled: Vec<&Value> = records
         .iter()
         .filter(|r| r["status"] == "cancelled")
@@ -503,11 +473,7 @@ fn sigterm_mid_batch_exits_143_reaps_every_worker_and_records_every_dispatched_j
         records.iter().all(|r| r["status"] != "failed"),
         "{records:#?}"
     );
-    assert!(
-        ended.stderr.contains("STATUS"),
-        "the final table: {}",
-        ended.stderr
-    );
+    assert_stderr_contains(&ended, "STATUS");
 }
 
 /// A batch of one quick `add` then `n` sleeps: once the add's record is out, the
@@ -528,33 +494,14 @@ fn settle() {
 #[test]
 fn sigint_cancels_running_jobs_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
-    let (jobs, out) = add_then_sleeps(dir.path(), 3, 20_000);
-    let out_arg = out.to_str().unwrap().to_owned();
-    let sup = Supervisor::start(
-        PROCPOOL,
-        &[
-            "run",
-            "--worker",
-            DEMO,
-            "--jobs",
-            &jobs,
-            "--workers",
-            "2",
-            "--out",
-            &out_arg,
-        ],
-        &[],
-    );
-    wait_for_records(&out, 1);
+    let (sup, out) = start_after_the_first_record(dir.path(), 3, 20_000, &[]);
     settle();
     sup.signal(Signal::SIGINT);
     let ended = sup.wait();
-    assert_eq!(ended.code, Some(130), "{ended:?}");
+    assert_exit(&ended, 130);
     assert!(ended.elapsed < Duration::from_secs(10), "{ended:?}");
-    let records = records_in(&out);
-    let n = dispatched(&ended.stderr);
+    let (records, n) = stopped_records(&out, &ended);
     assert!((2..=4).contains(&n), "{}", ended.stderr);
-    assert_prefix(&records, n);
     for r in &records[1..] {
         assert_eq!(r["status"], "cancelled", "{r}");
         assert!(
@@ -567,40 +514,19 @@ fn sigint_cancels_running_jobs_and_exits_130() {
 #[test]
 fn drain_lets_every_dispatched_job_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let (jobs, out) = add_then_sleeps(dir.path(), 30, 300);
-    let out_arg = out.to_str().unwrap().to_owned();
-    let sup = Supervisor::start(
-        PROCPOOL,
-        &[
-            "run",
-            "--worker",
-            DEMO,
-            "--jobs",
-            &jobs,
-            "--workers",
-            "2",
-            "--out",
-            &out_arg,
-            "--on-signal",
-            "drain",
-        ],
-        &[],
-    );
-    wait_for_records(&out, 1);
+    let (sup, out) = start_after_the_first_record(dir.path(), 30, 300, &["--on-signal", "drain"]);
     settle();
     let signalled = Instant::now();
     sup.signal(Signal::SIGINT);
     let ended = sup.wait();
-    assert_eq!(ended.code, Some(130), "{ended:?}");
+    assert_exit(&ended, 130);
     // At least the sleeps that were running had to end.
     assert!(
         signalled.elapsed() >= Duration::from_millis(250),
         "{ended:?}"
     );
-    let records = records_in(&out);
-    let n = dispatched(&ended.stderr);
+    let (records, n) = stopped_records(&out, &ended);
     assert!(n > 1 && n < 31, "{n}");
-    assert_prefix(&records, n);
     assert!(
         records.iter().all(|r| r["status"] == "completed"),
         "drained jobs complete: {records:#?}"
@@ -610,26 +536,8 @@ fn drain_lets_every_dispatched_job_finish() {
 #[test]
 fn a_second_signal_kills_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (jobs, out) = add_then_sleeps(dir.path(), 3, 20_000);
-    let out_arg = out.to_str().unwrap().to_owned();
-    let mut sup = Supervisor::start(
-        PROCPOOL,
-        &[
-            "run",
-            "--worker",
-            DEMO,
-            "--jobs",
-            &jobs,
-            "--workers",
-            "2",
-            "--out",
-            &out_arg,
-            "--on-signal",
-            "drain",
-        ],
-        &[],
-    );
-    wait_for_records(&out, 1);
+    let (mut sup, out) =
+        start_after_the_first_record(dir.path(), 3, 20_000, &["--on-signal", "drain"]);
     settle();
     sup.signal(Signal::SIGTERM);
     // Draining: the 20 s sleeps keep it running.
@@ -640,13 +548,11 @@ fn a_second_signal_kills_at_once() {
     let second = Instant::now();
     sup.signal(Signal::SIGTERM);
     let ended = sup.wait();
-    assert_eq!(ended.code, Some(143), "{ended:?}");
+    assert_exit(&ended, 143);
     assert!(second.elapsed() < Duration::from_secs(5), "{ended:?}");
     assert!(workers.iter().all(|&w| is_gone(w)), "{workers:?}");
-    let records = records_in(&out);
-    let n = dispatched(&ended.stderr);
+    let (records, n) = stopped_records(&out, &ended);
     assert!((2..=4).contains(&n), "{}", ended.stderr);
-    assert_prefix(&records, n);
     assert!(
         records[1..].iter().all(|r| r["status"] == "cancelled"),
         "{records:#?}"
@@ -656,32 +562,11 @@ fn a_second_signal_kills_at_once() {
 #[test]
 fn sighup_is_logged_and_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let (jobs, out) = add_then_sleeps(dir.path(), 6, 150);
-    let out_arg = out.to_str().unwrap().to_owned();
-    let sup = Supervisor::start(
-        PROCPOOL,
-        &[
-            "run",
-            "--worker",
-            DEMO,
-            "--jobs",
-            &jobs,
-            "--workers",
-            "2",
-            "--out",
-            &out_arg,
-        ],
-        &[],
-    );
-    wait_for_records(&out, 1);
+    let (sup, out) = start_after_the_first_record(dir.path(), 6, 150, &[]);
     sup.signal(Signal::SIGHUP);
     let ended = sup.wait();
-    assert_eq!(ended.code, Some(0), "{ended:?}");
-    assert!(
-        ended.stderr.contains("SIGHUP received and ignored"),
-        "{}",
-        ended.stderr
-    );
+    assert_exit(&ended, 0);
+    assert_stderr_contains(&ended, "SIGHUP received and ignored");
     let records = records_in(&out);
     assert_eq!(records.len(), 7);
     assert!(records.iter().all(|r| r["status"] == "completed"));
@@ -697,19 +582,9 @@ fn plain_summaries_then_a_table_when_stderr_is_not_a_terminal() {
     lines.push(job("bad", "fail", "[\"no\"]"));
     lines.push(job("gone", "segfault", "[]"));
     let jobs = write_jobs(dir.path(), "jobs.jsonl", &lines);
-    let args = [
-        "run",
-        "--worker",
-        DEMO,
-        "--jobs",
-        &jobs,
-        "--workers",
-        "2",
-        "--progress-interval",
-        "100ms",
-    ];
+    let args = run_args(&jobs, &["--workers", "2", "--progress-interval", "100ms"]);
     let ended = run(PROCPOOL, &args, &[]);
-    assert_eq!(ended.code, Some(1), "{ended:?}");
+    assert_exit(&ended, 1);
     let summaries: Vec<&str> = ended
         .stderr
         .lines()
@@ -727,11 +602,7 @@ fn plain_summaries_then_a_table_when_stderr_is_not_a_terminal() {
             cells == [status, kind, &n.to_string()]
         })
     };
-    assert!(
-        ended.stderr.contains("procpool: 10 jobs done in "),
-        "{}",
-        ended.stderr
-    );
+    assert_stderr_contains(&ended, "procpool: 10 jobs done in ");
     assert!(table("completed", "-", 8), "{}", ended.stderr);
     assert!(table("failed", "user_error", 1), "{}", ended.stderr);
     assert!(table("failed", "crashed", 1), "{}", ended.stderr);
@@ -749,21 +620,13 @@ fn json_logs() {
     let jobs = write_jobs(dir.path(), "jobs.jsonl", &[job("a", "add", "[1, 2]")]);
     let ended = run(
         PROCPOOL,
-        &[
-            "run",
-            "--worker",
-            DEMO,
-            "--jobs",
+        &run_args(
             &jobs,
-            "--quiet",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ],
+            &["--quiet", "--log-format", "json", "--log-level", "info"],
+        ),
         &[],
     );
-    assert_eq!(ended.code, Some(0), "{ended:?}");
+    assert_exit(&ended, 0);
     let logs: Vec<Value> = ended
         .stderr
         .lines()
@@ -788,11 +651,7 @@ fn progress_bar_on_a_terminal() {
         ws_ypixel: 0,
     };
     let pty = openpty(Some(&size), None).expect("openpty");
-    let mut cmd = base_command(
-        PROCPOOL,
-        &["run", "--worker", DEMO, "--jobs", &jobs, "--workers", "2"],
-        &[],
-    );
+    let mut cmd = base_command(PROCPOOL, &run_args(&jobs, &["--workers", "2"]), &[]);
     cmd.stderr(Stdio::from(pty.slave));
     let mut child = cmd.spawn().expect("spawn");
     // Dropped by `Stdio::from`'s owner, the command: only the child holds the terminal now,
@@ -811,18 +670,11 @@ fn progress_bar_on_a_terminal() {
         }
         String::from_utf8_lossy(&bytes).into_owned()
     });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("procpool under a terminal ran past {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_or_kill(
+        &mut child,
+        Instant::now() + DEADLINE,
+        "procpool under a terminal",
+    );
     let screen = screen.join().unwrap();
     assert_eq!(status.code(), Some(0), "{screen}");
     assert_eq!(stdout.join().unwrap().lines().count(), 6);
@@ -869,7 +721,7 @@ fn flags_beat_variables_beat_the_config_file_beats_the_defaults() {
 
     // The file alone: every flag from it, none on the command line.
     let ended = run(PROCPOOL, &["run", "--config", config], &[]);
-    assert_eq!(ended.code, Some(1), "{ended:?}");
+    assert_exit(&ended, 1);
     assert_eq!(timeout_ms(&ended), 300.0);
     // The same file named by PROCPOOL_CONFIG.
     let ended = run(PROCPOOL, &["run"], &[("PROCPOOL_CONFIG", config)]);
@@ -890,15 +742,15 @@ fn flags_beat_variables_beat_the_config_file_beats_the_defaults() {
     assert_eq!(timeout_ms(&ended), 500.0);
     // The built-in default, without file or variable: no timeout at all.
     let quick = write_jobs(dir.path(), "quick.jsonl", &[job("q", "sleep_ms", "[400]")]);
-    let ended = run(PROCPOOL, &["run", "--worker", DEMO, "--jobs", &quick], &[]);
-    assert_eq!(ended.code, Some(0), "{ended:?}");
+    let ended = run(PROCPOOL, &run_args(&quick, &[]), &[]);
+    assert_exit(&ended, 0);
     // Switches and global flags from variables: quiet, and the worker's own variable.
     let ended = run(
         PROCPOOL,
         &["run", "--jobs", &quick],
         &[("PROCPOOL_WORKER_PATH", DEMO), ("PROCPOOL_QUIET", "true")],
     );
-    assert_eq!(ended.code, Some(0), "{ended:?}");
+    assert_exit(&ended, 0);
     assert!(ended.stderr.is_empty(), "{ended:?}");
     // `procpool run --help` shows the file's values as defaults.
     let help = run(PROCPOOL, &["run", "--help", "--config", config], &[]);
@@ -921,15 +773,7 @@ fn a_bad_config_file_or_variable_exits_2_naming_the_problem() {
         std::fs::write(&config, text).unwrap();
         let ended = run(
             PROCPOOL,
-            &[
-                "run",
-                "--worker",
-                DEMO,
-                "--jobs",
-                &jobs,
-                "--config",
-                config.to_str().unwrap(),
-            ],
+            &run_args(&jobs, &["--config", config.to_str().unwrap()]),
             &[],
         );
         assert_eq!(ended.code, Some(2), "{text}: {ended:?}");
@@ -938,30 +782,18 @@ fn a_bad_config_file_or_variable_exits_2_naming_the_problem() {
     }
     let ended = run(
         PROCPOOL,
-        &[
-            "run",
-            "--worker",
-            DEMO,
-            "--jobs",
-            &jobs,
-            "--config",
-            "/nonexistent/p.toml",
-        ],
+        &run_args(&jobs, &["--config", "/nonexistent/p.toml"]),
         &[],
     );
-    assert_eq!(ended.code, Some(2), "{ended:?}");
-    assert!(
-        ended.stderr.contains("cannot read the config file"),
-        "{}",
-        ended.stderr
-    );
+    assert_exit(&ended, 2);
+    assert_stderr_contains(&ended, "cannot read the config file");
     let ended = run(
         PROCPOOL,
-        &["run", "--worker", DEMO, "--jobs", &jobs],
+        &run_args(&jobs, &[]),
         &[("PROCPOOL_WORKERS", "zero")],
     );
-    assert_eq!(ended.code, Some(2), "{ended:?}");
-    assert!(ended.stderr.contains("--workers"), "{}", ended.stderr);
+    assert_exit(&ended, 2);
+    assert_stderr_contains(&ended, "--workers");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -976,7 +808,7 @@ fn the_demo_binary_is_supervisor_and_worker_without_worker_flag() {
         &[job("a", "add", "[40, 2]"), job("b", "square", "[7]")],
     );
     let ended = run(DEMO, &["run", "--jobs", &jobs, "--workers", "2"], &[]);
-    assert_eq!(ended.code, Some(0), "{ended:?}");
+    assert_exit(&ended, 0);
     let results: HashMap<String, Value> = ended
         .stdout
         .lines()
@@ -991,11 +823,7 @@ fn the_demo_binary_is_supervisor_and_worker_without_worker_flag() {
 
     // The plain `procpool` binary registers no task: it needs --worker.
     let ended = run(PROCPOOL, &["run", "--jobs", &jobs], &[]);
-    assert_eq!(ended.code, Some(2), "{ended:?}");
-    assert!(
-        ended.stderr.contains("pass --worker PATH"),
-        "{}",
-        ended.stderr
-    );
+    assert_exit(&ended, 2);
+    assert_stderr_contains(&ended, "pass --worker PATH");
     assert!(ended.pid > 0);
 }

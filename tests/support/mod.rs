@@ -1,5 +1,6 @@
-//! Helpers shared by the black-box tests (`tests/pool.rs`, `tests/protocol.rs`): building
-//! pools on real worker binaries, and looking at processes through `/proc`.
+//! Helpers shared by the black-box tests (`tests/pool.rs`, `tests/protocol.rs`,
+//! `tests/cli.rs`, ...): building pools on real worker binaries, looking at processes
+//! through `/proc`, and waiting for a supervisor under a deadline.
 //!
 //! Every test takes [`serial`] first: the tests of one binary run one at a time, so "the
 //! children of this process" are exactly the workers of the test that is running, and a
@@ -181,4 +182,70 @@ impl Drop for KillOnDrop {
             }
         }
     }
+}
+
+/// Live workers of the supervisor `pid`: they carry its pid in `PROCPOOL_PARENT_PID`
+/// (procpool-proto's ENV_PARENT_PID, not re-exported by the facade). A zombie has no
+/// environment left, so it is not counted: it runs nothing.
+pub fn workers_of_supervisor(pid: u32) -> Vec<u32> {
+    let needle = format!("PROCPOOL_PARENT_PID={pid}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Unreadable (another user's process) or gone: not ours either way.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// Waits for `child` to exit, polling every 5 ms; past `deadline` it is killed (our own
+/// child, by its handle: never by name), reaped, and the test fails naming `what`.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    deadline: Instant,
+    what: &str,
+) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran past its deadline");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts that `text` (a help text) names every one of `needles`.
+#[track_caller]
+pub fn assert_names_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+/// A pool of one worker whose worker `old` is gone still serves `add(a, b)`, on a fresh
+/// worker.
+pub async fn assert_serves_on_a_new_worker(pool: &Pool, old: u32, (a, b): (i64, i64)) {
+    let sum = pool
+        .run(procpool_demo_tasks::add::task(a, b))
+        .await
+        .unwrap();
+    assert_eq!(sum, a + b);
+    let now = pool.worker_pids().await;
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], old, "the old worker {old} served again");
 }
