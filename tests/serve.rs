@@ -698,18 +698,24 @@ fn a_token_is_required_on_every_v1_route() {
     assert_eq!(server.call_as(None, "GET", "/metrics", None).status, 200);
 }
 
-/// `serve` refuses a non-loopback address without a token (exit 2, a clear message, no
-/// worker started), and an address it cannot bind (exit 2).
-#[test]
-fn a_public_address_without_a_token_is_refused() {
+/// Runs `procpool serve --listen ADDR` (no token) expecting exit 2; returns its stderr.
+fn serve_refused(addr: &str) -> String {
     let out = Command::new(PROCPOOL)
-        .args(["serve", "--worker", DEMO, "--listen", "0.0.0.0:0"])
+        .args(["serve", "--worker", DEMO, "--listen", addr])
         .env_remove("PROCPOOL_TOKEN")
         .stdin(Stdio::null())
         .output()
         .expect("run procpool serve");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// `serve` refuses a non-loopback address without a token (exit 2, a clear message, no
+/// worker started), and an address it cannot bind (exit 2).
+#[test]
+fn a_public_address_without_a_token_is_refused() {
+    let stderr = serve_refused("0.0.0.0:0");
     assert!(
         stderr.contains("without a token") && stderr.contains("--token"),
         "{stderr}"
@@ -718,13 +724,7 @@ fn a_public_address_without_a_token_is_refused() {
 
     // An address already taken: exit 2 as well, and the workers started for it are gone.
     let first = Server::start(&[], &[]);
-    let out = Command::new(PROCPOOL)
-        .args(["serve", "--worker", DEMO, "--listen", &first.addr])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run procpool serve");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = serve_refused(&first.addr);
     assert!(
         stderr.contains(&format!("cannot listen on {}", first.addr)),
         "{stderr}"

@@ -24,26 +24,14 @@ pub struct Stat {
     pub max: f64,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn stat(values: &[f64]) -> Option<Stat> {
     if values.is_empty() {
         return None;
     }
-    let mut v = values.to_vec();
-    let median = median(&mut v);
     Some(Stat {
-        median,
-        min: v[0],
-        max: v[v.len() - 1],
+        median: crate::median(values.to_vec()),
+        min: values.iter().copied().fold(f64::INFINITY, f64::min),
+        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     })
 }
 
