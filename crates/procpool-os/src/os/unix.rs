@@ -71,8 +71,8 @@ pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before any other thread.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 32 << 20);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
