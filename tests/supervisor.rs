@@ -59,7 +59,11 @@ fn base_command(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
 
 impl Supervisor {
     fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Supervisor {
-        let mut child = base_command(bin, args, env).spawn().expect("spawn");
+        Supervisor::spawn(base_command(bin, args, env))
+    }
+
+    fn spawn(mut cmd: Command) -> Supervisor {
+        let mut child = cmd.spawn().expect("spawn");
         let stdout = reader_thread(child.stdout.take().unwrap());
         let stderr = reader_thread(child.stderr.take().unwrap());
         Supervisor {
@@ -423,6 +427,77 @@ fn sigkill_mid_batch_then_resume_ends_with_one_record_per_job() {
     assert_exit(&ended, 1);
     assert_eq!(records_in(&out).len(), total);
     assert_stderr_contains(&ended, &format!("{total} skipped"));
+}
+
+/// A job file is checked for duplicate ids and finished jobs before the batch, in bounded
+/// memory (past 128k ids the check spills sorted runs to temporary files); standard input
+/// is checked as it streams in. Both give the same records, fresh and resumed.
+#[test]
+fn a_job_file_and_stdin_give_the_same_verdicts_past_the_in_memory_sort() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every 2000th line a job, the others duplicates of it: bad_job records, nothing runs.
+    let n = 140_000;
+    let lines: Vec<String> = (0..n)
+        .map(|i| job(&format!("j{}", i - i % 2000), "add", &format!("[{i}, 1]")))
+        .collect();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", &lines);
+    let run_both = |out_file: &Path, out_stdin: &Path, extra: &[&str]| {
+        let file = run(PROCPOOL, &batch_args(&jobs, out_file, extra), &[]);
+        let mut cmd = base_command(PROCPOOL, &batch_args("-", out_stdin, extra), &[]);
+        cmd.stdin(std::fs::File::open(&jobs).unwrap());
+        let stdin = Supervisor::spawn(cmd).wait();
+        for ended in [&file, &stdin] {
+            assert_exit(ended, 1);
+        }
+        let (a, b) = (verdicts(out_file), verdicts(out_stdin));
+        assert_eq!(a, b, "file and stdin disagree");
+        a
+    };
+    let fresh = run_both(
+        &dir.path().join("file.jsonl"),
+        &dir.path().join("stdin.jsonl"),
+        &[],
+    );
+    assert_eq!(fresh.len(), n, "one record per line");
+    for (i, v) in fresh.iter().enumerate() {
+        let expected = match i % 2000 {
+            0 => (i as u64 + 1, format!("j{i}"), format!("{}", i + 1)),
+            _ => (i as u64 + 1, format!("j{}", i - i % 2000), "bad_job".into()),
+        };
+        assert_eq!(*v, expected);
+    }
+
+    // Resumed from the first half of a run's records, as if killed there.
+    let text = std::fs::read_to_string(dir.path().join("file.jsonl")).unwrap();
+    let half: String = text.lines().take(n / 2).map(|l| format!("{l}\n")).collect();
+    let (resumed_file, resumed_stdin) = (dir.path().join("rf.jsonl"), dir.path().join("rs.jsonl"));
+    std::fs::write(&resumed_file, &half).unwrap();
+    std::fs::write(&resumed_stdin, &half).unwrap();
+    let resumed = run_both(&resumed_file, &resumed_stdin, &["--resume"]);
+    assert_eq!(
+        resumed, fresh,
+        "resumed: still one record per line, the same ones"
+    );
+}
+
+/// `(line, id, result or error kind)` of every record in `path`, by line.
+fn verdicts(path: &Path) -> Vec<(u64, String, String)> {
+    let mut v: Vec<_> = records_in(path)
+        .iter()
+        .map(|r| {
+            let outcome = match r["status"].as_str() {
+                Some("completed") => r["result"].to_string(),
+                _ => r["error"]["kind"].as_str().unwrap().to_owned(),
+            };
+            (
+                r["line"].as_u64().unwrap(),
+                r["id"].as_str().unwrap().to_owned(),
+                outcome,
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 // ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::ledger::{Claim, Key, Ledger};
+use crate::plan::Plan;
 
 /// One valid job line.
 #[derive(Debug, PartialEq)]
@@ -74,8 +75,48 @@ pub(crate) async fn open(path: &Path) -> anyhow::Result<Box<dyn AsyncBufRead + U
     Ok(Box::new(BufReader::new(file)))
 }
 
-/// Reads jobs line by line and remembers the ids seen (the only state that grows with
-/// the stream: one 128-bit hash per job, see `ledger.rs`).
+/// Where a line's verdict (new, duplicate, done by an earlier run) comes from.
+pub(crate) enum Seen {
+    /// Worked out as the jobs stream in, in memory (standard input).
+    Streaming(Ledger),
+    /// Worked out before the batch, in bounded memory (a job file).
+    Planned(Plan),
+}
+
+impl Seen {
+    fn claim(&mut self, id: &str, line: u64) -> std::io::Result<Claim> {
+        match self {
+            Seen::Streaming(ledger) => Ok(ledger.claim(Key::id(id))),
+            Seen::Planned(plan) => plan.claim(line),
+        }
+    }
+
+    fn take_bad_line(&mut self, line: u64) -> std::io::Result<bool> {
+        match self {
+            Seen::Streaming(ledger) => Ok(ledger.take_done(Key::line(line))),
+            Seen::Planned(plan) => plan.take_bad_line(line),
+        }
+    }
+}
+
+/// Whether a line holds no job.
+pub(crate) fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The id a line is claimed by: that of a JSON object with a string `id`, as
+/// [`JobReader`] reads it.
+pub(crate) fn line_id(line: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(mut obj)) => match obj.remove("id") {
+            Some(Value::String(id)) => Some(id),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Reads jobs line by line; the verdicts on ids come from [`Seen`].
 pub(crate) struct JobReader<R> {
     reader: R,
     /// The line being read. Kept across calls so that a cancelled [`JobReader::next`]
@@ -84,17 +125,17 @@ pub(crate) struct JobReader<R> {
     /// Number of the last complete line.
     line: u64,
     /// Ids seen, and the jobs an earlier run finished.
-    ledger: Ledger,
+    seen: Seen,
 }
 
 impl<R: AsyncBufRead + Unpin> JobReader<R> {
-    /// A reader that skips the jobs `ledger` marks done (none for a fresh ledger).
-    pub(crate) fn new(reader: R, ledger: Ledger) -> Self {
+    /// A reader that skips the jobs `seen` knows an earlier run finished.
+    pub(crate) fn new(reader: R, seen: Seen) -> Self {
         JobReader {
             reader,
             buf: Vec::new(),
             line: 0,
-            ledger,
+            seen,
         }
     }
 
@@ -109,14 +150,14 @@ impl<R: AsyncBufRead + Unpin> JobReader<R> {
             // A complete line (or the unterminated last one): no await from here on.
             self.line += 1;
             let line = std::mem::take(&mut self.buf);
-            if line.iter().all(u8::is_ascii_whitespace) {
+            if is_blank(&line) {
                 continue;
             }
-            return Ok(Some(self.parse(&line)));
+            return self.parse(&line).map(Some);
         }
     }
 
-    fn parse(&mut self, bytes: &[u8]) -> Parsed {
+    fn parse(&mut self, bytes: &[u8]) -> std::io::Result<Parsed> {
         let line = self.line;
         let mut bad = BadJob {
             line,
@@ -140,15 +181,15 @@ impl<R: AsyncBufRead + Unpin> JobReader<R> {
         // The id is claimed even when the rest of the line is bad, so that every record
         // of a run has a distinct id.
         let claim = match &bad.id {
-            Some(id) => self.ledger.claim(Key::id(id)),
+            Some(id) => self.seen.claim(id, line)?,
             None => Claim::New,
         };
         if claim == Claim::Resumed {
-            return Parsed::Skipped;
+            return Ok(Parsed::Skipped);
         }
         let duplicate = claim == Claim::Duplicate;
         match validate(obj, line) {
-            Ok(job) if !duplicate => Parsed::Job(job),
+            Ok(job) if !duplicate => Ok(Parsed::Job(job)),
             Ok(job) => {
                 bad.message = format!("duplicate id {:?} (ids must be unique)", job.id);
                 self.bad(bad)
@@ -164,21 +205,23 @@ impl<R: AsyncBufRead + Unpin> JobReader<R> {
         }
     }
 
-    /// Records of earlier runs that no line read so far matched; after the whole stream,
-    /// records for jobs that are not in it.
-    pub(crate) fn unmatched_records(&self) -> u64 {
-        self.ledger.pending_done()
+    /// After the whole stream: records of earlier runs for jobs that are not in it.
+    pub(crate) fn unmatched_records(&mut self) -> std::io::Result<u64> {
+        match &mut self.seen {
+            Seen::Streaming(ledger) => Ok(ledger.pending_done()),
+            Seen::Planned(plan) => plan.unmatched_records(),
+        }
     }
 
     /// A bad line, unless an earlier run already wrote its `bad_job` record. Bad lines
     /// are matched by line number: a duplicate carries the id of the job that owns it, so
     /// matching it by id would skip that job.
-    fn bad(&mut self, bad: BadJob) -> Parsed {
-        if self.ledger.take_done(Key::line(bad.line)) {
+    fn bad(&mut self, bad: BadJob) -> std::io::Result<Parsed> {
+        Ok(if self.seen.take_bad_line(bad.line)? {
             Parsed::Skipped
         } else {
             Parsed::Bad(bad)
-        }
+        })
     }
 }
 
@@ -277,13 +320,14 @@ fn type_of(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::Closed;
 
     async fn parse_all(input: &str) -> Vec<Parsed> {
         parse_with(input, Ledger::default()).await
     }
 
     async fn parse_with(input: &str, ledger: Ledger) -> Vec<Parsed> {
-        let mut reader = JobReader::new(input.as_bytes(), ledger);
+        let mut reader = JobReader::new(input.as_bytes(), Seen::Streaming(ledger));
         let mut out = Vec::new();
         while let Some(p) = reader.next().await.unwrap() {
             out.push(p);
@@ -403,9 +447,9 @@ mod tests {
         let mut ledger = Ledger::default();
         // An earlier run: `a` finished, line 3 (a duplicate of `b`) and line 4 (bad JSON)
         // got bad_job records; `b` itself never finished.
-        ledger.mark_done(Key::id("a"));
-        ledger.mark_done(Key::line(3));
-        ledger.mark_done(Key::line(4));
+        ledger.mark(Closed::Id(Key::id("a")));
+        ledger.mark(Closed::BadLine(3));
+        ledger.mark(Closed::BadLine(4));
         let parsed = parse_with(
             concat!(
                 "{\"id\":\"a\",\"task\":\"t\"}\n",

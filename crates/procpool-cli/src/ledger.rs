@@ -1,7 +1,7 @@
-//! The only per-job state of `procpool run`: which job ids were seen (to refuse a
-//! duplicate) and which jobs already have a record from an earlier run (`--resume`). Both
-//! live in one set of 128-bit hashes, about 20 bytes per job all told, so a batch of
-//! millions of jobs costs tens of megabytes, whatever the length of its ids.
+//! Which job ids were seen (to refuse a duplicate) and which jobs already have a record
+//! from an earlier run (`--resume`), kept in memory as the jobs stream in: one 128-bit
+//! hash per job, about 20 bytes per job all told. Used for jobs read from standard input;
+//! a job *file* is checked in bounded memory by `plan.rs`, which gives the same verdicts.
 //!
 //! Two distinct ids share a hash with probability about n²/2^128 (n = number of jobs):
 //! below 10^-20 for a billion jobs, far below the odds of a memory error.
@@ -14,7 +14,7 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 /// What a job is keyed by: its id, or for a line that has no usable id (a bad job), its
 /// line number. The two kinds are hashed with different seeds so they never meet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Key(u128);
+pub(crate) struct Key(pub(crate) u128);
 
 impl Key {
     pub(crate) fn id(id: &str) -> Key {
@@ -30,6 +30,16 @@ impl Key {
 /// job stream yet"; a clear bit means "met in the job stream". One entry per key either
 /// way, so resuming costs no extra memory per job.
 const DONE: u128 = 1;
+
+/// A job an earlier run wrote a record for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// By its id.
+    Id(Key),
+    /// A `bad_job` record, by its line number: a bad line may carry the id of another
+    /// job (a duplicate), so matching it by id would skip that job.
+    BadLine(u64),
+}
 
 /// How a job line relates to what came before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +89,16 @@ impl Ledger {
         }
     }
 
+    /// Records that an earlier run closed a job.
+    pub(crate) fn mark(&mut self, closed: Closed) {
+        self.mark_done(match closed {
+            Closed::Id(key) => key,
+            Closed::BadLine(line) => Key::line(line),
+        });
+    }
+
     /// Records that an earlier run wrote a record for `key`.
-    pub(crate) fn mark_done(&mut self, key: Key) {
+    fn mark_done(&mut self, key: Key) {
         if self.locate(key.0).is_none() {
             self.insert(key.0 | DONE);
             self.pending_done += 1;

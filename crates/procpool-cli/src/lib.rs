@@ -30,9 +30,11 @@
 
 mod cli;
 mod config;
+mod extsort;
 mod jobs;
 mod ledger;
 mod logging;
+mod plan;
 mod progress;
 mod records;
 mod resume;

@@ -71,11 +71,6 @@ impl Progress {
         progress
     }
 
-    /// Whether the job total is worth counting (someone will see it).
-    pub(crate) fn wants_total(&self) -> bool {
-        !matches!(self.view, View::Quiet)
-    }
-
     /// How often [`Progress::tick`] should be called; `None`: never.
     pub(crate) fn tick_every(&self) -> Option<Duration> {
         match self.view {
@@ -263,44 +258,5 @@ fn rate_text(rate: f64) -> String {
         format!("{rate:.0}")
     } else {
         format!("{rate:.1}")
-    }
-}
-
-/// Non-blank lines of a job file, read in chunks (never the whole file).
-pub(crate) fn count_jobs(path: &std::path::Path) -> std::io::Result<u64> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut count = 0;
-    let mut blank = true;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                count += u64::from(!blank);
-                blank = true;
-            } else if !b.is_ascii_whitespace() {
-                blank = false;
-            }
-        }
-    }
-    Ok(count + u64::from(!blank))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_non_blank_lines() {
-        let path = std::env::temp_dir().join(format!("procpool-count-{}", std::process::id()));
-        std::fs::write(&path, "a\n\n  \r\nb\nc").unwrap();
-        assert_eq!(count_jobs(&path).unwrap(), 3);
-        std::fs::write(&path, "a\nb\n").unwrap();
-        assert_eq!(count_jobs(&path).unwrap(), 2);
-        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! `procpool run --resume`: reads the records an earlier run left in `--out`, one line at
-//! a time, into the [`Ledger`] of jobs to skip, and finds where a torn last line begins
-//! (a record cut off by a SIGKILL mid-write) so that it can be cut before appending.
+//! a time, handing each job it closes to the checks that skip them (the in-memory
+//! `Ledger` or the job file's `Plan`), and finds where a torn last line begins (a record
+//! cut off by a SIGKILL mid-write) so that it can be cut before appending.
 
 use std::borrow::Cow;
 use std::io::BufRead as _;
@@ -9,12 +10,10 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::ledger::{Key, Ledger};
+use crate::ledger::{Closed, Key};
 
 /// What the results file holds.
 pub(crate) struct Previous {
-    /// The jobs that have a record.
-    pub(crate) ledger: Ledger,
     /// Records read.
     pub(crate) records: u64,
     /// Of those, the ones that did not complete (they decide the exit code too).
@@ -44,10 +43,13 @@ struct ErrorKind<'a> {
     kind: Option<Cow<'a, str>>,
 }
 
-/// Reads `path`; a missing file is an empty one (nothing ran yet).
-pub(crate) fn read(path: &Path) -> anyhow::Result<Previous> {
+/// Reads `path`, passing each job a record closes to `closed`; a missing file is an
+/// empty one (nothing ran yet).
+pub(crate) fn read(
+    path: &Path,
+    mut closed: impl FnMut(Closed) -> std::io::Result<()>,
+) -> anyhow::Result<Previous> {
     let mut previous = Previous {
-        ledger: Ledger::default(),
         records: 0,
         not_completed: 0,
         keep_len: 0,
@@ -88,16 +90,16 @@ pub(crate) fn read(path: &Path) -> anyhow::Result<Previous> {
                 path.display()
             )
         })?;
-        previous.ledger.mark_done(key);
+        closed(key).context("cannot keep the list of jobs to skip")?;
         previous.records += 1;
         previous.not_completed += u64::from(!completed);
     }
     Ok(previous)
 }
 
-/// The key of the job a record line closes (its line number for a `bad_job`, else its id),
-/// and whether the job completed.
-fn closing_key(line: &[u8]) -> Result<(Key, bool), String> {
+/// The job a record line closes (its line number for a `bad_job`, else its id), and
+/// whether the job completed.
+fn closing_key(line: &[u8]) -> Result<(Closed, bool), String> {
     let record: Closing = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     if !matches!(&*record.status, "completed" | "failed" | "cancelled") {
         return Err(format!("unknown status {:?}", record.status));
@@ -110,12 +112,12 @@ fn closing_key(line: &[u8]) -> Result<(Key, bool), String> {
     let key = if bad_job {
         record
             .line
-            .map(Key::line)
+            .map(Closed::BadLine)
             .ok_or_else(|| "a bad_job record without a line number".to_owned())?
     } else {
         record
             .id
-            .map(|id| Key::id(&id))
+            .map(|id| Closed::Id(Key::id(&id)))
             .ok_or_else(|| "a record without an id".to_owned())?
     };
     Ok((key, record.status == "completed"))
@@ -124,18 +126,21 @@ fn closing_key(line: &[u8]) -> Result<(Key, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Claim;
 
-    fn read_text(text: &str) -> anyhow::Result<Previous> {
+    fn read_text(text: &str) -> anyhow::Result<(Previous, Vec<Closed>)> {
         let dir = std::env::temp_dir().join(format!(
             "procpool-resume-{}-{}",
             std::process::id(),
             text.len()
         ));
         std::fs::write(&dir, text).unwrap();
-        let out = read(&dir);
+        let mut closed = Vec::new();
+        let out = read(&dir, |c| {
+            closed.push(c);
+            Ok(())
+        });
         std::fs::remove_file(&dir).unwrap();
-        out
+        out.map(|p| (p, closed))
     }
 
     #[test]
@@ -148,22 +153,26 @@ mod tests {
             "{\"id\":\"b\",\"status\":\"cancelled\",\"error\":{\"kind\":\"cancelled\"},\"line\":2}\n",
             "{\"id\":\"c\",\"sta",
         );
-        let mut p = read_text(text).unwrap();
+        let (p, closed) = read_text(text).unwrap();
         assert_eq!(p.records, 4);
         assert_eq!(p.not_completed, 3);
         let torn = "{\"id\":\"c\",\"sta".len();
         assert_eq!(p.torn, torn as u64);
         assert_eq!(p.keep_len, (text.len() - torn) as u64);
-        assert_eq!(p.ledger.claim(Key::id("a")), Claim::Resumed);
-        assert_eq!(p.ledger.claim(Key::id("b")), Claim::Resumed);
-        assert_eq!(p.ledger.claim(Key::id("c")), Claim::New);
-        assert!(p.ledger.take_done(Key::line(4)));
-        assert!(p.ledger.take_done(Key::line(5)));
+        assert_eq!(
+            closed,
+            [
+                Closed::Id(Key::id("a")),
+                Closed::BadLine(4),
+                Closed::BadLine(5),
+                Closed::Id(Key::id("b")),
+            ]
+        );
     }
 
     #[test]
     fn a_missing_file_is_empty_and_garbage_is_refused() {
-        let p = read(Path::new("/nonexistent/results.jsonl")).unwrap();
+        let p = read(Path::new("/nonexistent/results.jsonl"), |_| Ok(())).unwrap();
         assert_eq!((p.records, p.keep_len, p.torn), (0, 0, 0));
         let e = read_text("{\"id\":\"a\",\"status\":\"completed\",\"line\":1}\nnot json\n")
             .err()

@@ -15,12 +15,14 @@ use std::time::Instant;
 use anyhow::Context as _;
 use procpool::{JsonGraph, MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
 use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 use tokio::task::JoinSet;
 
 use crate::cli::{OnSignal, PolicyArgs, RunArgs, WorkerArgs};
-use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed};
+use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
 use crate::ledger::Ledger;
-use crate::progress::{self, Progress};
+use crate::plan::PlanBuilder;
+use crate::progress::Progress;
 use crate::records::{Record, Status};
 use crate::resume;
 use crate::signals::{Signals, Stop};
@@ -44,10 +46,37 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     if let Some(out) = &args.out {
         refuse_same_file(&args.jobs, out).map_err(Failure::Setup)?;
     }
-    // Read on this thread: nothing else runs yet.
+    // Read on this thread: nothing else runs yet. A job file is checked for duplicate
+    // ids and finished jobs before the batch, in bounded memory (plan.rs); standard input
+    // can be read only once, so it is checked as it streams in.
+    let mut plan = (args.jobs.as_os_str() != "-").then(PlanBuilder::new);
+    let mut ledger = Ledger::default();
     let previous = match &args.out {
-        Some(out) if args.resume => Some(resume::read(out).map_err(Failure::Setup)?),
+        Some(out) if args.resume => Some(
+            resume::read(out, |closed| match &mut plan {
+                Some(plan) => plan.done(closed),
+                None => {
+                    ledger.mark(closed);
+                    Ok(())
+                }
+            })
+            .map_err(Failure::Setup)?,
+        ),
         _ => None,
+    };
+    let (seen, input): (Seen, Box<dyn AsyncBufRead + Unpin + Send>) = match plan {
+        Some(plan) => {
+            let started = Instant::now();
+            let plan = plan.scan(&args.jobs).map_err(Failure::Setup)?;
+            tracing::info!(
+                jobs = plan.jobs(),
+                "job ids checked in {:.2}s",
+                started.elapsed().as_secs_f64()
+            );
+            let input = Box::new(input.take(plan.len()));
+            (Seen::Planned(plan), input)
+        }
+        None => (Seen::Streaming(ledger), input),
     };
     // Before the first worker starts: from here on a SIGINT or SIGTERM is ours to handle,
     // and one that arrives during start-up is seen first thing by the loop.
@@ -65,38 +94,32 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let mut out = open_output(args.out.as_deref(), keep).map_err(Failure::Setup)?;
     tracing::info!(workers = pool.size(), "pool started");
     let earlier_not_completed = previous.as_ref().map_or(0, |p| p.not_completed);
-    let ledger = match previous {
-        Some(p) => {
-            tracing::info!(
-                records = p.records,
-                "resuming: jobs with a record are skipped"
-            );
-            if p.torn > 0 {
-                tracing::warn!(
-                    "cut a torn record ({} bytes, written when the earlier run was killed) \
+    if let Some(p) = previous {
+        tracing::info!(
+            records = p.records,
+            "resuming: jobs with a record are skipped"
+        );
+        if p.torn > 0 {
+            tracing::warn!(
+                "cut a torn record ({} bytes, written when the earlier run was killed) \
                      from the end of {}",
-                    p.torn,
-                    out.name
-                );
-            }
-            p.ledger
+                p.torn,
+                out.name
+            );
         }
-        None => Ledger::default(),
-    };
+    }
 
     let mut progress = Progress::new(&args.feedback);
-    let total = (progress.wants_total() && args.jobs.as_os_str() != "-").then(|| {
-        let path = args.jobs.clone();
-        tokio::task::spawn_blocking(move || progress::count_jobs(&path))
-    });
+    if let Seen::Planned(plan) = &seen {
+        progress.set_total(plan.jobs());
+    }
     let batch = Batch {
         pool: &pool,
-        reader: JobReader::new(input, ledger),
+        reader: JobReader::new(input, seen),
         out: &mut out,
         progress: &mut progress,
         signals: &mut signals,
         on_signal: args.on_signal,
-        total,
     };
     let outcome = batch.run().await.map_err(Failure::Runtime)?;
     pool.shutdown(if outcome.stop.is_some() {
@@ -221,13 +244,11 @@ struct Outcome {
 /// Everything the batch loop works with.
 struct Batch<'a> {
     pool: &'a Pool,
-    reader: JobReader<Box<dyn tokio::io::AsyncBufRead + Unpin + Send>>,
+    reader: JobReader<Box<dyn AsyncBufRead + Unpin + Send>>,
     out: &'a mut Output,
     progress: &'a mut Progress,
     signals: &'a mut Signals,
     on_signal: OnSignal,
-    /// The background count of job lines, for the progress total.
-    total: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
 }
 
 impl Batch<'_> {
@@ -310,14 +331,6 @@ impl Batch<'_> {
                         joined = in_flight.try_join_next();
                     }
                 }
-                counted = maybe(&mut self.total) => {
-                    self.total = None;
-                    match counted {
-                        Ok(Ok(n)) => self.progress.set_total(n),
-                        Ok(Err(e)) => tracing::debug!("cannot count the jobs: {e}"),
-                        Err(e) => tracing::debug!("the job count failed: {e}"),
-                    }
-                }
                 _ = tick(&mut ticker) => {
                     let running = pool.status().await.busy;
                     self.progress.tick(running);
@@ -349,8 +362,11 @@ impl Batch<'_> {
             }
         }
         self.out.flush()?;
-        let unmatched = self.reader.unmatched_records();
-        if input_done && unmatched > 0 {
+        let unmatched = match input_done {
+            true => self.reader.unmatched_records()?,
+            false => 0,
+        };
+        if unmatched > 0 {
             tracing::warn!(
                 "{unmatched} records in {} match no line of the job file (did the job file \
                  change since the earlier run?)",
@@ -361,15 +377,6 @@ impl Batch<'_> {
             killing.await.context("the pool shutdown task panicked")?;
         }
         Ok(outcome)
-    }
-}
-
-/// Waits for `f` if there is one; never resolves otherwise (a disabled `select!` branch
-/// that needs no precondition).
-async fn maybe<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
     }
 }
 
