@@ -371,8 +371,14 @@ RESUME (--resume --out FILE):
   owns the id. The job file must therefore not change between the runs. A line of FILE
   that is not a record (other than a torn last line) stops the run before anything
   starts (exit 2). The exit code covers the records kept from the earlier runs too: 0
-  only if every record in FILE is `completed`. Memory: 16 bytes per job id (a 128-bit
-  hash), for the duplicate check and the skip list together.
+  only if every record in FILE is `completed`.
+
+MEMORY:
+  The supervisor's memory does not grow with the batch. A job file is read once before
+  the batch to find duplicate ids and, with --resume, the jobs to skip; past 128k ids
+  that check sorts on disk (unnamed temporary files in $TMPDIR, about 24 bytes per job,
+  gone when it ends). Jobs from stdin are checked as they stream in, in memory: 16 bytes
+  per job.
 
 SIGNALS:
   The first SIGINT or SIGTERM stops dispatching: no new job is read. Then, per
@@ -386,7 +392,7 @@ SIGNALS:
 
 PROGRESS (stderr; stdout or --out only ever get records):
   On a terminal, a live bar: jobs done of the total, failed, running, rate, ETA. The
-  total is counted from the job file in the background (none for stdin). Otherwise a
+  total is that of the job file (none for stdin). Otherwise a
   line every --progress-interval, e.g.
     procpool: 12.0s: 4000 of 100000 jobs done, 3 failed, 8 running, 333 jobs/s, ETA 4m 48s
   At the end, a table of the jobs by status and error kind. --quiet turns all of this

@@ -24,8 +24,9 @@
 //! parse the command line ([`cli`], with variables and the config file from [`config`]),
 //! set up logging ([`logging`]), run the subcommand on a tokio runtime, and turn the
 //! outcome into the exit code scripts rely on ([`Exit`]). The batch loop lives in [`run`],
-//! the job format in [`jobs`], the result format in [`records`], `--resume` in [`resume`]
-//! and [`ledger`], signals in [`signals`], the operator's view in [`progress`], the task
+//! the job format in [`jobs`], the result format in [`records`], `--resume` in [`resume`],
+//! duplicate ids and skips in [`plan`] (a job file, with [`extsort`]) and [`ledger`]
+//! (stdin), signals in [`signals`], the operator's view in [`progress`], the task
 //! listing in [`tasks`].
 
 mod cli;
