@@ -507,6 +507,26 @@ fn jobs_from_stdin() {
     );
 }
 
+/// A pipe given as a path (`--jobs <(generate)`, here `/dev/stdin` on a pipe) is read
+/// once, as it streams: its duplicate ids are still found and every job runs.
+#[test]
+fn jobs_from_a_pipe_given_as_a_path() {
+    let run = procpool(
+        &["run", "--worker", DEMO, "--jobs", "/dev/stdin"],
+        "{\"id\": \"a\", \"task\": \"add\", \"args\": [1, 1]}\n\
+         {\"id\": \"a\", \"task\": \"add\", \"args\": [2, 2]}\n\
+         {\"id\": \"b\", \"task\": \"add\", \"args\": [3, 3]}\n",
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = run.records();
+    assert_eq!(records.len(), 3, "{run:?}");
+    let at = |line: u64| records.iter().find(|r| r["line"] == line).unwrap();
+    assert_eq!(at(1)["result"], 2);
+    assert_eq!(at(2)["error"]["kind"], "bad_job");
+    assert_message_contains(at(2), "duplicate id");
+    assert_eq!(at(3)["result"], 6);
+}
+
 #[test]
 fn results_stream_before_the_input_ends() {
     let mut child = command(&["run", "--worker", DEMO, "--workers", "1", "--jobs", "-"])

@@ -377,8 +377,8 @@ MEMORY:
   The supervisor's memory does not grow with the batch. A job file is read once before
   the batch to find duplicate ids and, with --resume, the jobs to skip; past 128k ids
   that check sorts on disk (unnamed temporary files in $TMPDIR, about 24 bytes per job,
-  gone when it ends). Jobs from stdin are checked as they stream in, in memory: 16 bytes
-  per job.
+  gone when it ends). Jobs from stdin or a pipe are checked as they stream in, in memory:
+  16 bytes per job.
 
 SIGNALS:
   The first SIGINT or SIGTERM stops dispatching: no new job is read. Then, per

@@ -4,8 +4,8 @@
 //! the short list of lines that do not simply run (duplicates, jobs already done). The
 //! batch reads that list alongside the jobs. Memory stays at a few MiB whatever the length
 //! of the file; the sort spills to unnamed temporary files (about 24 bytes per job, for
-//! the length of the pass). Standard input cannot be read twice: it keeps the in-memory
-//! [`Ledger`](crate::ledger::Ledger), whose semantics this reproduces exactly.
+//! the length of the pass). Standard input or a pipe cannot be read twice: they keep the
+//! in-memory [`Ledger`](crate::ledger::Ledger), whose verdicts this reproduces exactly.
 
 use std::io::{self, BufRead as _};
 use std::path::Path;

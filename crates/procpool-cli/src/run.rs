@@ -48,8 +48,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     // Read on this thread: nothing else runs yet. A job file is checked for duplicate
     // ids and finished jobs before the batch, in bounded memory (plan.rs); standard input
-    // can be read only once, so it is checked as it streams in.
-    let mut plan = (args.jobs.as_os_str() != "-").then(PlanBuilder::new);
+    // or a pipe (`--jobs <(generate)`) can be read only once, so it is checked as it
+    // streams in.
+    let regular_file =
+        args.jobs.as_os_str() != "-" && std::fs::metadata(&args.jobs).is_ok_and(|m| m.is_file());
+    let mut plan = regular_file.then(PlanBuilder::new);
     let mut ledger = Ledger::default();
     let previous = match &args.out {
         Some(out) if args.resume => Some(
@@ -102,7 +105,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         if p.torn > 0 {
             tracing::warn!(
                 "cut a torn record ({} bytes, written when the earlier run was killed) \
-                     from the end of {}",
+                 from the end of {}",
                 p.torn,
                 out.name
             );
@@ -362,9 +365,10 @@ impl Batch<'_> {
             }
         }
         self.out.flush()?;
-        let unmatched = match input_done {
-            true => self.reader.unmatched_records()?,
-            false => 0,
+        let unmatched = if input_done {
+            self.reader.unmatched_records()?
+        } else {
+            0
         };
         if unmatched > 0 {
             tracing::warn!(
