@@ -632,6 +632,45 @@ fn out_file_is_created_or_truncated_and_stdout_stays_empty() {
     );
 }
 
+/// A closed pipe on stderr (`2>&1 | head`, a hung-up terminal) loses log lines, never
+/// results: `eprintln!` and `tracing`'s default error report would panic there.
+#[test]
+fn a_closed_stderr_loses_no_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_file(
+        dir.path(),
+        "jobs.jsonl",
+        "{\"id\": \"a\", \"task\": \"noisy\", \"args\": [5]}\n\
+         {\"id\": \"b\", \"task\": \"noisy\", \"args\": [5]}\n\
+         {\"id\": \"c\", \"task\": \"add\", \"args\": [1, 2]}\n",
+    );
+    let out = dir.path().join("out.jsonl");
+    // Every task output line is logged at `info`, and the summary table goes to stderr.
+    let mut child = command(&[
+        "run",
+        "--worker",
+        DEMO,
+        "--jobs",
+        &jobs,
+        "--out",
+        out.to_str().unwrap(),
+        "--log-level",
+        "info",
+    ])
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("spawn procpool");
+    drop(child.stderr.take());
+    let status = wait_with_deadline(&mut child, &["run", "with stderr closed"]);
+    assert_no_workers_left(child.id());
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let records = parse_records(&std::fs::read_to_string(&out).unwrap());
+    let records = by_id(&records);
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records["a"]["result"], 5);
+    assert_eq!(records["c"]["result"], 3);
+}
+
 // ---------------------------------------------------------------------------------------
 // run: unusable workers (exit 2, nothing run, no records)
 

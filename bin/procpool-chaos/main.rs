@@ -51,7 +51,12 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 /// Runs tasks with injected faults through a procpool pool and checks every verdict.
 #[derive(Debug, Parser)]
-#[command(name = "procpool-chaos", version)]
+#[command(
+    name = "procpool-chaos",
+    version,
+    after_help = "The pool's logs go to stderr as RUST_LOG asks, e.g. \
+                  RUST_LOG=procpool_core=debug shows every retry with its cause."
+)]
 struct Args {
     /// Tasks to run.
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -127,6 +132,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        // Its default report of a write error is an `eprintln!`, which panics when
+        // stderr is closed.
+        .log_internal_errors(false)
+        .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -203,6 +215,7 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
         cancels: BTreeMap::new(),
         kills: Arc::new(AtomicU64::new(0)),
         killed: HashSet::new(),
+        dying: Vec::new(),
         groups: HashSet::new(),
         seen: vec![false; args.tasks],
         judged: 0,
@@ -285,6 +298,8 @@ struct Run {
     kills: Arc<AtomicU64>,
     /// Pids SIGKILLed from outside.
     killed: HashSet<u32>,
+    /// Those of them not yet reaped by the pool, as last checked.
+    dying: Vec<u32>,
     /// Every worker pid seen: each leads its own process group.
     groups: HashSet<u32>,
     /// Tasks that got their verdict, by index, and how many.
@@ -302,8 +317,18 @@ impl Run {
         let (tx, rx) = oneshot::channel();
         self.cancels.insert(planned.index, tx);
         let event = planned.event;
-        self.in_flight
-            .spawn(drive(planned, handle, rx, self.kills.clone()));
+        // Counted here, not when `drive` first runs: the kill that rides on this task may
+        // be sent before the spawned future is polled. Kills of workers not yet reaped
+        // count too: the pool may hand this task to such a worker before it sees the death.
+        self.dying.retain(|&pid| procs::is_own_child(pid));
+        let kills_at_submit = self.kills.load(Ordering::SeqCst) - self.dying.len() as u64;
+        self.in_flight.spawn(drive(
+            planned,
+            handle,
+            rx,
+            self.kills.clone(),
+            kills_at_submit,
+        ));
         match event {
             None => {}
             Some(Event::KillWorker) => self.kill_random_worker().await,
@@ -319,6 +344,7 @@ impl Run {
             // Only a live, unreaped child of ours: its pid cannot belong to anyone else.
             Some(&pid) if procs::is_own_child(pid) => {
                 self.killed.insert(pid);
+                self.dying.push(pid);
                 self.kills.fetch_add(1, Ordering::SeqCst);
                 self.tally.kills_sent += 1;
                 // ESRCH: it died on its own meanwhile; fine.
@@ -435,8 +461,8 @@ async fn drive(
     mut handle: AnyHandle,
     mut cancel: oneshot::Receiver<()>,
     kills: Arc<AtomicU64>,
+    kills_at_submit: u64,
 ) -> Finished {
-    let kills_at_submit = kills.load(Ordering::SeqCst);
     let mut cancel_requested = false;
     let mut listening = true;
     let outcome = loop {

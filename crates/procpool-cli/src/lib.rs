@@ -29,6 +29,15 @@
 //! (stdin), signals in [`signals`], the operator's view in [`progress`], the task
 //! listing in [`tasks`].
 
+/// `eprintln!` that shrugs off a closed pipe or a hung-up terminal on stderr, where
+/// `eprintln!` would panic: the supervisor's messages must never cost it its results.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod config;
 mod extsort;
@@ -91,7 +100,7 @@ pub fn main() -> ExitCode {
     let command = match config::command(&argv) {
         Ok(command) => command,
         Err(e) => {
-            eprintln!("procpool: error: {e}");
+            say!("procpool: error: {e}");
             return Exit::Usage.into();
         }
     };
@@ -109,7 +118,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("procpool: error: cannot start the async runtime: {e}");
+            say!("procpool: error: cannot start the async runtime: {e}");
             return Exit::JobsFailed.into();
         }
     };
@@ -135,11 +144,11 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(exit) => exit.into(),
         Err(Failure::Setup(e)) => {
-            eprintln!("procpool: error: {e:#}");
+            say!("procpool: error: {e:#}");
             Exit::Usage.into()
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("procpool: error: {e:#}");
+            say!("procpool: error: {e:#}");
             Exit::JobsFailed.into()
         }
     }

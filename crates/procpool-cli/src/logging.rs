@@ -23,6 +23,9 @@ pub(crate) fn init(level: Option<LogLevel>, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
+        // On a write error the default is to report it with `eprintln!`, which panics when
+        // stderr is a closed pipe or a hung-up terminal; a lost log line is the lesser evil.
+        .log_internal_errors(false)
         .with_target(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

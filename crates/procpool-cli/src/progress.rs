@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -121,7 +121,7 @@ impl Progress {
                     Some(total) => format!("{} of {total} jobs done", self.done),
                     None => format!("{} jobs done", self.done),
                 };
-                eprintln!(
+                say!(
                     "procpool: {:.1}s: {done}, {}",
                     self.started.elapsed().as_secs_f64(),
                     self.counters()
@@ -140,9 +140,9 @@ impl Progress {
             }
             View::Lines(_) => {}
         }
-        eprint!("{}", self.table());
+        let _ = std::io::stderr().write_all(self.table().as_bytes());
         for note in notes {
-            eprintln!("procpool: {note}");
+            say!("procpool: {note}");
         }
     }
 

@@ -47,7 +47,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let server = Server::bind(pool, settings)
         .await
         .map_err(|e| Failure::Setup(e.into()))?;
-    eprintln!(
+    say!(
         "procpool serve: listening on http://{}",
         server.local_addr()
     );
@@ -55,7 +55,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         .run(stops)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
-    eprintln!("procpool serve: stopped by {}", signal.name());
+    say!("procpool serve: stopped by {}", signal.name());
     Ok(match signal {
         Stop::Interrupt => Exit::Interrupted,
         Stop::Terminate => Exit::Terminated,

@@ -3,6 +3,7 @@
 //! because it shares nothing with the batch loop but the worker flags.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use procpool::{Shutdown, TaskInfo};
 
@@ -24,8 +25,13 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<Exit, Failure> {
     } else {
         table(&tasks)
     };
-    print!("{text}");
-    Ok(Exit::Success)
+    // A reader that stopped early (`| head`) is not an error; a full disk is.
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::Runtime(
+            anyhow::anyhow!("cannot write the task list: {e}"),
+        )),
+        _ => Ok(Exit::Success),
+    }
 }
 
 /// Columns TASK, PARAMETERS, RESULT, NOTES; `-` for no parameters.

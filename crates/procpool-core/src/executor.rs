@@ -3,12 +3,13 @@
 //! It never touches pool-wide state; it talks to the dispatcher through channels only.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt as _, SinkExt, StreamExt};
 use procpool_os::{ExitVerdict, Pgid, Signal};
 use procpool_proto::{
     ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER, FrameCodec, FromWorker,
@@ -107,8 +108,34 @@ pub(crate) fn start(
         stdout,
         stderr,
     };
-    tokio::spawn(exec.run(child, stream));
+    tokio::spawn(async move {
+        let (worker, events) = (exec.worker, exec.events.clone());
+        // A panic in here (a bug, or a log writer that panics) must not leave the
+        // dispatcher waiting for this worker forever. Its group guard has killed the
+        // worker by then; the tasks it held were dropped and resolve as `PoolClosed`.
+        if let Err(panic) = AssertUnwindSafe(exec.run(child, stream))
+            .catch_unwind()
+            .await
+        {
+            let _ = events.send(WorkerEvent::Exited {
+                worker,
+                start_failure: Some(format!(
+                    "the supervisor task of worker {pid} panicked: {}",
+                    panic_message(panic.as_ref())
+                )),
+                unstarted: Vec::new(),
+            });
+        }
+    });
     Ok(tx)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 struct Executor {
