@@ -30,11 +30,13 @@ mod config;
 mod dispatcher;
 mod errors;
 mod executor;
+mod host;
 mod internal;
 #[cfg(target_os = "linux")]
 mod orphans;
 mod output;
 mod pool;
+mod spawn;
 mod task;
 
 pub use config::{PoolBuilder, RetryPolicy};
