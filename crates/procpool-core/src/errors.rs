@@ -203,7 +203,7 @@ pub enum PoolError {
         message: String,
     },
     /// The supervisor thread (or, for `start`, the spawner thread) could not be created.
-    #[error("error starting the supervisor thread")]
+    #[error("error starting the supervisor or spawner thread")]
     Supervisor(#[source] std::io::Error),
     /// [`PoolBuilder::start`](crate::PoolBuilder::start) was not called from within a
     /// tokio runtime.
