@@ -494,7 +494,11 @@ impl Executor {
         sub.shared.start(self.pid);
         timers.deadline = sub.timeout.map(|t| Instant::now() + t);
         timers.timed_out = None;
-        timers.rss_check.reset();
+        // Resetting re-registers the interval's timer with the runtime: not on every task
+        // when there is no limit to check.
+        if self.settings.max_rss.is_some() {
+            timers.rss_check.reset();
+        }
     }
 
     /// Delivers an outcome, or hands the task back for another attempt when its retry
