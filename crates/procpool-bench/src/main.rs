@@ -99,8 +99,10 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
 
-    /// Systems to run, comma-separated: floor_pipe, floor_tokio, procpool, procspawn,
-    /// python_ppe. Default: the floors, procpool, and each peer whose program is given.
+    /// Systems to run, comma-separated: floor_pipe, floor_tokio, procpool, procpool_build,
+    /// procspawn, python_ppe. Default: the floors, procpool, and each peer whose program is
+    /// given. `procpool` runs the pool on the bench's runtime (`PoolBuilder::start`);
+    /// `procpool_build` on its own supervisor thread (`build`), for comparison.
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<String>>,
 
@@ -144,12 +146,14 @@ enum ChildMode {
     PipeEcho,
     FrameWorker,
     QueuedProcpool,
+    QueuedProcpoolBuild,
 }
 
-const ALL_SYSTEMS: [&str; 5] = [
+const ALL_SYSTEMS: [&str; 6] = [
     "floor_pipe",
     "floor_tokio",
     "procpool",
+    "procpool_build",
     "procspawn",
     "python_ppe",
 ];
@@ -172,9 +176,13 @@ fn run_child(mode: ChildMode, n: Option<u64>, worker: Option<PathBuf>) -> Result
     match mode {
         ChildMode::PipeEcho => floor_pipe::child_main(),
         ChildMode::FrameWorker => floor_tokio::child_main(),
-        ChildMode::QueuedProcpool => pp::queued_child(
+        ChildMode::QueuedProcpool | ChildMode::QueuedProcpoolBuild => pp::queued_child(
             &worker.context("--worker is required")?,
             n.context("--n is required")?,
+            match mode {
+                ChildMode::QueuedProcpoolBuild => pp::Mode::Build,
+                _ => pp::Mode::Start,
+            },
         ),
     }
 }
@@ -246,6 +254,8 @@ fn run(cli: Cli) -> Result<()> {
         None => ALL_SYSTEMS
             .iter()
             .filter(|s| match **s {
+                // Only on request: the same pool on its own supervisor thread.
+                "procpool_build" => false,
                 "procspawn" => cli.procspawn_peer.is_some(),
                 "python_ppe" => cli.python_script.is_some(),
                 _ => true,
@@ -260,7 +270,8 @@ fn run(cli: Cli) -> Result<()> {
         let s = match name.as_str() {
             "floor_pipe" => System::Pipe(floor_pipe::FloorPipe::new(&exe)),
             "floor_tokio" => System::Tokio(floor_tokio::FloorTokio::new(&exe)),
-            "procpool" => System::Procpool(pp::Procpool::new(&worker, &exe)),
+            "procpool" => System::Procpool(pp::Procpool::new(&worker, &exe, pp::Mode::Start)),
+            "procpool_build" => System::Procpool(pp::Procpool::new(&worker, &exe, pp::Mode::Build)),
             "procspawn" => {
                 let path = cli
                     .procspawn_peer
@@ -373,6 +384,10 @@ fn run(cli: Cli) -> Result<()> {
     print!("{}", results.table());
     println!();
     print!("{}", results.ratios());
+    if let Some(modes) = results.mode_ratios() {
+        println!();
+        print!("{modes}");
+    }
     println!();
     println!("Definitions:");
     for line in definitions(&params, scale) {
@@ -423,6 +438,7 @@ fn definitions(p: &Params, scale: Scale) -> Vec<String> {
     let py = p.for_system("python_ppe", scale);
     vec![
         "all systems: 2 workers; units: us, ms, tasks/s, MiB/s, MiB, bytes".into(),
+        "procpool: PoolBuilder::start, the pool on the bench's current-thread runtime (procpool_build, on request: PoolBuilder::build, its own supervisor thread)".into(),
         format!(
             "rtt_us: {} sequential submit -> typed result in 10 chunks, median of the chunk means (python: {})",
             p.rtt_n, py.rtt_n

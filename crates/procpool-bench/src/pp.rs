@@ -1,12 +1,14 @@
 //! procpool through its public API only: `procpool::Pool`, the typed demo tasks, the
-//! `procpool-demo` worker binary.
+//! `procpool-demo` worker binary. The `procpool` column runs the pool on the bench's own
+//! runtime (`PoolBuilder::start`), as a tokio application would; `procpool_build`, not
+//! run by default, measures the same on the pool's own supervisor thread (`build`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use procpool::{Bytes, Pool, PoolBuilder};
+use procpool::{Bytes, Pool, PoolBuilder, Shutdown};
 use procpool_demo_tasks as demo;
 use tokio::runtime::Runtime;
 
@@ -14,9 +16,34 @@ use crate::params::{Group, Params};
 use crate::sys;
 use crate::{Outcome, median, ms, rtt_chunks, us};
 
+/// Where the pool runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// On the caller's runtime: `PoolBuilder::start`.
+    Start,
+    /// On its own supervisor thread: `PoolBuilder::build`.
+    Build,
+}
+
+impl Mode {
+    async fn open(self, b: &PoolBuilder) -> Result<Pool> {
+        Ok(match self {
+            Mode::Start => b.start().await?,
+            Mode::Build => b.build()?,
+        })
+    }
+}
+
 pub struct Procpool {
     worker: PathBuf,
     exe: PathBuf,
+    mode: Mode,
+}
+
+/// Stops a measured pool and waits until every worker is reaped, so that nothing of it
+/// runs on into the next system's measurement.
+async fn close(pool: Pool) {
+    pool.shutdown(Shutdown::Kill).await;
 }
 
 fn builder(worker: &Path) -> PoolBuilder {
@@ -49,10 +76,11 @@ async fn settle(pool: &Pool, idle: usize, starts: Option<u64>) -> Result<()> {
 }
 
 impl Procpool {
-    pub fn new(worker: &Path, exe: &Path) -> Procpool {
+    pub fn new(worker: &Path, exe: &Path, mode: Mode) -> Procpool {
         Procpool {
             worker: worker.to_owned(),
             exe: exe.to_owned(),
+            mode,
         }
     }
 
@@ -65,9 +93,10 @@ impl Procpool {
 
     async fn measure_async(&mut self, g: Group, p: &Params) -> Result<Outcome> {
         let w = &self.worker;
+        let mode = self.mode;
         match g {
             Group::Rtt => {
-                let pool = builder(w).build()?;
+                let pool = mode.open(&builder(w)).await?;
                 for i in 0..100 {
                     add(&pool, i).await?;
                 }
@@ -79,32 +108,37 @@ impl Procpool {
                     }
                     chunks.push(us(t.elapsed()) / len as f64);
                 }
+                close(pool).await;
                 Ok(Outcome::one("rtt_us", median(chunks)))
             }
             Group::TputStrict => {
-                let pool = builder(w).build()?;
+                let pool = mode.open(&builder(w)).await?;
                 let v = throughput(&pool, p.tput_n).await?;
+                close(pool).await;
                 Ok(Outcome::one("tput_strict_per_s", v))
             }
             Group::TputWindow => {
                 // `prefetch(k)` keeps k tasks queued in a busy worker beside the running one.
-                let pool = builder(w).prefetch(p.window as usize - 1).build()?;
+                let pool = mode
+                    .open(builder(w).prefetch(p.window as usize - 1))
+                    .await?;
                 let v = throughput(&pool, p.window_n).await?;
+                close(pool).await;
                 Ok(Outcome::one("tput_window_per_s", v))
             }
             Group::SpawnReady => {
                 let mut total = Duration::ZERO;
                 for _ in 0..p.spawn_k {
                     let t = Instant::now();
-                    let pool = builder(w).build()?;
+                    let pool = mode.open(&builder(w)).await?;
                     add(&pool, 1).await?;
                     total += t.elapsed();
-                    drop(pool);
+                    close(pool).await;
                 }
                 Ok(Outcome::one("spawn_ready_ms", ms(total) / p.spawn_k as f64))
             }
             Group::FreshProcess => {
-                let pool = builder(w).max_tasks_per_worker(1).build()?;
+                let pool = mode.open(builder(w).max_tasks_per_worker(1)).await?;
                 let before = pool.status().await.worker_starts;
                 let t = Instant::now();
                 let handles: Vec<_> = (0..p.fresh_n)
@@ -120,10 +154,11 @@ impl Procpool {
                     "only {starts} worker starts for {} tasks",
                     p.fresh_n
                 );
+                close(pool).await;
                 Ok(Outcome::one("fresh_process_per_s", v))
             }
             Group::Cancel => {
-                let pool = builder(w).build()?;
+                let pool = mode.open(&builder(w)).await?;
                 add(&pool, 1).await?;
                 let mut resolve = Duration::ZERO;
                 let mut replace = Duration::ZERO;
@@ -149,13 +184,14 @@ impl Procpool {
                     resolve += t1;
                     replace += t2;
                 }
+                close(pool).await;
                 Ok(Outcome::many(vec![
                     ("cancel_resolve_ms", ms(resolve) / p.cancel_k as f64),
                     ("cancel_replace_ms", ms(replace) / p.cancel_k as f64),
                 ]))
             }
             Group::Crash => {
-                let pool = builder(w).build()?;
+                let pool = mode.open(&builder(w)).await?;
                 add(&pool, 1).await?;
                 let mut total = Duration::ZERO;
                 for _ in 0..p.crash_k {
@@ -168,13 +204,14 @@ impl Procpool {
                         other => bail!("segfault gave {other:?}"),
                     }
                 }
+                close(pool).await;
                 Ok(Outcome::one(
                     "crash_detect_ms",
                     ms(total) / p.crash_k as f64,
                 ))
             }
             Group::Blob => {
-                let pool = builder(w).build()?;
+                let pool = mode.open(&builder(w)).await?;
                 let n = p.blob_bytes;
                 let one = || async {
                     let b: Bytes = pool.submit(demo::bytes::task(n)).await?;
@@ -187,13 +224,14 @@ impl Procpool {
                     one().await?;
                 }
                 let secs = t.elapsed().as_secs_f64();
+                close(pool).await;
                 Ok(Outcome::one(
                     "blob_mb_per_s",
                     (n * p.blob_k) as f64 / (1 << 20) as f64 / secs,
                 ))
             }
             Group::IdleRss => {
-                let pool = builder(w).build()?;
+                let pool = mode.open(&builder(w)).await?;
                 let (a, b) = tokio::join!(
                     pool.submit(demo::sleep_ms::task(5)),
                     pool.submit(demo::sleep_ms::task(5))
@@ -203,10 +241,9 @@ impl Procpool {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let pids = pool.worker_pids().await;
                 ensure!(pids.len() == 2, "{} workers", pids.len());
-                Ok(Outcome::one(
-                    "idle_worker_rss_mb",
-                    sys::mean_rss_mib(&pids)?,
-                ))
+                let rss = sys::mean_rss_mib(&pids)?;
+                close(pool).await;
+                Ok(Outcome::one("idle_worker_rss_mb", rss))
             }
             Group::Queued => unreachable!("measured in a child process"),
         }
@@ -215,8 +252,12 @@ impl Procpool {
     /// In a child process (`child queued-procpool`), so the supervisor's memory is the
     /// only thing that changes while the tasks are queued.
     fn queued(&self, p: &Params) -> Result<Outcome> {
+        let child = match self.mode {
+            Mode::Start => "queued-procpool",
+            Mode::Build => "queued-procpool-build",
+        };
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["child", "queued-procpool", "--n"])
+        cmd.args(["child", child, "--n"])
             .arg(p.queued_n.to_string())
             .arg("--worker")
             .arg(&self.worker);
@@ -247,12 +288,12 @@ async fn throughput(pool: &Pool, n: u64) -> Result<f64> {
 
 /// `child queued-procpool`: both workers busy with a long sleep, then `n` tasks queued
 /// behind them (handles kept, as a caller would); prints the RSS growth per task.
-pub fn queued_child(worker: &Path, n: u64) -> Result<()> {
+pub fn queued_child(worker: &Path, n: u64, mode: Mode) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let pool = builder(worker).build()?;
+        let pool = mode.open(&builder(worker)).await?;
         add(&pool, 1).await?;
         let blockers = [
             pool.submit(demo::sleep_ms::task(600_000)),

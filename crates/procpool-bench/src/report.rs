@@ -367,6 +367,29 @@ impl Results {
         out
     }
 
+    /// When `procpool_build` ran too: `procpool` (on the bench's runtime, `start`) against
+    /// it (its own supervisor thread, `build`), same-repetition ratios per metric.
+    pub fn mode_ratios(&self) -> Option<String> {
+        if !self.systems.iter().any(|s| s == "procpool_build") {
+            return None;
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "procpool (start) / procpool_build (build), same-repetition ratios, median [min–max]:"
+        );
+        for m in self.metrics_present() {
+            if let Some(st) = self.paired(m, SUBJECT, "procpool_build") {
+                let _ = writeln!(
+                    out,
+                    "  {m:<20} {:.2}x [{:.2}–{:.2}]",
+                    st.median, st.min, st.max
+                );
+            }
+        }
+        Some(out)
+    }
+
     pub fn json(&self, machine: Value, config: Value, elapsed_s: f64) -> Value {
         let mut metrics = serde_json::Map::new();
         let mut mins = serde_json::Map::new();

@@ -1,5 +1,5 @@
 //! The harness must not rot: run the engine at its tiny scale on the floors and procpool
-//! (no peer is built or needed) and check the JSON document `scripts/bench --json` relies on.
+//! in both of its modes (no peer is built or needed) and check the JSON document `scripts/bench --json` relies on.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,7 +34,7 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
             "--reps",
             "2",
             "--systems",
-            "floor_pipe,floor_tokio,procpool",
+            "floor_pipe,floor_tokio,procpool,procpool_build",
             // The bench binary links the demo tasks and can serve as the worker, so the
             // test does not depend on procpool-demo having been built.
             "--worker",
@@ -49,6 +49,8 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
     assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
     assert!(stdout.contains("procpool against the targets"), "{stdout}");
     assert!(stdout.contains("rtt_us"), "{stdout}");
+    // The pool on the bench's runtime against the same on its own thread.
+    assert!(stdout.contains("procpool_build (build)"), "{stdout}");
 
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).unwrap();
@@ -65,11 +67,13 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
             .get(m)
             .and_then(|v| v.as_object())
             .unwrap_or_else(|| panic!("no {m} in {}", doc["metrics"]));
-        let pp = per_system.get("procpool").and_then(|v| v.as_f64());
-        assert!(
-            pp.is_some_and(|v| v.is_finite() && v > 0.0),
-            "{m}: procpool {pp:?}"
-        );
+        for system in ["procpool", "procpool_build"] {
+            let pp = per_system.get(system).and_then(|v| v.as_f64());
+            assert!(
+                pp.is_some_and(|v| v.is_finite() && v > 0.0),
+                "{m}: {system} {pp:?}"
+            );
+        }
         if m != "queued_task_bytes" {
             for floor in ["floor_pipe", "floor_tokio"] {
                 let v = per_system.get(floor).and_then(|v| v.as_f64());

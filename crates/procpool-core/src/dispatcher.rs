@@ -1,6 +1,7 @@
 //! The dispatcher: the one loop that owns pool-wide state (queue, workers, running and
-//! retrying tasks) and reacts to submissions, cancels and worker events. Runs on the
-//! supervisor thread; executors never touch this state.
+//! retrying tasks) and reacts to submissions, cancels and worker events. Runs on the pool's
+//! supervisor thread (`build`) or as a task of the caller's runtime (`start`), the same
+//! code either way; executors never touch this state.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::internal::{
     Command, ExecutorCommand, KillReason, Shutdown, Submission, WorkerEvent, WorkerId,
 };
 use crate::pool::PoolStatus;
+use crate::spawn::Launcher;
 
 /// Consecutive start failures, with no worker up, after which queued tasks are failed.
 const UNHEALTHY_AFTER: u32 = 5;
@@ -47,11 +49,14 @@ struct Slot {
     sent: u64,
 }
 
-/// Reply for `PoolBuilder::build`: the manifest once every initial worker is ready.
-pub(crate) type StartReply = std::sync::mpsc::Sender<Result<Vec<TaskInfo>, String>>;
+/// Reply for `PoolBuilder::build` and `start`: the manifest once every initial worker is
+/// ready, or why one failed.
+pub(crate) type StartReply = oneshot::Sender<Result<Vec<TaskInfo>, String>>;
 
 pub(crate) struct Dispatcher {
     settings: Arc<Settings>,
+    /// Where and how workers are spawned.
+    launcher: Launcher,
     commands: mpsc::UnboundedReceiver<Command>,
     events_tx: mpsc::UnboundedSender<WorkerEvent>,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
@@ -84,6 +89,7 @@ impl Dispatcher {
         settings: Arc<Settings>,
         commands: mpsc::UnboundedReceiver<Command>,
         started: StartReply,
+        launcher: Launcher,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         // At least one worker at start, even for an elastic pool with no minimum: its
@@ -91,6 +97,7 @@ impl Dispatcher {
         let initial = settings.min_workers.max(1);
         Dispatcher {
             settings,
+            launcher,
             commands,
             events_tx,
             events,
@@ -230,11 +237,12 @@ impl Dispatcher {
                 };
                 slot.pid = Some(pid);
                 self.make_idle(worker);
-                if let Some((left, reply)) = &mut self.starting {
+                if let Some((left, _)) = &mut self.starting {
                     *left -= 1;
-                    if *left == 0 {
+                    if *left == 0
+                        && let Some((_, reply)) = self.starting.take()
+                    {
                         let _ = reply.send(Ok(manifest));
-                        self.starting = None;
                     }
                 }
             }
@@ -483,27 +491,22 @@ impl Dispatcher {
         let worker = WorkerId(self.next_worker);
         self.next_worker += 1;
         self.worker_starts += 1;
-        match executor::start(&self.settings, worker, self.events_tx.clone()) {
-            Ok(tx) => {
-                self.workers.insert(
-                    worker,
-                    Slot {
-                        tx,
-                        state: SlotState::Starting,
-                        pid: None,
-                        inflight: 0,
-                        sent: 0,
-                    },
-                );
-            }
-            Err(why) => {
-                let _ = self.events_tx.send(WorkerEvent::Exited {
-                    worker,
-                    start_failure: Some(why),
-                    unstarted: Vec::new(),
-                });
-            }
-        }
+        let tx = executor::start(
+            &self.settings,
+            worker,
+            self.events_tx.clone(),
+            &self.launcher,
+        );
+        self.workers.insert(
+            worker,
+            Slot {
+                tx,
+                state: SlotState::Starting,
+                pid: None,
+                inflight: 0,
+                sent: 0,
+            },
+        );
     }
 
     /// A busy worker whose prefetch window has room (and whose recycling limit is not

@@ -202,9 +202,13 @@ pub enum PoolError {
         /// What went wrong, with the worker's stderr when it printed any.
         message: String,
     },
-    /// The supervisor thread or runtime could not be created.
-    #[error("error starting the supervisor thread")]
+    /// The supervisor thread (or, for `start`, the spawner thread) could not be created.
+    #[error("error starting the supervisor or spawner thread")]
     Supervisor(#[source] std::io::Error),
+    /// [`PoolBuilder::start`](crate::PoolBuilder::start) was not called from within a
+    /// tokio runtime.
+    #[error("no tokio runtime: {0}")]
+    Runtime(String),
     /// A setting is out of range.
     #[error("invalid pool setting: {0}")]
     Config(String),

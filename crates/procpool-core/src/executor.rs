@@ -4,17 +4,13 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt as _, SinkExt, StreamExt};
 use procpool_os::{ExitVerdict, Pgid, Signal};
-use procpool_proto::{
-    ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER, FrameCodec, FromWorker,
-    TaskId, ToWorker,
-};
+use procpool_proto::{FrameCodec, FromWorker, TaskId, ToWorker};
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -23,8 +19,10 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::config::Settings;
 use crate::errors::TaskError;
+use crate::host::{Groups, Refused};
 use crate::internal::{ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
 use crate::output::{OutputState, Stream, capture};
+use crate::spawn::{GroupGuard, Launcher, Spawned};
 use crate::task::Progress;
 
 /// How often a running worker's resident memory is compared with `max_rss`.
@@ -33,101 +31,58 @@ const RSS_CHECK_EVERY: Duration = Duration::from_millis(20);
 /// How long to wait for the rest of a dead worker's stderr before writing the verdict.
 const STDERR_DRAIN: Duration = Duration::from_millis(100);
 
-/// Kills the worker's whole group if the executor goes away without reaping it (a panic,
-/// or the runtime shutting down under it). Disarmed once the worker is reaped.
-struct GroupGuard(Option<Pgid>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            pgid.signal(
-                Signal::SIGKILL,
-                "executor dropped without reaping its worker",
-            );
-            // tokio's orphan queue reaps it now; an orphan reaper may as well.
-            procpool_os::worker_reaped(pgid.get());
-        }
-    }
-}
-
-/// Starts a worker process and its executor task. Errors are those of the spawn itself
-/// (missing binary, no permission); a worker that starts but fails its handshake is
-/// reported later as `Exited { start_failure }`.
+/// Starts a worker process (where the pool spawns them) and its executor task; returns
+/// the executor's command channel at once. A spawn that fails (missing binary, no
+/// permission) or a worker that fails its handshake is reported later as
+/// `Exited { start_failure }`.
 pub(crate) fn start(
     settings: &Arc<Settings>,
     worker: WorkerId,
     events: mpsc::UnboundedSender<WorkerEvent>,
-) -> Result<mpsc::UnboundedSender<ExecutorCommand>, String> {
-    let (ours, theirs) = procpool_os::channel_pair().map_err(|e| e.to_string())?;
-    let mut cmd = tokio::process::Command::new(&settings.worker);
-    cmd.args(&settings.worker_args)
-        .envs(settings.env.iter().map(|(k, v)| (k, v)))
-        .env(ENV_WORKER, "1")
-        .env(ENV_PARENT_PID, std::process::id().to_string())
-        .env(ENV_MAX_FRAME, settings.max_frame.to_string())
-        .envs(settings.rlimits.to_env().map(|v| (ENV_RLIMITS, v)))
-        .envs((settings.prefetch > 0).then_some((ENV_PREFETCH, "1")))
-        // The worker end rides in on stdin; the worker moves it to a high descriptor and
-        // reopens stdin on /dev/null. No pre_exec closure: std keeps its posix_spawn path.
-        .stdin(Stdio::from(theirs))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // Registered as a worker before any orphan reaper can see it exit.
-    let spawned = procpool_os::spawn_worker(|| cmd.spawn(), Child::id);
-    // The Command holds the worker's end of the channel; drop it now, or our side would
-    // never see EOF when the worker dies.
-    drop(cmd);
-    let mut child = spawned.map_err(|e| e.to_string())?;
-    let pid = child.id().expect("a just-spawned child has a pid");
-    let std_stream = std::os::unix::net::UnixStream::from(ours);
-    std_stream
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let stream = UnixStream::from_std(std_stream).map_err(|e| e.to_string())?;
-
-    let output = Arc::new(OutputState::default());
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| capture(s, Stream::Stdout, pid, output.clone()));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| capture(s, Stream::Stderr, pid, output.clone()));
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    let exec = Executor {
-        worker,
-        pid,
-        pgid: Pgid::of_leader(pid),
-        settings: settings.clone(),
-        events,
-        commands: rx,
-        output,
-        stdout,
-        stderr,
-    };
+    launcher: &Launcher,
+) -> mpsc::UnboundedSender<ExecutorCommand> {
+    let (tx, commands) = mpsc::unbounded_channel();
+    let pending = launcher.launch(settings);
+    let settings = settings.clone();
+    let groups = launcher.groups.clone();
     tokio::spawn(async move {
-        let (worker, events) = (exec.worker, exec.events.clone());
-        // A panic in here (a bug, or a log writer that panics) must not leave the
-        // dispatcher waiting for this worker forever. Its group guard has killed the
-        // worker by then; the tasks it held were dropped and resolve as `PoolClosed`.
-        if let Err(panic) = AssertUnwindSafe(exec.run(child, stream))
-            .catch_unwind()
-            .await
-        {
-            let _ = events.send(WorkerEvent::Exited {
-                worker,
-                start_failure: Some(format!(
-                    "the supervisor task of worker {pid} panicked: {}",
-                    panic_message(panic.as_ref())
-                )),
-                unstarted: Vec::new(),
-            });
+        match pending.finish().await {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                let run = Executor::new(worker, pid, settings, events.clone(), commands, groups)
+                    .run(spawned);
+                // A panic in here (a bug, or a log writer that panics) must not leave the
+                // dispatcher waiting for this worker forever. Its group guard has killed
+                // the worker by then; the tasks it held were dropped and resolve as
+                // `PoolClosed`.
+                if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                    let _ = events.send(WorkerEvent::Exited {
+                        worker,
+                        start_failure: Some(format!(
+                            "the supervisor task of worker {pid} panicked: {}",
+                            panic_message(panic.as_ref())
+                        )),
+                        unstarted: Vec::new(),
+                    });
+                }
+            }
+            Err(refused) => {
+                let mut commands = commands;
+                let start_failure = match refused {
+                    // The pool's last handle is gone: not a failure worth a warning.
+                    Refused::Closed => None,
+                    Refused::Failed(why) => Some(why),
+                };
+                let unstarted = unstarted(&mut commands);
+                let _ = events.send(WorkerEvent::Exited {
+                    worker,
+                    start_failure,
+                    unstarted,
+                });
+            }
         }
     });
-    Ok(tx)
+    tx
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
@@ -145,6 +100,8 @@ struct Executor {
     settings: Arc<Settings>,
     events: mpsc::UnboundedSender<WorkerEvent>,
     commands: mpsc::UnboundedReceiver<ExecutorCommand>,
+    /// The pool's live groups; closed by the pool's last drop on a caller's runtime.
+    groups: Arc<Groups>,
     output: Arc<OutputState>,
     stdout: Option<tokio::task::JoinHandle<()>>,
     stderr: Option<tokio::task::JoinHandle<()>>,
@@ -201,8 +158,51 @@ enum End {
 }
 
 impl Executor {
-    async fn run(mut self, mut child: Child, stream: UnixStream) {
-        let mut guard = GroupGuard(Some(self.pgid));
+    fn new(
+        worker: WorkerId,
+        pid: u32,
+        settings: Arc<Settings>,
+        events: mpsc::UnboundedSender<WorkerEvent>,
+        commands: mpsc::UnboundedReceiver<ExecutorCommand>,
+        groups: Arc<Groups>,
+    ) -> Self {
+        Executor {
+            worker,
+            pid,
+            pgid: Pgid::of_leader(pid),
+            settings,
+            events,
+            commands,
+            groups,
+            output: Arc::new(OutputState::default()),
+            stdout: None,
+            stderr: None,
+        }
+    }
+
+    async fn run(mut self, spawned: Spawned) {
+        // Declared after the child, so dropped before it (see GroupGuard).
+        let mut child = spawned.child;
+        let mut guard = spawned.guard;
+        self.stdout = child
+            .stdout
+            .take()
+            .map(|s| capture(s, Stream::Stdout, self.pid, self.output.clone()));
+        self.stderr = child
+            .stderr
+            .take()
+            .map(|s| capture(s, Stream::Stderr, self.pid, self.output.clone()));
+        let std_stream = std::os::unix::net::UnixStream::from(spawned.channel);
+        let stream = match std_stream
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(std_stream))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                let why = format!("cannot set up the worker channel: {e}");
+                return self.start_failed(&mut child, &mut guard, why).await;
+            }
+        };
         let (rd, wr) = stream.into_split();
         let codec = FrameCodec::new(self.settings.max_frame);
         let mut frames = FramedRead::new(rd, codec);
@@ -233,23 +233,7 @@ impl Executor {
         };
         let hello = match hello {
             Ok(hello) => hello,
-            Err(why) => {
-                let verdict = self
-                    .kill_and_reap(&mut child, &mut guard, "worker failed its handshake")
-                    .await;
-                let mut message = format!("{why} (worker {verdict})");
-                let tail = self.output.stderr_tail();
-                if !tail.is_empty() {
-                    message.push_str(&format!("; its stderr: {}", tail.join(" | ")));
-                }
-                let unstarted = self.unstarted();
-                let _ = self.events.send(WorkerEvent::Exited {
-                    worker: self.worker,
-                    start_failure: Some(message),
-                    unstarted,
-                });
-                return;
-            }
+            Err(why) => return self.start_failed(&mut child, &mut guard, why).await,
         };
         if hello.pid != self.pid {
             tracing::debug!(
@@ -392,6 +376,13 @@ impl Executor {
             }
         };
         drop(writer);
+        // The pool's last drop SIGKILLs every group at once (on a caller's runtime): a
+        // worker that died since then is its doing, and its task ends as `pool_closed`,
+        // as after a kill order, not as a crash (nor gets retried).
+        let end = match end {
+            End::Eof if self.groups.is_closed() => End::Killed(KillReason::PoolClosed),
+            end => end,
+        };
 
         let reason = match &end {
             End::Eof if inflight.is_empty() => "worker closed its channel",
@@ -424,6 +415,28 @@ impl Executor {
         let _ = self.events.send(WorkerEvent::Exited {
             worker: self.worker,
             start_failure: None,
+            unstarted,
+        });
+    }
+
+    /// The worker never became ready: kill and reap it, and report why, with the end of
+    /// its stderr. Killed by the pool's last drop, it is no failure at all.
+    async fn start_failed(&mut self, child: &mut Child, guard: &mut GroupGuard, why: String) {
+        let verdict = self
+            .kill_and_reap(child, guard, "worker failed its handshake")
+            .await;
+        let start_failure = (!self.groups.is_closed()).then(|| {
+            let mut message = format!("{why} (worker {verdict})");
+            let tail = self.output.stderr_tail();
+            if !tail.is_empty() {
+                message.push_str(&format!("; its stderr: {}", tail.join(" | ")));
+            }
+            message
+        });
+        let unstarted = self.unstarted();
+        let _ = self.events.send(WorkerEvent::Exited {
+            worker: self.worker,
+            start_failure,
             unstarted,
         });
     }
@@ -504,7 +517,11 @@ impl Executor {
         sub.shared.start(self.pid);
         timers.deadline = sub.timeout.map(|t| Instant::now() + t);
         timers.timed_out = None;
-        timers.rss_check.reset();
+        // Resetting re-registers the interval's timer with the runtime: not on every task
+        // when there is no limit to check.
+        if self.settings.max_rss.is_some() {
+            timers.rss_check.reset();
+        }
     }
 
     /// Delivers an outcome, or hands the task back for another attempt when its retry
@@ -530,9 +547,10 @@ impl Executor {
         reason: &str,
     ) -> ExitVerdict {
         self.pgid.signal(Signal::SIGKILL, reason);
+        guard.leave_pool();
         let status = child.wait().await;
         procpool_os::worker_reaped(self.pid);
-        guard.0 = None;
+        guard.disarm();
         for reader in [self.stderr.take(), self.stdout.take()]
             .into_iter()
             .flatten()
@@ -550,15 +568,21 @@ impl Executor {
 
     /// Tasks sent to this executor that never reached the worker, to be queued again.
     fn unstarted(&mut self) -> Vec<Submission> {
-        self.commands.close();
-        let mut back = Vec::new();
-        while let Ok(cmd) = self.commands.try_recv() {
-            if let ExecutorCommand::Run(sub) = cmd {
-                back.push(sub);
-            }
-        }
-        back
+        unstarted(&mut self.commands)
     }
+}
+
+/// Closes an executor's command channel and returns the tasks in it, which never reached
+/// the worker.
+fn unstarted(commands: &mut mpsc::UnboundedReceiver<ExecutorCommand>) -> Vec<Submission> {
+    commands.close();
+    let mut back = Vec::new();
+    while let Ok(cmd) = commands.try_recv() {
+        if let ExecutorCommand::Run(sub) = cmd {
+            back.push(sub);
+        }
+    }
+    back
 }
 
 /// The verdict for a worker that died under its task. SIGXCPU is the kernel enforcing

@@ -16,25 +16,39 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A pool runs either on its own supervisor thread ([`PoolBuilder::build`], the default,
+//! usable from any code) or on the caller's tokio runtime ([`PoolBuilder::start`], shorter
+//! round trips for a tokio application); everything else behaves the same.
+//!
 //! # Caveats
-//! - Dropping the last [`Pool`] clone kills every worker's process group and reaps it
-//!   before returning; running tasks resolve with [`TaskError::PoolClosed`].
+//! - Dropping the last [`Pool`] clone kills every worker's process group; running tasks
+//!   resolve with [`TaskError::PoolClosed`]. A `build` pool reaps every worker before the
+//!   drop returns; a `start` pool SIGKILLs them all before it returns and leaves the
+//!   reaping to its runtime ([`Pool::shutdown`] waits for it).
+//! - A `start` pool lives on its runtime: if the runtime shuts down with the pool alive,
+//!   its workers are killed but may stay zombies until the process exits (or an
+//!   [`OrphanReaper`] reaps them). [`Pool::run_blocking`], [`TaskHandle::wait`] and
+//!   [`TaskHandle::recv_blocking`] must not be called on that runtime's own threads: on
+//!   the thread of a current-thread runtime they panic instead of deadlocking.
 //! - Dropping a [`TaskHandle`] detaches the task (it runs on); dropping the future of
 //!   [`Pool::run`] cancels it.
 //! - Cancel kills the worker's whole process group; a grandchild that left the group
 //!   (`setsid`, its own `setpgid`) escapes the kill.
-//! - Progress callbacks run on the supervisor thread: keep them short.
+//! - Progress callbacks run on the supervisor thread (`build`) or on the runtime's threads
+//!   (`start`): keep them short.
 #![deny(missing_docs)]
 
 mod config;
 mod dispatcher;
 mod errors;
 mod executor;
+mod host;
 mod internal;
 #[cfg(target_os = "linux")]
 mod orphans;
 mod output;
 mod pool;
+mod spawn;
 mod task;
 
 pub use config::{PoolBuilder, RetryPolicy};

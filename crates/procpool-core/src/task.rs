@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::RetryPolicy;
 use crate::errors::TaskError;
+use crate::host;
 use crate::internal::{Command, MessagesTx, Submission, TaskShared};
 
 /// Progress reported by a running task (`procpool::report_progress` in the worker).
@@ -97,7 +98,9 @@ impl<R> Task<R> {
     }
 
     /// Calls `f` for every progress report, in order and before the result is delivered.
-    /// It runs on the pool's supervisor thread: keep it short and non-blocking.
+    /// It runs on the pool's supervisor thread (or, for a pool started with
+    /// [`start`](crate::PoolBuilder::start), on its runtime): keep it short and
+    /// non-blocking.
     pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
         self.on_progress = Some(Arc::new(f));
         self
@@ -146,6 +149,8 @@ pub struct TaskHandle<R> {
     id: Uuid,
     encoding: Encoding,
     commands: mpsc::UnboundedSender<Command>,
+    /// The runtime of a pool started with `start` (see `host::block_on`).
+    runtime: Option<tokio::runtime::Id>,
     reply: oneshot::Receiver<Result<bytes::Bytes, TaskError>>,
     shared: Arc<TaskShared>,
     early: Option<TaskError>,
@@ -164,6 +169,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     pub(crate) fn submit(
         task: Task<R>,
         commands: &mpsc::UnboundedSender<Command>,
+        runtime: Option<tokio::runtime::Id>,
         early: Option<TaskError>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
@@ -203,6 +209,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             id: task.id,
             encoding: task.encoding,
             commands: commands.clone(),
+            runtime,
             reply,
             shared,
             early,
@@ -240,9 +247,10 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         self.shared.next_message().await
     }
 
-    /// Blocking [`recv`](Self::recv), for code outside async contexts.
+    /// Blocking [`recv`](Self::recv), for code outside async contexts (for a pool started
+    /// with [`start`](crate::PoolBuilder::start): not on its runtime's threads).
     pub fn recv_blocking(&mut self) -> Option<Vec<u8>> {
-        futures::executor::block_on(self.shared.next_message())
+        host::block_on(self.runtime, self.shared.next_message())
     }
 
     /// Pid of the worker that runs (or ran) the task; `None` until one starts it.
@@ -263,11 +271,11 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     }
 
     /// Blocks the current thread until the task ends. Must not be called from inside an
-    /// async runtime thread (use `.await` there).
+    /// async runtime thread (use `.await` there); for a pool started with
+    /// [`start`](crate::PoolBuilder::start), on that runtime's current-thread scheduler it
+    /// panics rather than deadlock.
     pub fn wait(self) -> Result<R, TaskError> {
-        // Unconstrained: called on a runtime thread anyway, tokio's cooperative budget
-        // would make the oneshot return Pending forever once exhausted.
-        futures::executor::block_on(tokio::task::unconstrained(self))
+        host::block_on(self.runtime, self)
     }
 
     fn decode(&self, outcome: Result<bytes::Bytes, TaskError>) -> Result<R, TaskError> {

@@ -5,7 +5,8 @@
 //! channel handed to a worker ([`channel_pair`] on the supervisor side,
 //! [`take_worker_channel`] in the worker), the worker's own orphan protection
 //! ([`die_with_parent`]), the adoption of orphaned grandchildren by a subreaper supervisor
-//! ([`become_subreaper`], [`reap_adopted`], [`kill_adopted`]) and readable exit verdicts
+//! ([`become_subreaper`], [`reap_adopted`], [`kill_adopted`]), the one long-lived thread
+//! workers can be spawned from ([`on_spawner_thread`]) and readable exit verdicts
 //! ([`ExitVerdict`]). It knows nothing of
 //! tasks or frames: `procpool-core` decides *when* to kill, this crate only *how*.
 //!
@@ -27,6 +28,7 @@ mod orphans;
 #[cfg(unix)]
 #[path = "os/unix.rs"]
 mod os;
+mod spawner;
 
 pub use errors::OsError;
 pub use exit::{ExitVerdict, signal_name};
@@ -36,3 +38,4 @@ pub use orphans::{become_subreaper, kill_adopted, reap_adopted, spawn_worker, wo
 pub use os::{
     apply_rlimits, channel_pair, die_with_parent, keep_freed_memory, rss_bytes, take_worker_channel,
 };
+pub use spawner::{SpawnJob, on_spawner_thread, start_spawner};

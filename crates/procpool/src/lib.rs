@@ -40,6 +40,26 @@
 //! }
 //! ```
 //!
+//! # On a tokio runtime
+//! [`PoolBuilder::build`] runs the pool on its own supervisor thread and works from any
+//! code. A tokio application can instead run it on its own runtime with
+//! [`PoolBuilder::start`]: the pool's dispatcher and executors become tasks of that
+//! runtime, so a round trip wakes no supervisor thread in between (shorter round trips,
+//! higher throughput of one-at-a-time tasks). Everything else behaves the same.
+//!
+//! ```no_run
+//! # #[procpool::task]
+//! # fn add(a: i64, b: i64) -> i64 { a + b }
+//! #[procpool::main]
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = procpool::Pool::builder().workers(2).start().await?;
+//!     assert_eq!(pool.run(add::task(1, 2)).await?, 3);
+//!     pool.shutdown(procpool::Shutdown::Drain).await; // every worker reaped
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # The re-exec contract
 //! By default the pool starts `std::env::current_exe()` as its workers, with the
 //! environment variable [`WORKER_ENV`] set. [`init`] (or `#[procpool::main]` on `main`)
@@ -51,7 +71,20 @@
 //! - **Linking**: tasks defined in a library crate are registered only if the binary links
 //!   that crate; if nothing else references it, write `extern crate that_crate as _;`.
 //! - **Dropping**: the last [`Pool`] clone kills and reaps every worker; dropping a
-//!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future cancels it.
+//!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future cancels it. A pool
+//!   from [`PoolBuilder::start`] cannot block its runtime: its last drop SIGKILLs every
+//!   worker's group before it returns and leaves the reaping to the runtime; await
+//!   [`Pool::shutdown`] to know every worker is reaped.
+//! - **A pool on your runtime** ([`PoolBuilder::start`]) lives as long as that runtime: if
+//!   the runtime shuts down with the pool alive, its workers are killed but may stay
+//!   zombies until the process exits (or until an [`OrphanReaper`] reaps them). Its
+//!   blocking calls ([`Pool::run_blocking`], [`TaskHandle::wait`],
+//!   [`TaskHandle::recv_blocking`]) need the runtime to run meanwhile: do not call them on
+//!   its own threads (on a multi-thread runtime they go through `block_in_place`; on the
+//!   thread of a current-thread runtime they would deadlock, so they panic). From
+//!   `spawn_blocking` or a thread of your own they are fine. Workers are still spawned
+//!   from one long-lived thread ("procpool-spawner"), so they die with the process, not
+//!   with a runtime thread. The runtime needs its I/O and time drivers (`enable_all`).
 //! - **Grandchildren**: cancel and crash kill the worker's whole process group; a
 //!   grandchild that moved to its own group or session escapes. Killed grandchildren are
 //!   re-parented to PID 1, which may never reap them; a process whose only children are
@@ -59,8 +92,9 @@
 //! - **Encoding**: arguments and results are bincode 2 for typed tasks and JSON for
 //!   [`Task::json`]; use [`Bytes`] for byte payloads (a plain `Vec<u8>` is encoded element
 //!   by element). Frames are capped ([`PoolBuilder::max_frame_bytes`], 64 MiB by default).
-//! - **Zombies**: every worker is reaped by the supervisor thread; tokio's orphan queue is
-//!   not relied on.
+//! - **Zombies**: every worker is reaped by its executor (on the supervisor thread, or on
+//!   the runtime of a `start` pool); tokio's orphan queue is relied on only for workers
+//!   whose runtime went away under them.
 #![deny(missing_docs)]
 
 #[cfg(target_os = "linux")]
