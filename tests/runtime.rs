@@ -561,3 +561,40 @@ async fn sigkill_of_the_process_leaves_no_worker() {
     }
     assert!(children().is_empty(), "{:?}", children());
 }
+
+/// A runtime without the IO or time driver cannot host a pool: `start` says so at once,
+/// with tokio's own instruction, before any worker exists.
+#[test]
+fn start_on_a_runtime_without_drivers_fails_before_spawning() {
+    let _serial = support::serial_blocking();
+    for (driver, rt) in [
+        (
+            "enable_io",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap(),
+        ),
+        (
+            "enable_time",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_io()
+                .build()
+                .unwrap(),
+        ),
+    ] {
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(demo_builder(1).start())
+        }))
+        .expect_err("start needs the runtime's drivers");
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(message.contains(driver), "{driver}: {message}");
+        drop(rt);
+        assert!(children().is_empty(), "{driver}: {:?}", children());
+    }
+}

@@ -94,6 +94,10 @@ impl PoolBuilder {
     ///   `spawn_blocking` closure or a thread of your own they are fine.
     /// - Progress callbacks ([`Task::on_progress`]) run on the runtime's threads: keep
     ///   them short and non-blocking.
+    ///
+    /// # Panics
+    /// On a runtime without its I/O or time driver, with tokio's own message, as any
+    /// tokio socket or timer would.
     pub async fn start(&self) -> Result<Pool, PoolError> {
         let settings = Arc::new(self.settings()?);
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
@@ -102,6 +106,11 @@ impl PoolBuilder {
                  use PoolBuilder::build outside one"
             ))
         })?;
+        // Without the drivers tokio panics at their first use, which would otherwise come
+        // on the spawner thread, after a worker was spawned. Touch both here, before
+        // anything exists.
+        drop(tokio::time::sleep(std::time::Duration::ZERO));
+        drop(tokio::net::UnixStream::pair().map_err(PoolError::Supervisor)?);
         procpool_os::start_spawner().map_err(PoolError::Supervisor)?;
         let (commands, rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = oneshot::channel();
