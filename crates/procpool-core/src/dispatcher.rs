@@ -26,6 +26,49 @@ const UNHEALTHY_AFTER: u32 = 5;
 /// Longest pause between attempts to start a worker that keeps dying at start.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(5);
 
+/// Hashes a `TaskId` with two folded multiplies instead of SipHash: the maps keyed by task
+/// are touched several times per task. Ids come from this process (random UUIDs, or ids
+/// the application chose), not from an attacker who could aim at collisions.
+#[derive(Clone, Copy, Default)]
+struct TaskIdHash;
+
+impl std::hash::BuildHasher for TaskIdHash {
+    type Hasher = TaskIdHasher;
+
+    fn build_hasher(&self) -> TaskIdHasher {
+        TaskIdHasher(0)
+    }
+}
+
+struct TaskIdHasher(u64);
+
+/// The high and low halves of `a * b`, folded into one word.
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+impl std::hash::Hasher for TaskIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, id: u128) {
+        let (lo, hi) = (id as u64, (id >> 64) as u64);
+        let h = folded_multiply(lo ^ 0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344);
+        self.0 ^= folded_multiply(h ^ hi, 0xa409_3822_299f_31d0);
+    }
+
+    /// Only `write_u128` is used by `TaskId`; anything else still hashes correctly.
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(16) {
+            let mut word = [0u8; 16];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u128(u128::from_le_bytes(word));
+        }
+    }
+}
+
 /// State of one worker slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
@@ -64,13 +107,13 @@ pub(crate) struct Dispatcher {
     next_worker: u64,
     /// Idle workers, most recently idle last (reused first, so the others can age out).
     idle: Vec<WorkerId>,
-    queue: VecDeque<Submission>,
-    running: HashMap<TaskId, WorkerId>,
+    queue: VecDeque<Box<Submission>>,
+    running: HashMap<TaskId, WorkerId, TaskIdHash>,
     /// Failed tasks waiting out their retry backoff.
-    retrying: HashMap<TaskId, Submission>,
+    retrying: HashMap<TaskId, Box<Submission>, TaskIdHash>,
     /// Ids of every queued, running or retrying task: a second live task with the same id
     /// would make cancels and messages ambiguous.
-    live: HashSet<TaskId>,
+    live: HashSet<TaskId, TaskIdHash>,
     /// Set until the initial workers are all ready (or one failed).
     starting: Option<(usize, StartReply)>,
     shutdown: Option<Shutdown>,
@@ -105,9 +148,9 @@ impl Dispatcher {
             next_worker: 0,
             idle: Vec::new(),
             queue: VecDeque::new(),
-            running: HashMap::new(),
-            retrying: HashMap::new(),
-            live: HashSet::new(),
+            running: HashMap::default(),
+            retrying: HashMap::default(),
+            live: HashSet::default(),
             starting: Some((initial, started)),
             shutdown: None,
             shutdown_waiters: Vec::new(),
@@ -280,7 +323,7 @@ impl Dispatcher {
                 tracing::debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task");
                 sub.attempt += 1;
                 let id = sub.id;
-                self.retrying.insert(id, *sub);
+                self.retrying.insert(id, sub);
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

@@ -251,7 +251,7 @@ impl Executor {
 
         // Tasks sent to the worker, in order; the front one is running. More than one only
         // with a prefetch window.
-        let mut inflight: VecDeque<Submission> = VecDeque::new();
+        let mut inflight: VecDeque<Box<Submission>> = VecDeque::new();
         let mut timers = Timers::new();
         let mut tasks_run: u64 = 0;
         let mut draining = false;
@@ -410,7 +410,7 @@ impl Executor {
             };
             self.conclude(sub, Err(err));
         }
-        let mut unstarted: Vec<Submission> = inflight.into_iter().collect();
+        let mut unstarted: Vec<Box<Submission>> = inflight.into_iter().collect();
         unstarted.extend(self.unstarted());
         let _ = self.events.send(WorkerEvent::Exited {
             worker: self.worker,
@@ -446,7 +446,7 @@ impl Executor {
     fn answer(
         &self,
         frame: BytesMut,
-        inflight: &VecDeque<Submission>,
+        inflight: &VecDeque<Box<Submission>>,
     ) -> Result<Answer, procpool_proto::CodecError> {
         match procpool_proto::decode_done_in_place(&frame) {
             Some((task_id, outcome)) if inflight.front().is_some_and(|s| s.id == task_id) => {
@@ -468,7 +468,7 @@ impl Executor {
     }
 
     /// Handles one frame about the tasks in flight.
-    fn on_frame(&self, msg: FromWorker, inflight: &VecDeque<Submission>) -> Answer {
+    fn on_frame(&self, msg: FromWorker, inflight: &VecDeque<Box<Submission>>) -> Answer {
         let Some(head) = inflight.front() else {
             return Answer::Nothing;
         };
@@ -526,13 +526,10 @@ impl Executor {
 
     /// Delivers an outcome, or hands the task back for another attempt when its retry
     /// policy says so.
-    fn conclude(&self, sub: Submission, outcome: Result<Bytes, TaskError>) {
+    fn conclude(&self, sub: Box<Submission>, outcome: Result<Bytes, TaskError>) {
         match outcome {
             Err(error) if sub.retry.retries(&error, sub.attempt) => {
-                let _ = self.events.send(WorkerEvent::Retry {
-                    sub: Box::new(sub),
-                    error,
-                });
+                let _ = self.events.send(WorkerEvent::Retry { sub, error });
             }
             outcome => finish(sub, outcome),
         }
@@ -567,14 +564,22 @@ impl Executor {
     }
 
     /// Tasks sent to this executor that never reached the worker, to be queued again.
-    fn unstarted(&mut self) -> Vec<Submission> {
+    #[expect(
+        clippy::vec_box,
+        reason = "a submission stays boxed from submit to its end; unboxing would only copy it"
+    )]
+    fn unstarted(&mut self) -> Vec<Box<Submission>> {
         unstarted(&mut self.commands)
     }
 }
 
 /// Closes an executor's command channel and returns the tasks in it, which never reached
 /// the worker.
-fn unstarted(commands: &mut mpsc::UnboundedReceiver<ExecutorCommand>) -> Vec<Submission> {
+#[expect(
+    clippy::vec_box,
+    reason = "a submission stays boxed from submit to its end; unboxing would only copy it"
+)]
+fn unstarted(commands: &mut mpsc::UnboundedReceiver<ExecutorCommand>) -> Vec<Box<Submission>> {
     commands.close();
     let mut back = Vec::new();
     while let Ok(cmd) = commands.try_recv() {
@@ -606,7 +611,7 @@ fn crash_error(verdict: ExitVerdict, stderr_tail: Vec<String>) -> TaskError {
 }
 
 /// Delivers a task's outcome.
-fn finish(sub: Submission, outcome: Result<Bytes, TaskError>) {
+fn finish(sub: Box<Submission>, outcome: Result<Bytes, TaskError>) {
     sub.shared.end();
     let _ = sub.reply.send(outcome);
 }
