@@ -350,7 +350,7 @@ impl Executor {
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(timers.deadline.unwrap_or_else(Instant::now)), if timers.deadline.is_some() => {
+                _ = sleep_until(timers.deadline), if timers.deadline.is_some() => {
                     let after = inflight.front().and_then(|c| c.timeout).unwrap_or_default();
                     if timers.timed_out.is_none() && !self.settings.grace.is_zero() {
                         // Cooperative stop first: the task (or its children) may clean up.
@@ -607,6 +607,15 @@ fn crash_error(verdict: ExitVerdict, stderr_tail: Vec<String>) -> TaskError {
             exit_code: Some(code),
             stderr_tail,
         },
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one. Reads the clock only once polled:
+/// `select!` builds every branch's future on each turn, also those it then disables.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
