@@ -666,8 +666,6 @@ impl Writer {
         tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
-                // Registered before the check, so a frame queued in between is not missed.
-                let woken = outbox.wake.notified();
                 let closed = {
                     let mut pending = outbox.lock();
                     std::mem::swap(&mut pending.frames, &mut out);
@@ -677,7 +675,9 @@ impl Writer {
                     if closed {
                         break;
                     }
-                    woken.await;
+                    // `notify_one` leaves a permit when nobody waits yet: a frame queued
+                    // since the check still wakes us.
+                    outbox.wake.notified().await;
                     continue;
                 }
                 if let Err(e) = wr.write_all(&out).await {
