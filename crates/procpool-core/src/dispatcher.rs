@@ -26,48 +26,9 @@ const UNHEALTHY_AFTER: u32 = 5;
 /// Longest pause between attempts to start a worker that keeps dying at start.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(5);
 
-/// Hashes a `TaskId` with two folded multiplies instead of SipHash: the maps keyed by task
-/// are touched several times per task. Ids come from this process (random UUIDs, or ids
-/// the application chose), not from an attacker who could aim at collisions.
-#[derive(Clone, Copy, Default)]
-struct TaskIdHash;
-
-impl std::hash::BuildHasher for TaskIdHash {
-    type Hasher = TaskIdHasher;
-
-    fn build_hasher(&self) -> TaskIdHasher {
-        TaskIdHasher(0)
-    }
-}
-
-struct TaskIdHasher(u64);
-
-/// The high and low halves of `a * b`, folded into one word.
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let full = u128::from(a) * u128::from(b);
-    (full as u64) ^ ((full >> 64) as u64)
-}
-
-impl std::hash::Hasher for TaskIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write_u128(&mut self, id: u128) {
-        let (lo, hi) = (id as u64, (id >> 64) as u64);
-        let h = folded_multiply(lo ^ 0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344);
-        self.0 ^= folded_multiply(h ^ hi, 0xa409_3822_299f_31d0);
-    }
-
-    /// Only `write_u128` is used by `TaskId`; anything else still hashes correctly.
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(16) {
-            let mut word = [0u8; 16];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u128(u128::from_le_bytes(word));
-        }
-    }
-}
+/// The task maps are touched several times per task: foldhash instead of SipHash, still
+/// seeded per process.
+type TaskIdHash = foldhash::fast::RandomState;
 
 /// State of one worker slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
