@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procpool::{Pool, TaskError};
+use procpool::{Pool, Shutdown, TaskError};
 use procpool_demo_tasks as demo;
 use support::{assert_no_children, demo_worker, serial};
 
@@ -138,5 +138,44 @@ async fn messages_reach_a_prefetched_chat_when_it_starts() {
     chat.send("");
     assert_eq!(chat.await.unwrap(), 1);
     drop(pool);
+    assert_no_children();
+}
+
+/// A burst on the caller's runtime goes to the worker as a few multi-frame writes; a crash
+/// in the middle of such a batch still fails only the task that ran, and every task before
+/// and after it returns its own value, in order, with one attempt.
+#[tokio::test(flavor = "current_thread")]
+async fn a_crash_inside_a_batch_of_prefetched_runs_is_attributed_exactly() {
+    let _serial = serial().await;
+    let pool = Pool::builder()
+        .worker(demo_worker())
+        .workers(1)
+        .prefetch(31)
+        .start()
+        .await
+        .expect("the demo worker pool starts");
+    let before: Vec<_> = (0..20i64)
+        .map(|i| pool.submit(demo::add::task(i, 1)))
+        .collect();
+    let crash = pool.submit(demo::segfault::task());
+    let after: Vec<_> = (0..500i64)
+        .map(|i| pool.submit(demo::square::task(i)))
+        .collect();
+    let mut first_worker = None;
+    for (i, h) in before.into_iter().enumerate() {
+        let pid = h.started().await.unwrap();
+        assert_eq!(*first_worker.get_or_insert(pid), pid);
+        assert_eq!(h.await.unwrap(), i as i64 + 1);
+    }
+    let err = crash.await.unwrap_err();
+    assert_eq!(err.exit_signal(), Some(11), "{err:?}");
+    for (i, h) in after.into_iter().enumerate() {
+        assert_ne!(h.started().await, first_worker);
+        assert_eq!(h.attempts(), 1);
+        let i = i as i64;
+        assert_eq!(h.await.unwrap(), i * i);
+    }
+    // Dropped on its own runtime, the pool would not wait for the reaping.
+    pool.shutdown(Shutdown::Kill).await;
     assert_no_children();
 }

@@ -26,6 +26,10 @@ const UNHEALTHY_AFTER: u32 = 5;
 /// Longest pause between attempts to start a worker that keeps dying at start.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(5);
 
+/// The task maps are touched several times per task: foldhash instead of SipHash, still
+/// seeded per process.
+type TaskIdHash = foldhash::fast::RandomState;
+
 /// State of one worker slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
@@ -64,13 +68,13 @@ pub(crate) struct Dispatcher {
     next_worker: u64,
     /// Idle workers, most recently idle last (reused first, so the others can age out).
     idle: Vec<WorkerId>,
-    queue: VecDeque<Submission>,
-    running: HashMap<TaskId, WorkerId>,
+    queue: VecDeque<Box<Submission>>,
+    running: HashMap<TaskId, WorkerId, TaskIdHash>,
     /// Failed tasks waiting out their retry backoff.
-    retrying: HashMap<TaskId, Submission>,
+    retrying: HashMap<TaskId, Box<Submission>, TaskIdHash>,
     /// Ids of every queued, running or retrying task: a second live task with the same id
     /// would make cancels and messages ambiguous.
-    live: HashSet<TaskId>,
+    live: HashSet<TaskId, TaskIdHash>,
     /// Set until the initial workers are all ready (or one failed).
     starting: Option<(usize, StartReply)>,
     shutdown: Option<Shutdown>,
@@ -105,9 +109,9 @@ impl Dispatcher {
             next_worker: 0,
             idle: Vec::new(),
             queue: VecDeque::new(),
-            running: HashMap::new(),
-            retrying: HashMap::new(),
-            live: HashSet::new(),
+            running: HashMap::default(),
+            retrying: HashMap::default(),
+            live: HashSet::default(),
             starting: Some((initial, started)),
             shutdown: None,
             shutdown_waiters: Vec::new(),
@@ -280,7 +284,7 @@ impl Dispatcher {
                 tracing::debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task");
                 sub.attempt += 1;
                 let id = sub.id;
-                self.retrying.insert(id, *sub);
+                self.retrying.insert(id, sub);
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

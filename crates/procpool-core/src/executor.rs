@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{FutureExt as _, SinkExt, StreamExt};
+use futures::{FutureExt as _, StreamExt};
 use procpool_os::{ExitVerdict, Pgid, Signal};
-use procpool_proto::{FrameCodec, FromWorker, TaskId, ToWorker};
+use procpool_proto::{FrameCodec, FromWorker, RunRef, TaskId, ToWorker};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use crate::config::Settings;
 use crate::errors::TaskError;
@@ -206,7 +207,7 @@ impl Executor {
         let (rd, wr) = stream.into_split();
         let codec = FrameCodec::new(self.settings.max_frame);
         let mut frames = FramedRead::new(rd, codec);
-        let writer = spawn_writer(FramedWrite::new(wr, codec), self.pgid);
+        let writer = Writer::spawn(wr, self.settings.max_frame, self.pgid);
 
         // Handshake. Only a stop (KillNow, Shutdown, the dispatcher gone) can reach a worker
         // that is not ready yet; it must not wait for the start timeout.
@@ -250,7 +251,7 @@ impl Executor {
 
         // Tasks sent to the worker, in order; the front one is running. More than one only
         // with a prefetch window.
-        let mut inflight: VecDeque<Submission> = VecDeque::new();
+        let mut inflight: VecDeque<Box<Submission>> = VecDeque::new();
         let mut timers = Timers::new();
         let mut tasks_run: u64 = 0;
         let mut draining = false;
@@ -270,7 +271,7 @@ impl Executor {
                                     draining = true;
                                 }
                                 if draining && inflight.is_empty() {
-                                    let _ = writer.send(ToWorker::Shutdown);
+                                    writer.send(&ToWorker::Shutdown);
                                 }
                                 let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
                                 match inflight.front() {
@@ -304,20 +305,19 @@ impl Executor {
                 },
                 cmd = self.commands.recv() => match cmd {
                     Some(ExecutorCommand::Run(mut sub)) => {
-                        let _ = writer.send(ToWorker::Run {
+                        writer.send(&RunRef::Run {
                             task_id: sub.id,
-                            name: sub.name.clone(),
-                            // Keep the arguments only when another attempt may need them, or
-                            // when a prefetched task may come back unstarted.
-                            args: if sub.retry.max_retries() > 0 || self.settings.prefetch > 0 {
-                                sub.args.clone()
-                            } else {
-                                std::mem::take(&mut sub.args)
-                            },
+                            name: &sub.name,
+                            args: &sub.args,
                             encoding: sub.encoding,
                         });
+                        // Keep the arguments only when another attempt may need them, or
+                        // when a prefetched task may come back unstarted.
+                        if sub.retry.max_retries() == 0 && self.settings.prefetch == 0 {
+                            sub.args = Vec::new();
+                        }
                         for bytes in std::mem::take(&mut sub.early_messages) {
-                            let _ = writer.send(ToWorker::Message { task_id: sub.id, bytes });
+                            writer.send(&ToWorker::Message { task_id: sub.id, bytes });
                         }
                         if inflight.is_empty() {
                             self.start(&sub, &mut timers);
@@ -327,7 +327,7 @@ impl Executor {
                     Some(ExecutorCommand::Message(task_id, bytes)) => {
                         // A prefetching worker keeps messages for its queued tasks.
                         if inflight.iter().any(|s| s.id == task_id) {
-                            let _ = writer.send(ToWorker::Message { task_id, bytes });
+                            writer.send(&ToWorker::Message { task_id, bytes });
                         }
                     }
                     Some(ExecutorCommand::Kill(task_id, reason)) => {
@@ -339,18 +339,18 @@ impl Executor {
                         // Prefetched: the worker drops it (Skipped) or says it just started
                         // it (Running, then we kill).
                         if inflight.iter().any(|s| s.id == task_id) {
-                            let _ = writer.send(ToWorker::Cancel { task_id });
+                            writer.send(&ToWorker::Cancel { task_id });
                         }
                     }
                     Some(ExecutorCommand::KillNow) | None => break End::Killed(KillReason::PoolClosed),
                     Some(ExecutorCommand::Shutdown) => {
                         draining = true;
                         if inflight.is_empty() {
-                            let _ = writer.send(ToWorker::Shutdown);
+                            writer.send(&ToWorker::Shutdown);
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(timers.deadline.unwrap_or_else(Instant::now)), if timers.deadline.is_some() => {
+                _ = sleep_until(timers.deadline), if timers.deadline.is_some() => {
                     let after = inflight.front().and_then(|c| c.timeout).unwrap_or_default();
                     if timers.timed_out.is_none() && !self.settings.grace.is_zero() {
                         // Cooperative stop first: the task (or its children) may clean up.
@@ -410,7 +410,7 @@ impl Executor {
             };
             self.conclude(sub, Err(err));
         }
-        let mut unstarted: Vec<Submission> = inflight.into_iter().collect();
+        let mut unstarted: Vec<Box<Submission>> = inflight.into_iter().collect();
         unstarted.extend(self.unstarted());
         let _ = self.events.send(WorkerEvent::Exited {
             worker: self.worker,
@@ -446,7 +446,7 @@ impl Executor {
     fn answer(
         &self,
         frame: BytesMut,
-        inflight: &VecDeque<Submission>,
+        inflight: &VecDeque<Box<Submission>>,
     ) -> Result<Answer, procpool_proto::CodecError> {
         match procpool_proto::decode_done_in_place(&frame) {
             Some((task_id, outcome)) if inflight.front().is_some_and(|s| s.id == task_id) => {
@@ -468,7 +468,7 @@ impl Executor {
     }
 
     /// Handles one frame about the tasks in flight.
-    fn on_frame(&self, msg: FromWorker, inflight: &VecDeque<Submission>) -> Answer {
+    fn on_frame(&self, msg: FromWorker, inflight: &VecDeque<Box<Submission>>) -> Answer {
         let Some(head) = inflight.front() else {
             return Answer::Nothing;
         };
@@ -526,13 +526,10 @@ impl Executor {
 
     /// Delivers an outcome, or hands the task back for another attempt when its retry
     /// policy says so.
-    fn conclude(&self, sub: Submission, outcome: Result<Bytes, TaskError>) {
+    fn conclude(&self, sub: Box<Submission>, outcome: Result<Bytes, TaskError>) {
         match outcome {
             Err(error) if sub.retry.retries(&error, sub.attempt) => {
-                let _ = self.events.send(WorkerEvent::Retry {
-                    sub: Box::new(sub),
-                    error,
-                });
+                let _ = self.events.send(WorkerEvent::Retry { sub, error });
             }
             outcome => finish(sub, outcome),
         }
@@ -567,14 +564,22 @@ impl Executor {
     }
 
     /// Tasks sent to this executor that never reached the worker, to be queued again.
-    fn unstarted(&mut self) -> Vec<Submission> {
+    #[expect(
+        clippy::vec_box,
+        reason = "a submission stays boxed from submit to its end; unboxing would only copy it"
+    )]
+    fn unstarted(&mut self) -> Vec<Box<Submission>> {
         unstarted(&mut self.commands)
     }
 }
 
 /// Closes an executor's command channel and returns the tasks in it, which never reached
 /// the worker.
-fn unstarted(commands: &mut mpsc::UnboundedReceiver<ExecutorCommand>) -> Vec<Submission> {
+#[expect(
+    clippy::vec_box,
+    reason = "a submission stays boxed from submit to its end; unboxing would only copy it"
+)]
+fn unstarted(commands: &mut mpsc::UnboundedReceiver<ExecutorCommand>) -> Vec<Box<Submission>> {
     commands.close();
     let mut back = Vec::new();
     while let Ok(cmd) = commands.try_recv() {
@@ -605,37 +610,120 @@ fn crash_error(verdict: ExitVerdict, stderr_tail: Vec<String>) -> TaskError {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one. Reads the clock only once polled:
+/// `select!` builds every branch's future on each turn, also those it then disables.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Delivers a task's outcome.
-fn finish(sub: Submission, outcome: Result<Bytes, TaskError>) {
+fn finish(sub: Box<Submission>, outcome: Result<Bytes, TaskError>) {
     sub.shared.end();
     let _ = sub.reply.send(outcome);
 }
 
-/// Writes frames in their own task, so a large or slow write never stops the executor from
-/// reading (a worker blocked on a full pipe while we block on another would deadlock).
-fn spawn_writer(
-    mut sink: FramedWrite<tokio::net::unix::OwnedWriteHalf, FrameCodec>,
+/// Largest write buffer kept between writes; a bigger one (a large argument) is freed.
+const KEEP_WRITE_BUFFER: usize = 64 << 10;
+
+/// The executor's side of the frame writer. Frames are encoded straight into a shared
+/// buffer, and the writer task writes everything that piled up in one `write`: a burst of
+/// prefetched `Run`s costs one system call, not one each, and no per-frame message.
+struct Writer {
+    shared: Arc<Outbox>,
+    max_frame: usize,
     pgid: Pgid,
-) -> mpsc::UnboundedSender<ToWorker> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<ToWorker>();
-    tokio::spawn(async move {
-        let result: Result<(), procpool_proto::FrameError> = async {
-            while let Some(msg) = rx.recv().await {
-                sink.feed(&msg).await?;
-                while let Ok(msg) = rx.try_recv() {
-                    sink.feed(&msg).await?;
+}
+
+#[derive(Default)]
+struct Outbox {
+    pending: std::sync::Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    frames: Vec<u8>,
+    /// No more frames will come: the writer ends once `frames` is written.
+    closed: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Writer {
+    /// Writes frames in their own task, so a large or slow write never stops the executor
+    /// from reading (a worker blocked on a full pipe while we block on another would
+    /// deadlock). The write half is shut down once the `Writer` is dropped and all is sent.
+    fn spawn(mut wr: tokio::net::unix::OwnedWriteHalf, max_frame: usize, pgid: Pgid) -> Writer {
+        let shared = Arc::new(Outbox::default());
+        let outbox = shared.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let closed = {
+                    let mut pending = outbox.lock();
+                    std::mem::swap(&mut pending.frames, &mut out);
+                    pending.closed
+                };
+                if out.is_empty() {
+                    if closed {
+                        break;
+                    }
+                    // `notify_one` leaves a permit when nobody waits yet: a frame queued
+                    // since the check still wakes us.
+                    outbox.wake.notified().await;
+                    continue;
                 }
-                SinkExt::<&ToWorker>::flush(&mut sink).await?;
+                if let Err(e) = wr.write_all(&out).await {
+                    // A worker we cannot write to cannot finish its task: end it, so the
+                    // executor sees EOF and gives the task a verdict instead of waiting
+                    // forever.
+                    tracing::debug!(pgid = pgid.get(), error = %e, "write to worker failed");
+                    pgid.signal(Signal::SIGKILL, "write to worker failed");
+                    break;
+                }
+                out.clear();
+                if out.capacity() > KEEP_WRITE_BUFFER {
+                    out = Vec::new();
+                }
             }
-            Ok(())
+        });
+        Writer {
+            shared,
+            max_frame,
+            pgid,
         }
-        .await;
-        if let Err(e) = result {
-            // A worker we cannot write to cannot finish its task: end it, so the executor
-            // sees EOF and gives the task a verdict instead of waiting forever.
-            tracing::debug!(pgid = pgid.get(), error = %e, "write to worker failed");
-            pgid.signal(Signal::SIGKILL, "write to worker failed");
+    }
+
+    /// Queues one frame for the worker.
+    fn send<T: serde::Serialize>(&self, msg: &T) {
+        let mut pending = self.shared.lock();
+        if pending.closed {
+            return;
         }
-    });
-    tx
+        if let Err(e) = procpool_proto::encode_frame_into(msg, &mut pending.frames, self.max_frame)
+        {
+            // As for a failed write: the worker could not run what it was sent.
+            pending.closed = true;
+            drop(pending);
+            tracing::debug!(pgid = self.pgid.get(), error = %e, "frame to worker not encodable");
+            self.pgid.signal(Signal::SIGKILL, "write to worker failed");
+            return;
+        }
+        drop(pending);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
 }

@@ -130,7 +130,7 @@ pub(crate) struct Submission {
 
 impl Submission {
     /// Answers a task that never reached a worker.
-    pub(crate) fn reject(self, err: TaskError) {
+    pub(crate) fn reject(self: Box<Self>, err: TaskError) {
         self.shared.end();
         let _ = self.reply.send(Err(err));
     }
@@ -163,7 +163,8 @@ pub enum Shutdown {
 
 /// Handles to dispatcher.
 pub(crate) enum Command {
-    Submit(Submission),
+    /// Boxed: a submission moves through channels and queues several times per task.
+    Submit(Box<Submission>),
     Cancel(TaskId),
     Message(TaskId, Vec<u8>),
     WorkerPids(oneshot::Sender<Vec<u32>>),
@@ -193,7 +194,7 @@ impl KillReason {
 
 /// Dispatcher to one executor.
 pub(crate) enum ExecutorCommand {
-    Run(Submission),
+    Run(Box<Submission>),
     Message(TaskId, Vec<u8>),
     /// Kill the worker if it is still running this task.
     Kill(TaskId, KillReason),
@@ -222,7 +223,11 @@ pub(crate) enum WorkerEvent {
         /// Set when the worker never completed its handshake.
         start_failure: Option<String>,
         /// Tasks handed to the executor that never reached the worker.
-        unstarted: Vec<Submission>,
+        #[expect(
+            clippy::vec_box,
+            reason = "a submission stays boxed from submit to its end; unboxing would only copy it"
+        )]
+        unstarted: Vec<Box<Submission>>,
     },
     /// A backoff delay passed: try starting a worker again.
     Respawn,

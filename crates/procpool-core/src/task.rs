@@ -184,7 +184,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             shared.close_messages();
             shared.end();
         } else {
-            let sub = Submission {
+            let sub = Box::new(Submission {
                 id: procpool_proto::TaskId(task.id.as_u128()),
                 name: task.name,
                 args: task.args.unwrap_or_default(),
@@ -198,7 +198,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
                 retry: task.retry.unwrap_or_default(),
                 attempt: 1,
                 permit,
-            };
+            });
             if let Err(mpsc::error::SendError(Command::Submit(sub))) =
                 commands.send(Command::Submit(sub))
             {

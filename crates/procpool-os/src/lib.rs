@@ -36,6 +36,7 @@ pub use kill::{Pgid, Signal};
 #[cfg(target_os = "linux")]
 pub use orphans::{become_subreaper, kill_adopted, reap_adopted, spawn_worker, worker_reaped};
 pub use os::{
-    apply_rlimits, channel_pair, die_with_parent, keep_freed_memory, rss_bytes, take_worker_channel,
+    apply_rlimits, channel_pair, die_with_parent, keep_freed_memory, rss_bytes,
+    take_worker_channel, wait_readable,
 };
 pub use spawner::{SpawnJob, on_spawner_thread, start_spawner};

@@ -328,15 +328,31 @@ pub fn encode_frame<T: Serialize>(
     max: usize,
 ) -> Result<(), FrameError> {
     buf.clear();
+    encode_frame_into(msg, buf, max)
+}
+
+/// Appends `msg` as one complete frame (prefix + payload) to `buf`, so several frames can
+/// go out in one write. On error `buf` is left as it was.
+pub fn encode_frame_into<T: Serialize>(
+    msg: &T,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), FrameError> {
+    let start = buf.len();
     buf.extend_from_slice(&[0; PREFIX]);
-    bincode::serde::encode_into_std_write(msg, buf, encode_config())
-        .map_err(|e| FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    let len = buf.len() - PREFIX;
+    if let Err(e) = bincode::serde::encode_into_std_write(msg, buf, encode_config()) {
+        buf.truncate(start);
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e,
+        )));
+    }
+    let len = buf.len() - start - PREFIX;
     if len > max {
-        buf.clear();
+        buf.truncate(start);
         return Err(FrameError::TooLarge { len, max });
     }
-    buf[..PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[start..start + PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 
@@ -427,6 +443,42 @@ mod tests {
             Err(FrameError::TooLarge { .. })
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn borrowed_run_encodes_as_run_and_frames_append() {
+        let run = ToWorker::Run {
+            task_id: TaskId(7 << 90),
+            name: "add".into(),
+            args: vec![1, 2, 3],
+            encoding: Encoding::Json,
+        };
+        let borrowed = crate::messages::RunRef::Run {
+            task_id: TaskId(7 << 90),
+            name: "add",
+            args: &[1, 2, 3],
+            encoding: Encoding::Json,
+        };
+        let mut buf = Vec::new();
+        encode_frame_into(&borrowed, &mut buf, 1 << 20).unwrap();
+        encode_frame_into(&ToWorker::Shutdown, &mut buf, 1 << 20).unwrap();
+        let before = buf.len();
+        assert!(encode_frame_into(&run, &mut buf, 8).is_err());
+        assert_eq!(
+            buf.len(),
+            before,
+            "a refused frame leaves the buffer as it was"
+        );
+        let mut r = &buf[..];
+        let mut frame = Vec::new();
+        assert!(read_frame(&mut r, &mut frame, 1 << 20).unwrap());
+        assert_eq!(decode_message::<ToWorker>(&frame).unwrap(), run);
+        assert!(read_frame(&mut r, &mut frame, 1 << 20).unwrap());
+        assert_eq!(
+            decode_message::<ToWorker>(&frame).unwrap(),
+            ToWorker::Shutdown
+        );
+        assert!(!read_frame(&mut r, &mut frame, 1 << 20).unwrap());
     }
 
     #[test]

@@ -79,6 +79,25 @@ pub enum ToWorker {
     },
 }
 
+/// `ToWorker::Run` with its name and arguments borrowed: the supervisor encodes a task
+/// from where it lies, without copying them into a message first. Same bytes on the wire
+/// as `ToWorker::Run` (bincode numbers variants in order, and `Run` is the first).
+#[derive(Debug, Serialize)]
+pub enum RunRef<'a> {
+    /// See `ToWorker::Run`.
+    Run {
+        /// Task identity, echoed on every answer.
+        task_id: TaskId,
+        /// Registered function name.
+        name: &'a str,
+        /// Encoded positional arguments.
+        #[serde(with = "serde_bytes")]
+        args: &'a [u8],
+        /// Encoding of `args` and of the result.
+        encoding: Encoding,
+    },
+}
+
 /// Worker to supervisor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {

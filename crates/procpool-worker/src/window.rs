@@ -4,6 +4,7 @@
 //! say it is running), even while the main thread is busy with a task.
 
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -46,7 +47,20 @@ impl Window {
         // Buffered: frames sent ahead in a burst come in with few reads.
         let mut stream = std::io::BufReader::with_capacity(64 << 10, stream);
         let mut buf = Vec::new();
-        while let Ok(true) = procpool_proto::read_frame(&mut stream, &mut buf, channel.max_frame) {
+        loop {
+            // Sleep in `poll`, not in `read`: a reader blocked in `read` is woken for nothing
+            // each time the supervisor reads one of our results.
+            if stream.buffer().is_empty()
+                && procpool_os::wait_readable(stream.get_ref().as_fd()).is_err()
+            {
+                break;
+            }
+            if !matches!(
+                procpool_proto::read_frame(&mut stream, &mut buf, channel.max_frame),
+                Ok(true)
+            ) {
+                break;
+            }
             let msg = match procpool_proto::decode_message::<ToWorker>(&buf) {
                 Ok(msg) => msg,
                 Err(e) => {

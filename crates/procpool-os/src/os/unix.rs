@@ -44,6 +44,20 @@ pub fn take_worker_channel() -> Result<OwnedFd, OsError> {
     Ok(channel)
 }
 
+/// Blocks until `fd` has data to read (or is at its end). A thread blocked in `read` on
+/// a socket is also woken each time the peer consumes what this socket wrote (the
+/// write-space wake-up shares the wait queue); `poll` for input only sleeps through those.
+pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), std::io::Error> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        match poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The parent-death signal. A realtime signal nobody else uses, whose handler kills the
 /// worker's whole process group: a plain `PR_SET_PDEATHSIG = SIGKILL` would kill only the
 /// worker, and its task's grandchildren would outlive a SIGKILLed supervisor.
