@@ -18,7 +18,8 @@ use procpool::{Pool, PoolBuilder, PoolError, RetryPolicy, Shutdown, Task, TaskEr
 use procpool_demo_tasks as demo;
 use serde_json::json;
 use support::{
-    KillOnDrop, children, demo_worker, group_members, is_gone, proc_stat, serial, wait_until,
+    KillOnDrop, children, demo_worker, eventually, group_members, is_gone, proc_stat, serial,
+    wait_until,
 };
 
 /// A builder for `n` demo workers.
@@ -34,21 +35,6 @@ async fn started(n: usize) -> Pool {
         .start()
         .await
         .expect("the demo worker pool starts")
-}
-
-/// Polls `cond` every 2 ms, yielding to the runtime in between, until it holds or
-/// `timeout` passes; returns whether it held.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 /// Waits (yielding to the runtime, whose executors reap) until this process has no child

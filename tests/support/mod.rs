@@ -126,6 +126,19 @@ pub fn assert_no_children() {
     assert!(left.is_empty(), "child processes left behind: {left:?}");
 }
 
+/// [`wait_until`] for async tests: yields to the runtime between polls, so that a pool
+/// on the test's own (current-thread) runtime keeps running while the test waits.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
 /// Polls `cond` every 2 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
