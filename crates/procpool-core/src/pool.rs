@@ -253,30 +253,19 @@ impl Pool {
     /// ([`PoolBuilder::queue_capacity`]) that is full, the handle resolves to
     /// [`TaskError::QueueFull`] instead; [`enqueue`](Self::enqueue) waits for room.
     pub fn submit<R: DeserializeOwned>(&self, task: Task<R>) -> TaskHandle<R> {
-        let (task, early) = self.prepare(task);
+        let (task, mut early) = self.prepare(task);
         let permit = match &self.inner.queue_room {
-            Some(room) if early.is_none() => match room.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
+            Some(room) if early.is_none() => {
+                let permit = room.clone().try_acquire_owned().ok();
+                if permit.is_none() {
                     let capacity = self.inner.settings.queue_capacity.unwrap_or_default();
-                    return TaskHandle::submit(
-                        task,
-                        &self.inner.commands,
-                        self.inner.runtime,
-                        Some(TaskError::QueueFull { capacity }),
-                        None,
-                    );
+                    early = Some(TaskError::QueueFull { capacity });
                 }
-            },
+                permit
+            }
             _ => None,
         };
-        TaskHandle::submit(
-            task,
-            &self.inner.commands,
-            self.inner.runtime,
-            early,
-            permit,
-        )
+        self.hand_off(task, early, permit)
     }
 
     /// Queues a task, waiting for room in a bounded queue first (backpressure).
@@ -286,13 +275,18 @@ impl Pool {
             Some(room) if early.is_none() => room.clone().acquire_owned().await.ok(),
             _ => None,
         };
-        TaskHandle::submit(
-            task,
-            &self.inner.commands,
-            self.inner.runtime,
-            early,
-            permit,
-        )
+        self.hand_off(task, early, permit)
+    }
+
+    /// Sends a prepared task to the dispatcher, or resolves its handle at once with `early`.
+    fn hand_off<R: DeserializeOwned>(
+        &self,
+        task: Task<R>,
+        early: Option<TaskError>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> TaskHandle<R> {
+        let inner = &self.inner;
+        TaskHandle::submit(task, &inner.commands, inner.runtime, early, permit)
     }
 
     /// Runs a task and waits for its result. If this future is dropped before it
