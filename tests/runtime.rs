@@ -37,6 +37,15 @@ async fn started(n: usize) -> Pool {
         .expect("the demo worker pool starts")
 }
 
+/// The message of a caught panic (empty if its payload is not a string).
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// Waits (yielding to the runtime, whose executors reap) until this process has no child
 /// left, running or zombie.
 async fn assert_no_children_soon() {
@@ -348,11 +357,7 @@ async fn blocking_waits_work_off_the_runtime_threads() {
     match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::CurrentThread => {
             let panic = on_runtime.expect_err("a blocking wait on the runtime thread panics");
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = panic_text(panic.as_ref());
             assert!(message.contains("would deadlock"), "{message}");
         }
         _ => assert_eq!(on_runtime.unwrap().unwrap(), 11),
@@ -574,11 +579,7 @@ fn start_on_a_runtime_without_drivers_fails_before_spawning() {
             rt.block_on(demo_builder(1).start())
         }))
         .expect_err("start needs the runtime's drivers");
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let message = panic_text(panic.as_ref());
         assert!(message.contains(driver), "{driver}: {message}");
         drop(rt);
         assert!(children().is_empty(), "{driver}: {:?}", children());
