@@ -23,4 +23,12 @@ pub enum OsError {
         /// The supervisor pid the worker was started for.
         expected: u32,
     },
+    /// The platform accepts this resource limit but does not enforce it.
+    #[error("resource limit `{limit}` is not supported on this platform: {why}")]
+    UnsupportedLimit {
+        /// The limit's key (`as`, `cpu`, `nofile`).
+        limit: &'static str,
+        /// Why the platform cannot provide it, and what to use instead.
+        why: &'static str,
+    },
 }

@@ -45,3 +45,12 @@ impl Pgid {
         }
     }
 }
+
+/// In a worker: SIGKILLs its own process group (itself and its task's children), for
+/// `reason`. The supervisor made the worker the leader of a group of its own, so this
+/// reaches nobody else.
+pub(crate) fn kill_own_group(reason: &str) {
+    tracing::debug!(reason, "killing the worker's own process group");
+    // pid 0 addresses the caller's own process group.
+    let _ = signal::kill(Pid::from_raw(0), Signal::SIGKILL);
+}

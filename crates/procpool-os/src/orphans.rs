@@ -16,6 +16,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
+use crate::os;
+
 /// Pids of the live workers of every pool in this process: spawned, not yet reaped.
 static WORKERS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
@@ -45,25 +47,25 @@ pub fn worker_reaped(pid: u32) {
     }
 }
 
-/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphaned descendants
-/// are re-parented to it. Only for a process that does not wait for children of its own
-/// outside procpool's pools, since [`reap_adopted`] reaps every other exited child.
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER` on Linux): orphaned
+/// descendants are re-parented to it. Only for a process that does not wait for children
+/// of its own outside procpool's pools, since [`reap_adopted`] reaps every other exited
+/// child. Fails with [`io::ErrorKind::Unsupported`] on macOS, which has no subreaper.
 pub fn become_subreaper() -> io::Result<()> {
-    // SAFETY: prctl with integer arguments only.
-    let rc = unsafe {
-        nix::libc::prctl(
-            nix::libc::PR_SET_CHILD_SUBREAPER,
-            1 as nix::libc::c_ulong,
-            0 as nix::libc::c_ulong,
-            0 as nix::libc::c_ulong,
-            0 as nix::libc::c_ulong,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    os::become_subreaper()
+}
+
+/// Holds off every worker spawn of the process (they run under the same lock) while a
+/// descriptor is not yet close-on-exec, so no worker inherits it.
+#[cfg_attr(
+    target_os = "linux",
+    expect(
+        dead_code,
+        reason = "Linux creates every descriptor close-on-exec atomically"
+    )
+)]
+pub(crate) fn hold_spawns() -> MutexGuard<'static, Option<HashSet<u32>>> {
+    workers()
 }
 
 /// Reaps every exited child of this process that is not a registered worker; returns
@@ -72,8 +74,8 @@ pub fn become_subreaper() -> io::Result<()> {
 pub fn reap_adopted() -> Vec<u32> {
     let live = workers();
     let mut reaped = Vec::new();
-    for pid in children() {
-        if is_worker(&live, pid) || state(pid) != Some('Z') {
+    for pid in os::own_children() {
+        if is_worker(&live, pid) || !os::is_zombie(pid) {
             continue;
         }
         if let Ok(status) = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG))
@@ -92,12 +94,12 @@ pub fn reap_adopted() -> Vec<u32> {
 pub fn kill_adopted() -> Vec<u32> {
     let live = workers();
     let mut killed = Vec::new();
-    for pid in children() {
+    for pid in os::own_children() {
         if is_worker(&live, pid) {
             continue;
         }
         let target = Pid::from_raw(pid as i32);
-        if state(pid) != Some('Z') {
+        if !os::is_zombie(pid) {
             tracing::warn!(pid, "killing a leftover descendant of a worker");
             let _ = kill(target, Signal::SIGKILL);
         }
@@ -111,29 +113,4 @@ pub fn kill_adopted() -> Vec<u32> {
 
 fn is_worker(live: &Option<HashSet<u32>>, pid: u32) -> bool {
     live.as_ref().is_some_and(|l| l.contains(&pid))
-}
-
-/// Children of every thread of this process. An orphan is re-parented to one thread of
-/// the subreaper, and `/proc/self/task/T/children` lists the children of thread T only.
-fn children() -> Vec<u32> {
-    let mut pids = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return pids;
-    };
-    for task in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                list.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
-        }
-    }
-    pids
-}
-
-/// The one-letter state of `pid` from `/proc/PID/stat` (after the parenthesised name,
-/// which may itself contain spaces and parentheses).
-fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }

@@ -1,5 +1,7 @@
 //! Adopted orphans with real processes. One test in its own binary: becoming a subreaper
 //! changes the whole test process, and the reaper must not race other tests' children.
+// Linux only: it makes the test process a child subreaper and reads `/proc`.
+#![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
