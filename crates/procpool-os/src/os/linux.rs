@@ -238,7 +238,8 @@ mod tests {
     fn own_stat_parses() {
         let me = std::fs::read_to_string("/proc/self/stat").unwrap();
         let stat = parse_stat(&me).expect("our own stat parses");
-        assert_eq!(stat.state, 'R');
+        // The main thread's state: it may be waiting for this test thread.
+        assert!(stat.state.is_ascii_alphabetic());
         assert_eq!(stat.pgid, nix::unistd::getpgrp().as_raw() as u32);
         assert!(stat.rss_pages > 0);
     }
