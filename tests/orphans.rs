@@ -3,6 +3,8 @@
 //! workers and their grandchildren die within a second. This binary's process is itself a
 //! subreaper (set by each test), so whatever the killed CLI leaves comes back here to be
 //! reaped, never to PID 1.
+// Linux only: the child subreaper it rests on does not exist on macOS.
+#![cfg(target_os = "linux")]
 
 mod support;
 

@@ -484,6 +484,8 @@ fn start_mode_holder() {
 /// come back here to be reaped instead of to PID 1.
 async fn sigkill_of_the_process_leaves_no_worker() {
     let _serial = serial().await;
+    // The suite runs on Linux; elsewhere this file is only compiled.
+    #[cfg(target_os = "linux")]
     nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
     let flavor = match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",

@@ -6,6 +6,7 @@ use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use procpool_os::Rlimit;
 use procpool_proto::DEFAULT_MAX_FRAME;
 
 use crate::errors::{PoolError, TaskError};
@@ -117,6 +118,20 @@ impl Rlimits {
         .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
         .collect();
         (!parts.is_empty()).then(|| parts.join(","))
+    }
+
+    /// Refuses a limit this platform accepts but does not enforce (`RLIMIT_AS` on macOS):
+    /// a pool that asked for it must not run unbounded in silence.
+    fn check(self) -> Result<(), PoolError> {
+        let asked = [
+            (self.address_space, Rlimit::AddressSpace),
+            (self.cpu_seconds, Rlimit::CpuSeconds),
+            (self.open_files, Rlimit::OpenFiles),
+        ];
+        for (_, limit) in asked.into_iter().filter(|(value, _)| value.is_some()) {
+            procpool_os::check_rlimit(limit).map_err(|e| PoolError::Config(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -248,14 +263,18 @@ impl PoolBuilder {
     }
 
     /// Kill a worker whose resident memory goes above `bytes` while it runs a task, failing
-    /// the task with `limit_exceeded`. Checked every 20 ms while a task runs.
+    /// the task with `limit_exceeded`. Checked every 20 ms while a task runs. The memory
+    /// is that of the worker's process group: the task's children count too (on Linux,
+    /// those still in the worker's process tree; see `procpool_os::group_rss_bytes`).
     pub fn max_rss(&mut self, bytes: u64) -> &mut Self {
         self.max_rss = Some(bytes);
         self
     }
 
     /// `RLIMIT_AS` for every worker (address space, reserved memory included). An
-    /// allocation past it aborts the worker (`crashed`, SIGABRT).
+    /// allocation past it aborts the worker (`crashed`, SIGABRT). Linux only: macOS does
+    /// not enforce it, so there the pool's build fails with [`PoolError::Config`]; use
+    /// [`max_rss`](Self::max_rss) instead.
     pub fn rlimit_address_space(&mut self, bytes: u64) -> &mut Self {
         self.rlimits.address_space = Some(bytes);
         self
@@ -326,6 +345,7 @@ impl PoolBuilder {
                 "queue_capacity must be at least 1".into(),
             ));
         }
+        self.rlimits.check()?;
         Ok(Settings {
             worker,
             worker_args: self.worker_args.clone(),

@@ -363,7 +363,7 @@ impl Executor {
                 },
                 _ = timers.rss_check.tick(), if !inflight.is_empty() && self.settings.max_rss.is_some() => {
                     let max = self.settings.max_rss.expect("checked by the guard");
-                    if let Some(rss) = procpool_os::rss_bytes(self.pid)
+                    if let Some(rss) = procpool_os::group_rss_bytes(self.pgid)
                         && rss > max
                     {
                         break End::Limit(format!(

@@ -44,7 +44,6 @@ mod errors;
 mod executor;
 mod host;
 mod internal;
-#[cfg(target_os = "linux")]
 mod orphans;
 mod output;
 mod pool;
@@ -54,7 +53,6 @@ mod task;
 pub use config::{PoolBuilder, RetryPolicy};
 pub use errors::{PoolError, TaskError};
 pub use internal::Shutdown;
-#[cfg(target_os = "linux")]
 pub use orphans::OrphanReaper;
 pub use pool::{Pool, PoolStatus};
 pub use procpool_proto::{ParamInfo, TaskInfo};

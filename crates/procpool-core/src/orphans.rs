@@ -19,6 +19,8 @@ pub struct OrphanReaper {
 
 impl OrphanReaper {
     /// Starts reaping on the current tokio runtime (its signal driver must be enabled).
+    /// Fails with [`std::io::ErrorKind::Unsupported`] on macOS, which has no child
+    /// subreaper: orphaned grandchildren go to launchd there.
     pub fn start() -> std::io::Result<Self> {
         procpool_os::become_subreaper()?;
         let mut sigchld = signal(SignalKind::child())?;

@@ -42,9 +42,13 @@ pub(crate) struct Spawned {
 }
 
 /// A spawn on its way: done at once ([`Spawner::Here`]) or running on the spawner thread.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per worker start, moved once into its executor task"
+// Large only where tokio's `Child` is (Linux, with its pidfd reaper); not on macOS.
+#[cfg_attr(
+    target_os = "linux",
+    expect(
+        clippy::large_enum_variant,
+        reason = "one per worker start, moved once into its executor task"
+    )
 )]
 pub(crate) enum Pending {
     Done(Result<Spawned, Refused>),

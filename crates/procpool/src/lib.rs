@@ -97,7 +97,6 @@
 //!   whose runtime went away under them.
 #![deny(missing_docs)]
 
-#[cfg(target_os = "linux")]
 pub use procpool_core::OrphanReaper;
 pub use procpool_core::{
     ParamInfo, Pool, PoolBuilder, PoolError, PoolStatus, Progress, RetryPolicy, Shutdown, Task,
