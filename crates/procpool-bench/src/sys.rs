@@ -7,18 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// `VmRSS` of a process in KiB.
+/// Resident memory of a process in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+    procpool_os::rss_bytes(pid)
+        .map(|bytes| bytes / 1024)
+        .with_context(|| format!("no resident memory for pid {pid} (gone?)"))
 }
 
-/// Mean `VmRSS` of the given processes in MiB.
+/// Mean resident memory of the given processes in MiB.
 pub fn mean_rss_mib(pids: &[u32]) -> Result<f64> {
     if pids.is_empty() {
         bail!("no process to measure");
