@@ -58,7 +58,7 @@ pub fn become_subreaper() -> io::Result<()> {
 /// Holds off every worker spawn of the process (they run under the same lock) while a
 /// descriptor is not yet close-on-exec, so no worker inherits it.
 #[cfg_attr(
-    target_os = "linux",
+    all(target_os = "linux", not(test)),
     expect(
         dead_code,
         reason = "Linux creates every descriptor close-on-exec atomically"
@@ -113,4 +113,27 @@ pub fn kill_adopted() -> Vec<u32> {
 
 fn is_worker(live: &Option<HashSet<u32>>, pid: u32) -> bool {
     live.as_ref().is_some_and(|l| l.contains(&pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::TryLockError;
+
+    use super::*;
+
+    /// Where `socketpair` cannot set close-on-exec atomically (macOS), the channel is made
+    /// under [`hold_spawns`]; that only keeps it from procpool's own spawns if every
+    /// spawn runs under the same lock.
+    #[test]
+    fn worker_spawns_run_under_the_lock_that_holds_spawns_off() {
+        let held_during_spawn = spawn_worker(
+            || Ok(matches!(WORKERS.try_lock(), Err(TryLockError::WouldBlock))),
+            |_| None,
+        )
+        .unwrap();
+        assert!(held_during_spawn);
+        let guard = hold_spawns();
+        assert!(matches!(WORKERS.try_lock(), Err(TryLockError::WouldBlock)));
+        drop(guard);
+    }
 }

@@ -95,6 +95,13 @@
 //! - **Zombies**: every worker is reaped by its executor (on the supervisor thread, or on
 //!   the runtime of a `start` pool); tokio's orphan queue is relied on only for workers
 //!   whose runtime went away under them.
+//! - **macOS** (checked at compile time; the suite runs on Linux): there is no child
+//!   subreaper, so [`OrphanReaper::start`] fails and a dead worker's orphaned
+//!   grandchildren go to launchd (which reaps them); one that left its worker's process
+//!   group is then never killed by procpool. macOS does not enforce `RLIMIT_AS`, so a pool
+//!   with [`PoolBuilder::rlimit_address_space`] fails to build there; use
+//!   [`PoolBuilder::max_rss`]. Workers die with their supervisor through a kqueue watch
+//!   on it instead of `PR_SET_PDEATHSIG` (see `procpool-os`).
 #![deny(missing_docs)]
 
 pub use procpool_core::OrphanReaper;

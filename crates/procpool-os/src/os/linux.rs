@@ -38,9 +38,12 @@ extern "C" fn kill_own_group(_: nix::libc::c_int) {
     }
 }
 
-/// Arms `PR_SET_PDEATHSIG` (its handler kills our whole group), then lets
-/// [`parent::arm`] check that the supervisor did not die before we asked. Should the
-/// `prctl` ever fail, the watch falls back to polling `getppid`.
+/// In the worker, before it runs anything: makes its whole process group die with the
+/// supervisor, and fails with [`OsError::ParentGone`] if the supervisor already died.
+/// Linux: `PR_SET_PDEATHSIG` with a signal whose handler kills the group (it fires when
+/// the supervisor's *spawning thread* exits), then a `getppid` check, since a supervisor
+/// that died before the `prctl` would leave us orphaned for good. Should the `prctl`
+/// fail, a thread polls `getppid` instead.
 pub fn die_with_parent(expected_parent: u32) -> Result<(), OsError> {
     let sig = parent_death_signal();
     // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler

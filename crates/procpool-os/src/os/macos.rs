@@ -38,10 +38,12 @@ fn set_cloexec(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Watches the supervisor with a kqueue `EVFILT_PROC`/`NOTE_EXIT` filter on its pid; a
-/// thread blocks on the queue and kills our whole group when the supervisor exits. Unlike
-/// `PR_SET_PDEATHSIG` this follows the supervisor *process*, not its spawning thread. A
-/// kqueue that cannot be made falls back to polling `getppid` ([`parent::arm`]).
+/// In the worker, before it runs anything: makes its whole process group die with the
+/// supervisor, and fails with [`OsError::ParentGone`] if the supervisor already died.
+/// macOS: a kqueue `EVFILT_PROC`/`NOTE_EXIT` filter on the supervisor's pid, and a
+/// thread blocked on it that kills the group when the supervisor exits (this follows the
+/// supervisor *process*, not its spawning thread); then a `getppid` check. A kqueue that
+/// cannot be armed, or fails later, is replaced by a thread polling `getppid`.
 pub fn die_with_parent(expected_parent: u32) -> Result<(), OsError> {
     parent::arm(arm_kqueue(expected_parent), expected_parent)
 }
