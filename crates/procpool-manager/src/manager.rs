@@ -18,7 +18,8 @@ use uuid::Uuid;
 use crate::errors::{ManagerError, MetaError};
 use crate::events::{EventBus, TaskEvent};
 use crate::inputs::Inputs;
-use crate::node::{Consumer, ManagerInner, Request, value_body};
+use crate::registry::{Request, value_body};
+use crate::state::{Consumer, ManagerInner};
 use crate::store::{MemoryStore, Store, StoreKey};
 
 /// Runs tasks and MetaTasks on a pool on behalf of many consumers (Dara's TaskManager,

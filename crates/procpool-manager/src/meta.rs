@@ -13,10 +13,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::context::{InputContext, Observe, then_task};
+use crate::cached::Cached;
+use crate::context::{InputContext, then_task};
 use crate::errors::MetaError;
 use crate::inputs::{Identity, Inputs};
-use crate::node::Cached;
+use crate::observe::Observe;
 use crate::scope::Scope;
 
 /// The run of a MetaTask, given its context, id and name (read when it starts, so
