@@ -44,6 +44,7 @@ mod errors;
 mod executor;
 mod host;
 mod internal;
+mod kwargs;
 #[cfg(target_os = "linux")]
 mod orphans;
 mod output;
@@ -54,6 +55,7 @@ mod task;
 pub use config::{PoolBuilder, RetryPolicy};
 pub use errors::{PoolError, TaskError};
 pub use internal::Shutdown;
+pub use kwargs::bind_kwargs;
 #[cfg(target_os = "linux")]
 pub use orphans::OrphanReaper;
 pub use pool::{Pool, PoolStatus};

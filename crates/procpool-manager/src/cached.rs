@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::context::InputContext;
 use crate::errors::MetaError;
 use crate::inputs::{Identity, Inputs};
-use crate::registry::{Request, value_body};
+use crate::registry::{Request, distinct, value_body};
 
 /// Inputs shared by cache key under a [`TaskManager`](crate::TaskManager).
 ///
@@ -40,6 +40,7 @@ use crate::registry::{Request, value_body};
 pub struct Cached<I> {
     key: String,
     inputs: I,
+    notify_channels: Vec<String>,
 }
 
 impl<I> Cached<I> {
@@ -49,7 +50,27 @@ impl<I> Cached<I> {
         Cached {
             key: key.into(),
             inputs,
+            notify_channels: Vec::new(),
         }
+    }
+
+    /// Channels that also get the shared task's events when a task manager runs it:
+    /// `Started` (when this request is accepted), progress and messages, and one terminal
+    /// event, like the channel of [`run_task`](crate::TaskManager::run_task). A request
+    /// that attaches to the running task adds its channels to it; a channel named twice,
+    /// or also named by the inputs (their own `notify_channels`) or by `run_task`, is
+    /// notified once. Also for a `Cached` met inside another run: the shared task's events
+    /// (its id in `task_id`) go to these channels. Adds to channels set before.
+    pub fn notify_channels<S: Into<String>>(
+        mut self,
+        channels: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.notify_channels = crate::registry::distinct(
+            std::mem::take(&mut self.notify_channels)
+                .into_iter()
+                .chain(channels.into_iter().map(Into::into)),
+        );
+        self
     }
 
     /// The cache key.
@@ -71,7 +92,11 @@ where
     type Output = I::Output;
 
     fn start(self, at: &InputContext) -> BoxFuture<'static, Result<I::Output, MetaError>> {
-        let Cached { key, inputs } = self;
+        let Cached {
+            key,
+            inputs,
+            notify_channels,
+        } = self;
         let Some(manager) = at.manager.clone() else {
             return inputs.start(at);
         };
@@ -83,7 +108,7 @@ where
             id: ident.id.unwrap_or_else(Uuid::new_v4),
             name: ident.name.unwrap_or_else(|| "inputs".to_owned()),
             key: Some(key.clone()),
-            channel: None,
+            channels: distinct(notify_channels.into_iter().chain(ident.notify_channels)),
             root: false,
             watchers: at.observers.clone(),
             path: at.path_arc(),
@@ -109,9 +134,16 @@ where
     }
 
     fn identity(&self) -> Identity {
+        let inner = self.inputs.identity();
         Identity {
             cache_key: Some(self.key.clone()),
-            ..self.inputs.identity()
+            notify_channels: crate::registry::distinct(
+                self.notify_channels
+                    .iter()
+                    .cloned()
+                    .chain(inner.notify_channels),
+            ),
+            ..inner
         }
     }
 }

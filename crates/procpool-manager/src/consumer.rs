@@ -28,7 +28,7 @@ impl NodeState {
         if !watchers.is_empty() {
             self.watchers.push((consumer.serial, watchers));
         }
-        if let Some(channel) = &consumer.channel {
+        for channel in &consumer.channels {
             // Under the node's lock, like every event of the node: nothing of this task
             // reaches the channel before its `Started`.
             events.publish(
@@ -102,13 +102,13 @@ impl Consumer {
     pub(crate) fn new(
         serial: u64,
         node: Arc<Node>,
-        channel: Option<String>,
+        channels: Vec<String>,
         manager: &Arc<ManagerInner>,
     ) -> Arc<Consumer> {
         Arc::new(Consumer {
             serial,
             node,
-            channel,
+            channels,
             manager: Arc::downgrade(manager),
             outcome: watch::channel(None).0,
         })
@@ -134,8 +134,8 @@ impl Consumer {
 
     /// Detaches from the node. The last consumer's release cancels the node (its workers
     /// are killed) and it gets the node's outcome once they are reaped; any other
-    /// consumer gets `Cancelled` at once, after a `Cancelled` event on its channel if no
-    /// other consumer shares that channel.
+    /// consumer gets `Cancelled` at once, after a `Cancelled` event on each of its
+    /// channels that no other consumer shares.
     pub(crate) fn release(self: &Arc<Self>) {
         let Some(manager) = self.manager.upgrade() else {
             return;
@@ -157,7 +157,7 @@ impl Consumer {
             } else {
                 st.consumers.remove(pos);
                 st.watchers.retain(|(serial, _)| *serial != self.serial);
-                if let Some(channel) = &self.channel {
+                for channel in &self.channels {
                     if let Some(i) = st.channels.iter().position(|c| c == channel) {
                         st.channels.remove(i);
                     }

@@ -39,13 +39,25 @@ where
     })
 }
 
+/// `channels` in order, each once: a consumer's channel list, where the channel of
+/// `run_task` and the task's own `notify_channels` may name the same channel.
+pub(crate) fn distinct(channels: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for channel in channels {
+        if !out.contains(&channel) {
+            out.push(channel);
+        }
+    }
+    out
+}
+
 /// A request to run something as a node, or to attach to the node already running it.
 pub(crate) struct Request {
     pub(crate) id: Uuid,
     pub(crate) name: String,
     pub(crate) key: Option<String>,
     /// Where this consumer wants the node's events.
-    pub(crate) channel: Option<String>,
+    pub(crate) channels: Vec<String>,
     /// Made by `run_task` (the node's result is then stored under its id).
     pub(crate) root: bool,
     /// The consumer's own observers: the node's progress is forwarded to them.
@@ -75,7 +87,7 @@ impl ManagerInner {
             .or_else(|| registry.by_id.get(&req.id))
             .cloned();
         if let Some(node) = running {
-            let consumer = Consumer::new(serial, node.clone(), req.channel, self);
+            let consumer = Consumer::new(serial, node.clone(), req.channels, self);
             let mut st = node.lock();
             if req.root && !st.root {
                 st.root = true;
@@ -100,7 +112,7 @@ impl ManagerInner {
             }),
             ended: watch::channel(false).0,
         });
-        let consumer = Consumer::new(serial, node.clone(), req.channel, self);
+        let consumer = Consumer::new(serial, node.clone(), req.channels, self);
         node.lock().attach(&consumer, req.watchers, &self.events);
         if let Some(key) = &node.key {
             registry.by_key.insert(key.clone(), node.clone());

@@ -106,7 +106,8 @@ pub(crate) struct NodeState {
     /// Attached consumers; each gets the outcome. The last one stays here after it is
     /// released, to get the outcome of the cancel it caused.
     pub(crate) consumers: Vec<Arc<Consumer>>,
-    /// One entry per attached consumer with a channel (a channel may repeat).
+    /// One entry per channel of each attached consumer (a channel may repeat: it is
+    /// announced once, and its `Cancelled` waits until no consumer on it is left).
     pub(crate) channels: Vec<String>,
     /// Observers of the runs that consume this node, by consumer serial.
     pub(crate) watchers: Vec<(u64, Observers)>,
@@ -139,7 +140,8 @@ impl Node {
 pub(crate) struct Consumer {
     pub(crate) serial: u64,
     pub(crate) node: Arc<Node>,
-    pub(crate) channel: Option<String>,
+    /// Where this consumer wants the node's events, each channel once.
+    pub(crate) channels: Vec<String>,
     pub(crate) manager: Weak<ManagerInner>,
     pub(crate) outcome: watch::Sender<Option<Result<Value, MetaError>>>,
 }
@@ -148,7 +150,7 @@ impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
             .field("node", &self.node)
-            .field("channel", &self.channel)
+            .field("channels", &self.channels)
             .finish_non_exhaustive()
     }
 }
