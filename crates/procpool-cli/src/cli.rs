@@ -312,9 +312,15 @@ const RUN_AFTER_HELP: &str = "\
 JOBS (one JSON object per line; blank lines are skipped):
   {\"id\": \"j1\", \"task\": \"add\", \"args\": [1, 2]}
   {\"id\": \"j2\", \"task\": \"sleep_ms\", \"args\": [5000], \"timeout_ms\": 500, \"retries\": 1}
+  {\"id\": \"j3\", \"task\": \"greet\", \"kwargs\": {\"name\": \"Ada\", \"greeting\": \"Hi\"}}
   id          required, a non-empty string, unique within the run
   task        required, the name of a task the worker serves (see `procpool tasks`)
   args        optional, an array of positional arguments; default []
+  kwargs      optional, an object of arguments by parameter name (the names
+              `procpool tasks` lists), for the parameters after those in args; a
+              parameter of type Option<..> may be left out. A missing parameter, an
+              unknown name, or a name also given in args fails the job with kind
+              `bad_args` naming it, before anything of the job runs
   timeout_ms  optional, a whole number of milliseconds above 0: this job's deadline,
               overriding --timeout
   retries     optional, a whole number >= 0: this job's crash-class retries,
@@ -328,11 +334,12 @@ NESTED TASKS (a task's result as an argument):
   {\"id\": \"m\", \"task\": \"sum\", \"args\": [[{\"$task\": \"square\", \"args\": [2]},
                                     {\"$task\": \"square\", \"args\": [3]}]]}
   Any value anywhere inside args (in arrays, in objects, in another nested task's args)
-  may be an object {\"$task\": NAME, \"args\": [...]}. The nested tasks run first, all
+  may be an object {\"$task\": NAME, \"args\": [...], \"kwargs\": {...}}. The nested
+  tasks run first, all
   at once, each as soon as its own nested args are done; every result replaces its
   object, and then the job's task runs with the resolved args (job m completes with
-  13). A nested task object has only \"$task\" (a task name) and an optional \"args\"
-  array; any other shape makes a `bad_job`. timeout_ms and retries apply to the job's
+  13). A nested task object has only \"$task\" (a task name), an optional \"args\"
+  array and an optional \"kwargs\" object; any other shape makes a `bad_job`. timeout_ms and retries apply to the job's
   own task; nested tasks follow --timeout and --retries. When a nested task fails, the
   job fails with that task's error kind, the other nested tasks are cancelled (their
   workers killed), the job's task never runs (attempts 0, duration_ms from the start
