@@ -177,7 +177,7 @@ fn validate(shared: &Shared, body: &[u8]) -> Result<Valid, ApiError> {
             "\"timeout_ms\" must be a whole number of milliseconds above 0",
         ));
     }
-    let unprocessable = |kind: &str, message: String| {
+    let unprocessable = |kind: &'static str, message: String| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
     };
     let pool = shared.manager.pool();
