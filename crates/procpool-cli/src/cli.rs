@@ -418,12 +418,18 @@ const SERVE_AFTER_HELP: &str = "\
 ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, else 401):
   POST   /v1/tasks        {\"task\": \"add\", \"args\": [1, 2], \"cache_key\": \"k\",
                            \"channel\": \"c\", \"timeout_ms\": 5000, \"retries\": 1}
+                          {\"task\": \"greet\", \"kwargs\": {\"name\": \"Ada\"},
+                           \"channel\": \"c\", \"notify_channels\": [\"audit\", \"ui\"]}
                           -> 202 {\"task_id\": ID}. Only task is required; args may hold
-                          nested tasks {\"$task\": NAME, \"args\": [...]} as in `procpool
-                          run`. The same cache_key while that task runs -> the same
-                          task_id (it runs once). 400 malformed body or unknown field,
-                          413 body over --max-body, 422 a task the workers do not
-                          serve, 429 over --max-active, 503 shutting down.
+                          nested tasks {\"$task\": NAME, \"args\": [...], \"kwargs\":
+                          {...}} as in `procpool run`; kwargs gives arguments by
+                          parameter name. notify_channels: more channels that get the
+                          task's events, as channel does. The same cache_key while that
+                          task runs -> the same task_id (it runs once; the request's
+                          channels are added to it). 400 malformed body or unknown
+                          field, 413 body over --max-body, 422 a task the workers do not
+                          serve or bad_args (a keyword argument missing, unknown or also
+                          given in args), 429 over --max-active, 503 shutting down.
   GET    /v1/tasks/ID     -> {\"task_id\", \"task\", \"status\", \"progress\",
                           \"progress_message\", \"worker_pids\", \"result\", \"error\"}
                           status: pending | running | completed | failed | cancelled;
