@@ -136,7 +136,9 @@ impl<R> Task<R> {
     /// Channels that a task manager running this task also notifies (Dara's
     /// `notify_channels`), beside the channel given to its `run_task`: each gets the
     /// task's events, with one terminal event. Adds to channels set before; a channel
-    /// named twice is notified once. A pool running the task directly ignores them.
+    /// named twice is notified once. They apply where a task manager runs the task as a
+    /// task of its own (given to `run_task`, or shared by cache key); as a plain input of
+    /// another run its events are that run's, and a pool running it directly ignores them.
     pub fn notify_channels<S: Into<String>>(
         mut self,
         channels: impl IntoIterator<Item = S>,
