@@ -284,8 +284,9 @@ async fn consumers_attaching_by_cache_key_add_their_channels_and_leave_with_them
         .iter()
         .map(|c| manager.subscribe(c))
         .collect();
-    // 300 ms of work, then a result: long enough for three consumers to attach.
-    let shared = || Cached::new("nap", demo::sleep_ms::task(300));
+    // 1 s of work, then a result: time enough for three consumers to attach and one to
+    // leave, even on a loaded machine.
+    let shared = || Cached::new("nap", demo::sleep_ms::task(1000));
     let a = manager.run_task(shared().notify_channels(["x"]), Some("ui"));
     let b = manager.run_task(shared().notify_channels(["y", "z"]), None);
     let c = manager.run_task(shared().notify_channels(["z"]), None);
@@ -294,8 +295,8 @@ async fn consumers_attaching_by_cache_key_add_their_channels_and_leave_with_them
     // `b` leaves: `y` was only its own and is told so; `z` is still `c`'s.
     b.cancel();
     assert_eq!(b.value().await, Err(MetaError::Cancelled));
-    assert_eq!(a.value().await, Ok(json!(300)));
-    assert_eq!(c.value().await, Ok(json!(300)));
+    assert_eq!(a.value().await, Ok(json!(1000)));
+    assert_eq!(c.value().await, Ok(json!(1000)));
 
     let got: Vec<Vec<&str>> = rx
         .iter_mut()
