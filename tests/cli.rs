@@ -295,6 +295,7 @@ fn tasks_json_lists_every_demo_task_with_types() {
         "noisy",
         "grandchild",
         "chat",
+        "greet",
     ];
     expected.sort_unstable();
     assert_eq!(names, expected, "sorted by name");
@@ -318,7 +319,7 @@ fn tasks_table_for_people() {
     let run = procpool(&["tasks", "--worker", DEMO], "");
     assert_eq!(run.code, 0, "{run:?}");
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 1 + 17, "{}", run.stdout);
+    assert_eq!(lines.len(), 1 + 18, "{}", run.stdout);
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["TASK", "PARAMETERS", "RESULT", "NOTES"]);
     let add = lines.iter().find(|l| l.starts_with("add ")).unwrap();
@@ -1029,4 +1030,106 @@ fn malformed_or_unknown_nested_tasks_fail_their_job_only() {
     assert_eq!(unknown["error"]["kind"], "unknown_task", "{unknown}");
     assert_message_contains(unknown, "no_such_task");
     assert_eq!(records["ok"]["result"], 16);
+}
+
+// ---------------------------------------------------------------------------------------
+// Keyword arguments (issue 17)
+
+#[test]
+fn run_help_documents_keyword_arguments() {
+    assert_documents(
+        &procpool(&["run", "--help"], ""),
+        &["kwargs", "\"greet\", \"kwargs\"", "Option<..>", "bad_args"],
+    );
+}
+
+#[test]
+fn jobs_and_nested_tasks_take_keyword_arguments() {
+    let jobs = concat!(
+        r#"{"id": "named", "task": "greet", "kwargs": {"greeting": "Hi", "name": "Ada"}}"#,
+        "\n",
+        r#"{"id": "optional", "task": "greet", "kwargs": {"name": "Ada"}}"#,
+        "\n",
+        r#"{"id": "mixed", "task": "add", "args": [40], "kwargs": {"b": 2}}"#,
+        "\n",
+        // add(a = square(x = 3), b = 1) = 10, with the nested task under a keyword.
+        r#"{"id": "nested", "task": "add", "kwargs": {"b": 1, "a": {"$task": "square", "kwargs": {"x": 3}}}}"#,
+        "\n",
+    );
+    let run = run_stdin("2", jobs);
+    assert_eq!(run.code, 0, "{run:?}");
+    let records = by_id(&run.records());
+    for (id, result) in [
+        ("named", json!("Hi, Ada!")),
+        ("optional", json!("Hello, Ada!")),
+        ("mixed", json!(42)),
+        ("nested", json!(10)),
+    ] {
+        let r = &records[id];
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["result"], result, "{r}");
+    }
+}
+
+#[test]
+fn bad_keyword_arguments_fail_their_job_as_bad_args_naming_them() {
+    let jobs = concat!(
+        r#"{"id": "unknown", "task": "add", "args": [1], "kwargs": {"c": 2}}"#,
+        "\n",
+        r#"{"id": "both", "task": "add", "args": [1], "kwargs": {"a": 2, "b": 3}}"#,
+        "\n",
+        r#"{"id": "missing", "task": "greet", "kwargs": {"greeting": "Hi"}}"#,
+        "\n",
+        // The job's own call is wrong: its nested sleeper never starts.
+        r#"{"id": "outer", "task": "add", "kwargs": {"a": {"$task": "sleep_ms", "args": [30000]}, "z": 1}}"#,
+        "\n",
+        // A nested call is wrong: its sleeping sibling never starts either.
+        r#"{"id": "inner", "task": "sum", "args": [[{"$task": "sleep_ms", "args": [30000]}, {"$task": "square", "args": [2], "kwargs": {"x": 2}}]]}"#,
+        "\n",
+        r#"{"id": "shape", "task": "add", "kwargs": [1, 2]}"#,
+        "\n",
+        r#"{"id": "fine", "task": "add", "kwargs": {"a": 1, "b": 2}}"#,
+        "\n",
+    );
+    let run = run_stdin("2", jobs);
+    assert_eq!(run.code, 1, "{run:?}");
+    // Nothing waited for a sleeper.
+    assert_quick(&run);
+    let records = by_id(&run.records());
+    for (id, message) in [
+        (
+            "unknown",
+            "bad arguments: add has no parameter named \"c\" (its parameters: a, b)",
+        ),
+        (
+            "both",
+            "bad arguments: argument \"a\" of add given both by position and by keyword",
+        ),
+        (
+            "missing",
+            "bad arguments: missing argument \"name\" of greet (name: String)",
+        ),
+        (
+            "outer",
+            "bad arguments: add has no parameter named \"z\" (its parameters: a, b)",
+        ),
+        (
+            "inner",
+            "bad arguments: argument \"x\" of square given both by position and by keyword",
+        ),
+    ] {
+        let r = &records[id];
+        assert_eq!(r["status"], "failed", "{r}");
+        assert_eq!(r["error"]["kind"], "bad_args", "{r}");
+        assert_eq!(r["error"]["message"], message, "{r}");
+        assert_eq!(r["attempts"], 0, "{r}");
+    }
+    assert_eq!(
+        records["inner"]["error"]["input"],
+        json!({"task": "square", "path": "$[0][1]"})
+    );
+    let shape = &records["shape"];
+    assert_eq!(shape["error"]["kind"], "bad_job", "{shape}");
+    assert_message_contains(shape, "\"kwargs\" must be an object");
+    assert_eq!(records["fine"]["result"], 3);
 }

@@ -1105,7 +1105,167 @@ fn serve_help_documents_routes_token_and_signals() {
         "--result-ttl",
         "130/143",
         "--max-rss",
+        "kwargs",
+        "notify_channels",
+        "bad_args",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Keyword arguments and notify_channels (issue 17)
+
+#[test]
+fn kwargs_in_submissions_and_each_bad_one_is_422_bad_args_naming_it() {
+    let server = Server::start(&[], &[]);
+    for (body, result) in [
+        (
+            json!({"task": "greet", "kwargs": {"greeting": "Hi", "name": "Ada"}}),
+            json!("Hi, Ada!"),
+        ),
+        (
+            json!({"task": "greet", "kwargs": {"name": "Ada"}}),
+            json!("Hello, Ada!"),
+        ),
+        (
+            json!({"task": "add", "args": [40], "kwargs": {"b": 2}}),
+            json!(42),
+        ),
+        (
+            json!({"task": "add", "kwargs": {"a": {"$task": "square", "kwargs": {"x": 3}}, "b": 1}}),
+            json!(10),
+        ),
+    ] {
+        let id = server.submit(body.clone());
+        let t = server.finished(&id);
+        assert_eq!(t["status"], "completed", "{body}: {t}");
+        assert_eq!(t["result"], result, "{body}: {t}");
+    }
+    for (body, message) in [
+        (
+            json!({"task": "add", "args": [1], "kwargs": {"c": 2}}),
+            "bad arguments: add has no parameter named \"c\" (its parameters: a, b)",
+        ),
+        (
+            json!({"task": "add", "args": [1], "kwargs": {"a": 2, "b": 3}}),
+            "bad arguments: argument \"a\" of add given both by position and by keyword",
+        ),
+        (
+            json!({"task": "greet", "kwargs": {"greeting": "Hi"}}),
+            "bad arguments: missing argument \"name\" of greet (name: String)",
+        ),
+        (
+            json!({"task": "sum", "args": [[{"$task": "sleep_ms", "args": [30000]},
+                {"$task": "square", "kwargs": {"y": 1}}]]}),
+            "nested task \"square\" at $[0][1]: bad arguments: square has no parameter \
+             named \"y\" (its parameters: x)",
+        ),
+    ] {
+        let a = server.call("POST", "/v1/tasks", Some(&body.to_string()));
+        assert_eq!(
+            (a.status, a.kind()),
+            (422, "bad_args".into()),
+            "{body}: {a:?}"
+        );
+        assert_eq!(a.json()["error"]["message"], message, "{body}");
+    }
+    let a = server.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"task": "nope", "kwargs": {"a": 1}}).to_string()),
+    );
+    assert_eq!((a.status, a.kind()), (422, "unknown_task".into()), "{a:?}");
+    let a = server.call(
+        "POST",
+        "/v1/tasks",
+        Some(r#"{"task": "add", "kwargs": [1, 2]}"#),
+    );
+    assert_eq!((a.status, a.kind()), (400, "bad_request".into()), "{a:?}");
+    // The refused ones ran nothing (the sleeper among them included).
+    server.assert_metric("procpool_tasks_submitted_total 4\n");
+}
+
+#[test]
+fn notify_channels_get_every_event_once_and_joiners_add_theirs() {
+    let server = Server::start(&[], &[]);
+    let mut on_c = server.events(Some("c"));
+    let mut on_audit = server.events(Some("audit"));
+    let mut on_late = server.events(Some("late"));
+
+    // 2 s of work: the second request surely finds it running.
+    let id = server.submit(json!({"task": "progress", "args": [4, 500], "channel": "c",
+        "notify_channels": ["audit", "c", "audit"], "cache_key": "p"}));
+    // A second request for the running task adds its own channel.
+    let a = server.call(
+        "POST",
+        "/v1/tasks",
+        Some(
+            &json!({"task": "progress", "args": [4, 500], "cache_key": "p",
+            "notify_channels": ["late"]})
+            .to_string(),
+        ),
+    );
+    assert_eq!(a.status, 202, "{a:?}");
+    assert_eq!(a.json()["task_id"], id.as_str());
+    assert_eq!(a.json()["deduplicated"], true);
+
+    let types = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let got_c = on_c.until_terminal(&id);
+    assert_eq!(
+        types(&got_c),
+        [
+            "started",
+            "progress",
+            "progress",
+            "progress",
+            "progress",
+            "completed"
+        ],
+        "{got_c:#?}"
+    );
+    assert_eq!(
+        on_audit.until_terminal(&id),
+        got_c,
+        "the same events, once each"
+    );
+    // The joiner's channel: its own start, then everything after it, one end.
+    let got_late = on_late.until_terminal(&id);
+    assert_eq!(
+        types(&got_late).first().map(String::as_str),
+        Some("started")
+    );
+    assert_eq!(
+        types(&got_late).last().map(String::as_str),
+        Some("completed")
+    );
+    assert_eq!(
+        got_late.iter().filter(|e| e["type"] == "completed").count(),
+        1,
+        "{got_late:#?}"
+    );
+
+    // Nothing more on any of them: the next event each sees is that of a new task.
+    let next = server.submit(json!({"task": "add", "args": [1, 2], "channel": "c",
+        "notify_channels": ["audit", "late"]}));
+    for events in [&mut on_c, &mut on_audit, &mut on_late] {
+        let got = events.until_terminal(&next);
+        assert!(
+            got.iter().all(|e| e["task_id"] == next.as_str()),
+            "{got:#?}"
+        );
+        assert_eq!(types(&got), ["started", "completed"]);
+    }
+
+    let a = server.call(
+        "POST",
+        "/v1/tasks",
+        Some(&json!({"task": "add", "notify_channels": [""]}).to_string()),
+    );
+    assert_eq!((a.status, a.kind()), (400, "bad_request".into()), "{a:?}");
 }

@@ -312,9 +312,15 @@ const RUN_AFTER_HELP: &str = "\
 JOBS (one JSON object per line; blank lines are skipped):
   {\"id\": \"j1\", \"task\": \"add\", \"args\": [1, 2]}
   {\"id\": \"j2\", \"task\": \"sleep_ms\", \"args\": [5000], \"timeout_ms\": 500, \"retries\": 1}
+  {\"id\": \"j3\", \"task\": \"greet\", \"kwargs\": {\"name\": \"Ada\", \"greeting\": \"Hi\"}}
   id          required, a non-empty string, unique within the run
   task        required, the name of a task the worker serves (see `procpool tasks`)
   args        optional, an array of positional arguments; default []
+  kwargs      optional, an object of arguments by parameter name (the names
+              `procpool tasks` lists), for the parameters after those in args; a
+              parameter of type Option<..> may be left out. A missing parameter, an
+              unknown name, or a name also given in args fails the job with kind
+              `bad_args` naming it, before anything of the job runs
   timeout_ms  optional, a whole number of milliseconds above 0: this job's deadline,
               overriding --timeout
   retries     optional, a whole number >= 0: this job's crash-class retries,
@@ -328,11 +334,12 @@ NESTED TASKS (a task's result as an argument):
   {\"id\": \"m\", \"task\": \"sum\", \"args\": [[{\"$task\": \"square\", \"args\": [2]},
                                     {\"$task\": \"square\", \"args\": [3]}]]}
   Any value anywhere inside args (in arrays, in objects, in another nested task's args)
-  may be an object {\"$task\": NAME, \"args\": [...]}. The nested tasks run first, all
+  may be an object {\"$task\": NAME, \"args\": [...], \"kwargs\": {...}}. The nested
+  tasks run first, all
   at once, each as soon as its own nested args are done; every result replaces its
   object, and then the job's task runs with the resolved args (job m completes with
-  13). A nested task object has only \"$task\" (a task name) and an optional \"args\"
-  array; any other shape makes a `bad_job`. timeout_ms and retries apply to the job's
+  13). A nested task object has only \"$task\" (a task name), an optional \"args\"
+  array and an optional \"kwargs\" object; any other shape makes a `bad_job`. timeout_ms and retries apply to the job's
   own task; nested tasks follow --timeout and --retries. When a nested task fails, the
   job fails with that task's error kind, the other nested tasks are cancelled (their
   workers killed), the job's task never runs (attempts 0, duration_ms from the start
@@ -411,12 +418,18 @@ const SERVE_AFTER_HELP: &str = "\
 ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, else 401):
   POST   /v1/tasks        {\"task\": \"add\", \"args\": [1, 2], \"cache_key\": \"k\",
                            \"channel\": \"c\", \"timeout_ms\": 5000, \"retries\": 1}
+                          {\"task\": \"greet\", \"kwargs\": {\"name\": \"Ada\"},
+                           \"channel\": \"c\", \"notify_channels\": [\"audit\", \"ui\"]}
                           -> 202 {\"task_id\": ID}. Only task is required; args may hold
-                          nested tasks {\"$task\": NAME, \"args\": [...]} as in `procpool
-                          run`. The same cache_key while that task runs -> the same
-                          task_id (it runs once). 400 malformed body or unknown field,
-                          413 body over --max-body, 422 a task the workers do not
-                          serve, 429 over --max-active, 503 shutting down.
+                          nested tasks {\"$task\": NAME, \"args\": [...], \"kwargs\":
+                          {...}} as in `procpool run`; kwargs gives arguments by
+                          parameter name. notify_channels: more channels that get the
+                          task's events, as channel does. The same cache_key while that
+                          task runs -> the same task_id (it runs once; the request's
+                          channels are added to it). 400 malformed body or unknown
+                          field, 413 body over --max-body, 422 a task the workers do not
+                          serve or bad_args (a keyword argument missing, unknown or also
+                          given in args), 429 over --max-active, 503 shutting down.
   GET    /v1/tasks/ID     -> {\"task_id\", \"task\", \"status\", \"progress\",
                           \"progress_message\", \"worker_pids\", \"result\", \"error\"}
                           status: pending | running | completed | failed | cancelled;

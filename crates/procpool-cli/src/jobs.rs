@@ -20,6 +20,8 @@ pub(crate) struct Job {
     pub(crate) task: String,
     /// Always a JSON array (positional arguments).
     pub(crate) args: Value,
+    /// Arguments by parameter name (`kwargs`); empty when the job has none.
+    pub(crate) kwargs: Map<String, Value>,
     /// 1-based line number in the job stream.
     pub(crate) line: u64,
     /// The job's own `timeout_ms` and `retries`, overriding the pool's.
@@ -55,7 +57,7 @@ pub(crate) enum Parsed {
 
 /// Fields a job line may have; anything else is rejected, so a typo such as `"arg"` is
 /// reported instead of silently running with no arguments.
-const FIELDS: [&str; 5] = ["id", "task", "args", "timeout_ms", "retries"];
+const FIELDS: [&str; 6] = ["id", "task", "args", "kwargs", "timeout_ms", "retries"];
 
 /// Opens the job stream: a file, or stdin for `-`. Errors here mean nothing ran.
 pub(crate) async fn open(path: &Path) -> anyhow::Result<Box<dyn AsyncBufRead + Unpin + Send>> {
@@ -228,8 +230,8 @@ impl<R: AsyncBufRead + Unpin> JobReader<R> {
 fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!(
-            "unknown field {unknown:?} (a job has only \"id\", \"task\", \"args\", \"timeout_ms\" \
-             and \"retries\")"
+            "unknown field {unknown:?} (a job has only \"id\", \"task\", \"args\", \"kwargs\", \
+             \"timeout_ms\" and \"retries\")"
         ));
     }
     let id = match obj.remove("id") {
@@ -259,9 +261,25 @@ fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
             ));
         }
     };
+    let kwargs = match obj.remove("kwargs") {
+        None => Map::new(),
+        Some(Value::Object(kwargs)) => kwargs,
+        Some(other) => {
+            return Err(format!(
+                "\"kwargs\" must be an object of arguments by parameter name, not {}",
+                type_of(&other)
+            ));
+        }
+    };
     // Nested tasks are checked here, so a malformed one is a `bad_job` with its line.
     if procpool::JsonGraph::contains_tasks(&args) {
         procpool::JsonGraph::parse(args.clone()).map_err(|e| format!("in \"args\": {e}"))?;
+    }
+    for (name, value) in &kwargs {
+        if procpool::JsonGraph::contains_tasks(value) {
+            procpool::JsonGraph::parse(value.clone())
+                .map_err(|e| format!("in \"kwargs\" {name:?}: {e}"))?;
+        }
     }
     let policy = JobPolicy {
         timeout: match obj.remove("timeout_ms") {
@@ -293,6 +311,7 @@ fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
         id,
         task,
         args,
+        kwargs,
         line,
         policy,
     })
@@ -355,6 +374,7 @@ mod tests {
                     id: "a".into(),
                     task: "t".into(),
                     args: serde_json::json!([1]),
+                    kwargs: Map::new(),
                     line: 2,
                     policy: JobPolicy::default(),
                 }),
@@ -362,6 +382,7 @@ mod tests {
                     id: "b".into(),
                     task: "u".into(),
                     args: serde_json::json!([]),
+                    kwargs: Map::new(),
                     line: 4,
                     policy: JobPolicy::default(),
                 }),

@@ -134,6 +134,7 @@ mod tests {
             id: "j".into(),
             task: "t".into(),
             args: Value::Array(vec![]),
+            kwargs: Default::default(),
             line: 4,
             policy: Default::default(),
         }

@@ -342,13 +342,20 @@ impl Batch<'_> {
                 parsed = self.reader.next(), if can_read => {
                     match parsed.context("error reading the jobs")? {
                         None => input_done = true,
-                        Some(Parsed::Job(job)) if JsonGraph::contains_tasks(&job.args) => {
+                        Some(Parsed::Job(job)) if has_nested(&job) => {
                             outcome.dispatched += 1;
                             in_flight.spawn(finish_nested(pool.clone(), job));
                         }
                         Some(Parsed::Job(job)) => {
                             outcome.dispatched += 1;
-                            let task = Task::json(job.task.clone(), job.args.clone());
+                            // Keyword arguments are matched at submission: a mistake
+                            // fails the job as `bad_args` before it is queued.
+                            let task = if job.kwargs.is_empty() {
+                                Task::json(job.task.clone(), job.args.clone())
+                            } else {
+                                let args = job.args.as_array().cloned().unwrap_or_default();
+                                Task::json_kwargs(job.task.clone(), args, job.kwargs.clone())
+                            };
                             let handle = pool.submit(with_policy(task, &job.policy));
                             in_flight.spawn(finish(job, handle));
                         }
@@ -394,6 +401,11 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Whether a job's arguments (positional or by name) hold nested tasks.
+fn has_nested(job: &Job) -> bool {
+    JsonGraph::contains_tasks(&job.args) || job.kwargs.values().any(JsonGraph::contains_tasks)
+}
+
 /// Runs a job whose arguments hold nested tasks (`{"$task": ..., "args": [...]}`): they
 /// run first, all at once, as the inputs of a MetaTask; their results replace them, and
 /// then the job's own task runs like any other job. A failed nested task fails the job
@@ -401,7 +413,18 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
 /// killed) before the record is written.
 async fn finish_nested(pool: Pool, job: Job) -> Record {
     let began = Instant::now();
-    let graph = match JsonGraph::parse(job.args.clone()) {
+    // The job's own keyword arguments first (nested tasks there are plain values yet),
+    // so that a mistake in them fails the job before any nested task starts.
+    let args = if job.kwargs.is_empty() {
+        job.args.clone()
+    } else {
+        let positional = job.args.as_array().cloned().unwrap_or_default();
+        match pool.bind_json(&job.task, positional, job.kwargs.clone()) {
+            Ok(args) => Value::Array(args),
+            Err(err) => return Record::finished(job, Err(err), 0, began.elapsed()),
+        }
+    };
+    let graph = match JsonGraph::parse(args) {
         Ok(graph) => graph,
         // `jobs::validate` let the job through only if this parses; kept as a record
         // rather than a panic all the same.

@@ -343,8 +343,39 @@ impl Pool {
         let settings = &self.inner.settings;
         task.timeout = task.timeout.or(settings.timeout);
         task.retry = task.retry.or(Some(settings.retry));
+        if let Some(call) = task.kwargs.take() {
+            match self.bind_json(&task.name, call.args, call.kwargs) {
+                Ok(args) => {
+                    task.args = serde_json::to_vec(&args).map_err(|e| e.to_string());
+                }
+                Err(early) => return (task, Some(early)),
+            }
+        }
         let early = self.check(&task);
         (task, early)
+    }
+
+    /// The positional arguments of a call of task `name` with `args` by position and
+    /// `kwargs` by name, matched to its parameters in this pool's [`tasks`](Self::tasks)
+    /// (see [`Task::json_kwargs`]). Fails with [`TaskError::UnknownTask`] or
+    /// [`TaskError::BadArgs`]: what submitting such a task would fail with.
+    pub fn bind_json(
+        &self,
+        name: &str,
+        args: Vec<serde_json::Value>,
+        kwargs: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<serde_json::Value>, TaskError> {
+        let info = self
+            .inner
+            .manifest
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| TaskError::UnknownTask {
+                name: name.to_owned(),
+            })?;
+        crate::kwargs::bind_kwargs(info, args, kwargs.into_iter().collect(), || {
+            serde_json::Value::Null
+        })
     }
 
     fn check<R>(&self, task: &Task<R>) -> Option<TaskError> {

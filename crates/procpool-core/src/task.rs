@@ -44,7 +44,18 @@ pub struct Task<R> {
     pub(crate) on_progress: Option<ProgressFn>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
+    /// Channels a task manager also notifies when it runs this task; the pool ignores them.
+    pub(crate) notify_channels: Vec<String>,
+    /// Keyword arguments of a JSON call, matched to the parameters when it is submitted
+    /// (the manifest is the pool's); `args` is then encoded from the result.
+    pub(crate) kwargs: Option<Box<JsonCall>>,
     _result: PhantomData<fn() -> R>,
+}
+
+/// The arguments of a JSON call with keyword arguments, before they are matched.
+pub(crate) struct JsonCall {
+    pub(crate) args: Vec<serde_json::Value>,
+    pub(crate) kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl<R> std::fmt::Debug for Task<R> {
@@ -74,6 +85,8 @@ impl<R> Task<R> {
             on_progress: None,
             timeout: None,
             retry: None,
+            notify_channels: Vec::new(),
+            kwargs: None,
             _result: PhantomData,
         }
     }
@@ -120,6 +133,30 @@ impl<R> Task<R> {
         self
     }
 
+    /// Channels that a task manager running this task also notifies (Dara's
+    /// `notify_channels`), beside the channel given to its `run_task`: each gets the
+    /// task's events, with one terminal event. Adds to channels set before; a channel
+    /// named twice is notified once. They apply where a task manager runs the task as a
+    /// task of its own (given to `run_task`, or shared by cache key); as a plain input of
+    /// another run its events are that run's, and a pool running it directly ignores them.
+    pub fn notify_channels<S: Into<String>>(
+        mut self,
+        channels: impl IntoIterator<Item = S>,
+    ) -> Self {
+        for channel in channels {
+            let channel = channel.into();
+            if !self.notify_channels.contains(&channel) {
+                self.notify_channels.push(channel);
+            }
+        }
+        self
+    }
+
+    /// The channels set with [`notify_channels`](Self::notify_channels).
+    pub fn notified_channels(&self) -> &[String] {
+        &self.notify_channels
+    }
+
     /// The task id.
     pub fn id(&self) -> Uuid {
         self.id
@@ -137,6 +174,33 @@ impl Task<serde_json::Value> {
     pub fn json(name: impl Into<String>, args: serde_json::Value) -> Self {
         let args = serde_json::to_vec(&args).map_err(|e| e.to_string());
         Self::new(name.into(), args, Encoding::Json)
+    }
+
+    /// An untyped task with keyword arguments: `args` fills the first parameters by
+    /// position, `kwargs` the others by name, as the
+    /// worker's registry names them (`procpool tasks` lists them). A parameter of type
+    /// `Option<..>` may be left out (it gets `None`). They are matched when the task is
+    /// submitted, against the pool's [`tasks`](crate::Pool::tasks): a missing, unknown or
+    /// repeated name fails the task with [`TaskError::BadArgs`] naming it, before it is
+    /// queued.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: procpool_core::Pool) -> Result<(), procpool_core::TaskError> {
+    /// use procpool_core::Task;
+    /// use serde_json::json;
+    /// let kwargs = json!({"b": 2}).as_object().cloned().unwrap_or_default();
+    /// let three = pool.run(Task::json_kwargs("add", vec![json!(1)], kwargs)).await?;
+    /// assert_eq!(three, json!(3));
+    /// # Ok(()) }
+    /// ```
+    pub fn json_kwargs(
+        name: impl Into<String>,
+        args: Vec<serde_json::Value>,
+        kwargs: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        let mut task = Self::new(name.into(), Ok(Vec::new()), Encoding::Json);
+        task.kwargs = Some(Box::new(JsonCall { args, kwargs }));
+        task
     }
 }
 

@@ -161,6 +161,13 @@ pub fn grandchild(secs: u64) -> Result<(), String> {
     }
 }
 
+/// `"{greeting}, {name}!"`, `Hello` when no greeting is given: parameters in an order
+/// that matters, and one that may be left out (for keyword arguments).
+#[task]
+pub fn greet(name: String, greeting: Option<String>) -> String {
+    format!("{}, {name}!", greeting.as_deref().unwrap_or("Hello"))
+}
+
 /// Answers every message from the parent with its bytes reversed; ends on an empty
 /// message. Returns the number of messages answered.
 #[task]

@@ -9,30 +9,14 @@ use std::task::{Context, Poll};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use procpool_core::{Pool, Progress, Task, TaskError, TaskHandle};
+use procpool_core::{Pool, Task, TaskError, TaskHandle};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::errors::MetaError;
-use crate::node::ManagerInner;
+use crate::observe::{Observe, Observers};
 use crate::scope::{Live, Scope};
-
-/// Watches the tasks of a run: a MetaTask's progress callbacks, or the task manager's
-/// event publisher.
-pub(crate) trait Observe: Send + Sync {
-    /// A task of the run reported progress (`p.task_id` is that task).
-    fn progress(&self, p: &Progress);
-    /// A task of the run sent a message to the parent.
-    fn message(&self, _input: Uuid, _bytes: &[u8]) {}
-    /// Whether [`Observe::message`] wants the messages; when no observer does, they stay
-    /// in the task's handle.
-    fn wants_messages(&self) -> bool {
-        false
-    }
-}
-
-/// Everyone watching one part of a run, innermost last.
-pub(crate) type Observers = Arc<[Arc<dyn Observe>]>;
+use crate::state::ManagerInner;
 
 /// Where an input starts: the pool, the fail-fast group of its run, its place in the
 /// inputs (named in errors), who watches its progress, and the task manager running it,

@@ -58,9 +58,10 @@ pub trait Inputs: Send + 'static {
     /// resolves, so a part whose future is dropped is still stopped and reaped.
     fn start(self, at: &InputContext) -> BoxFuture<'static, Result<Self::Output, MetaError>>;
 
-    /// Id, name and cache key for [`TaskManager::run_task`](crate::TaskManager::run_task)
-    /// when this is the task it runs. The default: a fresh id, the name `inputs`, no
-    /// cache key.
+    /// Id, name, cache key and channels to notify for
+    /// [`TaskManager::run_task`](crate::TaskManager::run_task) when this is the task it
+    /// runs (or, for the channels, the inputs a [`Cached`](crate::Cached) shares). The
+    /// default: a fresh id, the name `inputs`, no cache key, no channels.
     fn identity(&self) -> Identity {
         Identity::default()
     }
@@ -77,6 +78,9 @@ pub struct Identity {
     /// The cache key: a run with the key of a running task attaches to it, and a run with
     /// the key of a completed one gets its cached result.
     pub cache_key: Option<String>,
+    /// Channels that also get the task's events when a task manager runs it, beside the
+    /// channel of `run_task` (each once).
+    pub notify_channels: Vec<String>,
 }
 
 /// A value already at hand, among inputs that are tasks.
@@ -105,6 +109,7 @@ impl<R: DeserializeOwned + Send + 'static> Inputs for Task<R> {
             id: Some(self.id()),
             name: Some(self.name().to_owned()),
             cache_key: None,
+            notify_channels: self.notified_channels().to_vec(),
         }
     }
 }

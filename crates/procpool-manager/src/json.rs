@@ -1,11 +1,12 @@
 //! [`JsonGraph`]: JSON arguments in which nested tasks may appear anywhere, as
-//! `{"$task": NAME, "args": [...]}` objects. This is the CLI's job format for nested tasks,
+//! `{"$task": NAME, "args": [...], "kwargs": {...}}` objects. This is the CLI's job format for nested tasks,
 //! and the shape any JSON front end (the HTTP control plane) can hand to a MetaTask.
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, join_all};
-use procpool_core::Task;
+use procpool_core::{Task, TaskError, TaskInfo};
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use crate::context::{InputContext, start_task, then_task};
 use crate::errors::{JsonGraphError, MetaError};
@@ -15,6 +16,8 @@ use crate::inputs::Inputs;
 const TASK_KEY: &str = "$task";
 /// The nested task's positional arguments (optional; `[]` when absent).
 const ARGS_KEY: &str = "args";
+/// The nested task's keyword arguments (optional), by parameter name.
+const KWARGS_KEY: &str = "kwargs";
 
 /// A JSON value in which an object `{"$task": "square", "args": [3]}` anywhere (in
 /// arrays, in objects, in another nested task's `args`) is a task. As [`Inputs`] it
@@ -22,7 +25,10 @@ const ARGS_KEY: &str = "args";
 /// run concurrently, and a task whose `args` hold nested tasks runs once they are done.
 ///
 /// A `$task` object has exactly the keys `$task` (a non-empty string, the registered
-/// name) and optionally `args` (an array); anything else is a [`JsonGraphError`].
+/// name) and optionally `args` (an array) and `kwargs` (an object: arguments by parameter
+/// name, see [`Task::json_kwargs`]); anything else is a [`JsonGraphError`]. Keyword
+/// arguments are matched to the parameters the pool's workers announce
+/// ([`bind`](Self::bind)) before any task of the graph is queued.
 ///
 /// ```
 /// use procpool_manager::JsonGraph;
@@ -45,6 +51,8 @@ enum Node {
     Task {
         name: String,
         args: Vec<Node>,
+        /// Matched to parameters by [`JsonGraph::bind`], which leaves this empty.
+        kwargs: Vec<(String, Node)>,
     },
 }
 
@@ -72,6 +80,71 @@ impl JsonGraph {
         collect_names(&self.0, &mut names);
         names
     }
+
+    /// Matches the keyword arguments of every nested task to its parameters, as `tasks`
+    /// (a pool's [`tasks`](procpool_core::Pool::tasks)) names them, so that the graph
+    /// holds positional arguments only. Fails with [`MetaError::Task`] naming the nested
+    /// task and its place, of kind `unknown_task` for a name that `tasks` lacks and
+    /// `bad_args` for a missing, unknown or repeated argument (see
+    /// [`bind_kwargs`](procpool_core::bind_kwargs)). Running the graph does this first,
+    /// so a mistake anywhere in it fails the run before any of its tasks is queued.
+    pub fn bind(self, tasks: &[TaskInfo]) -> Result<JsonGraph, MetaError> {
+        bind(self.0, tasks, "$").map(JsonGraph)
+    }
+}
+
+fn bind(node: Node, tasks: &[TaskInfo], path: &str) -> Result<Node, MetaError> {
+    match node {
+        Node::Plain(_) => Ok(node),
+        Node::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| bind(n, tasks, &format!("{path}[{i}]")))
+            .collect::<Result<_, _>>()
+            .map(Node::Array),
+        Node::Object(fields) => fields
+            .into_iter()
+            .map(|(k, n)| {
+                let at = format!("{path}[{k:?}]");
+                bind(n, tasks, &at).map(|n| (k, n))
+            })
+            .collect::<Result<_, _>>()
+            .map(Node::Object),
+        Node::Task { name, args, kwargs } => {
+            // The task never got an id: it fails before it is built.
+            let fail = |source: TaskError| MetaError::Task {
+                id: Uuid::new_v4(),
+                name: name.clone(),
+                path: path.to_owned(),
+                source: Box::new(source),
+            };
+            let Some(info) = tasks.iter().find(|t| t.name == name) else {
+                return Err(fail(TaskError::UnknownTask { name: name.clone() }));
+            };
+            let args = args
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| bind(n, tasks, &format!("{path}.{ARGS_KEY}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if kwargs.is_empty() {
+                return Ok(Node::Task { name, args, kwargs });
+            }
+            let kwargs = kwargs
+                .into_iter()
+                .map(|(k, n)| {
+                    let at = format!("{path}.{KWARGS_KEY}[{k:?}]");
+                    bind(n, tasks, &at).map(|n| (k, n))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let args = procpool_core::bind_kwargs(info, args, kwargs, || Node::Plain(Value::Null))
+                .map_err(fail)?;
+            Ok(Node::Task {
+                name,
+                args,
+                kwargs: Vec::new(),
+            })
+        }
+    }
 }
 
 fn collect_names<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
@@ -79,8 +152,9 @@ fn collect_names<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
         Node::Plain(_) => {}
         Node::Array(items) => items.iter().for_each(|n| collect_names(n, out)),
         Node::Object(fields) => fields.iter().for_each(|(_, n)| collect_names(n, out)),
-        Node::Task { name, args } => {
+        Node::Task { name, args, kwargs } => {
             args.iter().for_each(|n| collect_names(n, out));
+            kwargs.iter().for_each(|(_, n)| collect_names(n, out));
             out.push(name);
         }
     }
@@ -119,10 +193,15 @@ fn parse(value: Value, path: &str) -> Result<Node, JsonGraphError> {
 }
 
 fn parse_task(mut map: Map<String, Value>, path: &str) -> Result<Node, JsonGraphError> {
-    if let Some(extra) = map.keys().find(|k| *k != TASK_KEY && *k != ARGS_KEY) {
+    if let Some(extra) = map
+        .keys()
+        .find(|k| ![TASK_KEY, ARGS_KEY, KWARGS_KEY].contains(&k.as_str()))
+    {
         return Err(invalid(
             path,
-            format!("unknown key {extra:?} (a nested task has only \"$task\" and \"args\")"),
+            format!(
+                "unknown key {extra:?} (a nested task has only \"$task\", \"args\" and \"kwargs\")"
+            ),
         ));
     }
     let name = match map.remove(TASK_KEY) {
@@ -148,14 +227,34 @@ fn parse_task(mut map: Map<String, Value>, path: &str) -> Result<Node, JsonGraph
             ));
         }
     };
-    Ok(Node::Task { name, args })
+    let kwargs = match map.remove(KWARGS_KEY) {
+        None => Vec::new(),
+        Some(Value::Object(kwargs)) => kwargs
+            .into_iter()
+            .map(|(k, v)| {
+                let at = format!("{path}.{KWARGS_KEY}[{k:?}]");
+                parse(v, &at).map(|n| (k, n))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(invalid(
+                path,
+                "\"kwargs\" must be an object of arguments by parameter name",
+            ));
+        }
+    };
+    Ok(Node::Task { name, args, kwargs })
 }
 
 impl Inputs for JsonGraph {
     type Output = Value;
 
     fn start(self, at: &InputContext) -> BoxFuture<'static, Result<Value, MetaError>> {
-        start_node(self.0, at)
+        // Every task's arguments are matched first: a mistake queues nothing.
+        match bind(self.0, at.pool.tasks(), at.path()) {
+            Ok(node) => start_node(node, at),
+            Err(failure) => futures::future::ready(Err(at.scope.fail(failure))).boxed(),
+        }
     }
 }
 
@@ -190,7 +289,8 @@ fn start_node(node: Node, at: &InputContext) -> BoxFuture<'static, Result<Value,
                 })
                 .boxed()
         }
-        Node::Task { name, args } => {
+        // `bind` left no keyword arguments.
+        Node::Task { name, args, .. } => {
             let plain: Option<Vec<Value>> = args
                 .iter()
                 .map(|n| match n {
@@ -254,5 +354,75 @@ mod tests {
 
         let err = JsonGraph::parse(json!([{"$task": "a", "args": [{"$task": ""}]}])).unwrap_err();
         assert_eq!(err.path, "$[0].args[0]");
+    }
+
+    fn add_and_greet() -> Vec<TaskInfo> {
+        let param = |name: &str, ty: &str| procpool_core::ParamInfo {
+            name: name.into(),
+            type_name: ty.into(),
+        };
+        let info = |name: &str, params| TaskInfo {
+            name: name.into(),
+            params,
+            result: "i64".into(),
+            fallible: false,
+            is_async: false,
+        };
+        vec![
+            info("add", vec![param("a", "i64"), param("b", "i64")]),
+            info(
+                "greet",
+                vec![param("name", "String"), param("greeting", "Option<String>")],
+            ),
+        ]
+    }
+
+    #[test]
+    fn bind_turns_keywords_into_positions_at_every_depth() {
+        let tasks = add_and_greet();
+        let g = JsonGraph::parse(json!([
+            {"$task": "add", "kwargs": {"b": {"$task": "add", "args": [1], "kwargs": {"b": 2}}, "a": 10}},
+            {"$task": "greet", "kwargs": {"name": "Ada"}}
+        ]))
+        .unwrap();
+        let bound = g.bind(&tasks).unwrap();
+        let expected = JsonGraph::parse(json!([
+            {"$task": "add", "args": [10, {"$task": "add", "args": [1, 2]}]},
+            {"$task": "greet", "args": ["Ada", null]}
+        ]))
+        .unwrap();
+        assert_eq!(bound, expected);
+    }
+
+    #[test]
+    fn bind_names_the_task_and_its_place() {
+        let tasks = add_and_greet();
+        let fails = |v: Value| JsonGraph::parse(v).unwrap().bind(&tasks).unwrap_err();
+        let e = fails(json!({"x": [{"$task": "add", "args": [1], "kwargs": {"c": 2}}]}));
+        assert_eq!(e.kind(), "bad_args");
+        assert_eq!(e.path(), Some("$[\"x\"][0]"));
+        assert!(
+            e.task_error()
+                .unwrap()
+                .to_string()
+                .contains("no parameter named \"c\""),
+            "{e:?}"
+        );
+        let e = fails(json!([{"$task": "add", "args": [{"$task": "add", "kwargs": {"a": 1}}]}]));
+        assert_eq!(e.path(), Some("$[0].args[0]"));
+        assert!(
+            e.task_error()
+                .unwrap()
+                .to_string()
+                .contains("missing argument \"b\""),
+            "{e:?}"
+        );
+        let e = fails(json!([{"$task": "nope", "kwargs": {"a": 1}}]));
+        assert_eq!(e.kind(), "unknown_task");
+        let err = JsonGraph::parse(json!([{"$task": "add", "kwargs": [1]}])).unwrap_err();
+        assert!(
+            err.message.contains("\"kwargs\" must be an object"),
+            "{err}"
+        );
     }
 }

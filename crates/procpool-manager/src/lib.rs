@@ -51,18 +51,24 @@
 //!   thread: keep them short.
 #![deny(missing_docs)]
 
+mod cached;
+mod consumer;
 mod context;
+mod driver;
 mod errors;
 mod events;
 mod inputs;
 mod json;
 mod manager;
 mod meta;
-mod node;
+mod observe;
+mod registry;
 mod report;
 mod scope;
+mod state;
 mod store;
 
+pub use cached::Cached;
 pub use context::InputContext;
 pub use errors::{JsonGraphError, ManagerError, MetaError, StoreError};
 pub use events::TaskEvent;
@@ -70,6 +76,5 @@ pub use inputs::{Identity, Inputs, Ready};
 pub use json::JsonGraph;
 pub use manager::{PendingTask, TaskManager, TaskManagerBuilder};
 pub use meta::{MetaHandle, MetaTask};
-pub use node::Cached;
 pub use report::{Ending, ErrorReport, FailedInput};
 pub use store::{MemoryStore, Store, StoreKey};

@@ -18,7 +18,8 @@ use uuid::Uuid;
 use crate::errors::{ManagerError, MetaError};
 use crate::events::{EventBus, TaskEvent};
 use crate::inputs::Inputs;
-use crate::node::{Consumer, ManagerInner, Request, value_body};
+use crate::registry::{Request, distinct, value_body};
+use crate::state::{Consumer, ManagerInner};
 use crate::store::{MemoryStore, Store, StoreKey};
 
 /// Runs tasks and MetaTasks on a pool on behalf of many consumers (Dara's TaskManager,
@@ -31,8 +32,11 @@ use crate::store::{MemoryStore, Store, StoreKey};
 ///   inputs include a cache-keyed input, is a consumer of that shared task. Cancelling a
 ///   consumer ([`PendingTask::cancel`]) never cancels a task another live consumer still
 ///   needs; cancelling its last consumer cancels it and kills its workers.
-/// - **Events** ([`TaskEvent`]) are published on the channel named in `run_task`, for any
-///   number of [`subscribe`](Self::subscribe)rs.
+/// - **Events** ([`TaskEvent`]) are published on the channel named in `run_task`, and on
+///   the task's own `notify_channels` ([`Task::notify_channels`](procpool_core::Task::notify_channels),
+///   [`MetaTask::notify_channels`](crate::MetaTask::notify_channels),
+///   [`Cached::notify_channels`](crate::Cached::notify_channels)), for any number of
+///   [`subscribe`](Self::subscribe)rs.
 /// - **Results** of completed tasks go to the [`Store`] under their id, to be taken once
 ///   with [`get_result`](Self::get_result); results of cache-keyed tasks are also kept
 ///   under their key, for later requests. A failed or cancelled task leaves no cache entry.
@@ -151,8 +155,10 @@ impl TaskManager {
 
     /// Runs `task` (a [`Task`](procpool_core::Task), a [`MetaTask`](crate::MetaTask), a
     /// [`Cached`](crate::Cached) one, any [`Inputs`]) and returns its consumer handle.
-    /// Events go to `channel` (see [`TaskEvent`]), starting with `Started` before this
-    /// returns.
+    /// Events go to `channel` and to the task's own `notify_channels` (see
+    /// [`Identity::notify_channels`](crate::Identity::notify_channels)), each channel once:
+    /// `Started` before this returns, then progress and messages, then one terminal event
+    /// (see [`TaskEvent`]).
     ///
     /// A running task with the same cache key or id takes the request instead: `task` is
     /// dropped and the handle's [`id`](PendingTask::id) is the running one's. A completed
@@ -167,7 +173,12 @@ impl TaskManager {
             id: ident.id.unwrap_or_else(Uuid::new_v4),
             name: ident.name.unwrap_or_else(|| "inputs".to_owned()),
             key: ident.cache_key,
-            channel: channel.map(str::to_owned),
+            channels: distinct(
+                channel
+                    .map(str::to_owned)
+                    .into_iter()
+                    .chain(ident.notify_channels),
+            ),
             root: true,
             watchers: Arc::new([]),
             path: "$".into(),

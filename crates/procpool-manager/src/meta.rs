@@ -13,10 +13,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::context::{InputContext, Observe, then_task};
+use crate::cached::Cached;
+use crate::context::{InputContext, then_task};
 use crate::errors::MetaError;
 use crate::inputs::{Identity, Inputs};
-use crate::node::Cached;
+use crate::observe::Observe;
 use crate::scope::Scope;
 
 /// The run of a MetaTask, given its context, id and name (read when it starts, so
@@ -60,6 +61,7 @@ pub struct MetaTask<R> {
     id: Uuid,
     name: String,
     progress: Vec<Arc<dyn Observe>>,
+    notify_channels: Vec<String>,
     body: Body<R>,
 }
 
@@ -87,6 +89,7 @@ impl<R: Send + 'static> MetaTask<R> {
             id: Uuid::new_v4(),
             name: "meta".to_owned(),
             progress: Vec::new(),
+            notify_channels: Vec::new(),
             body,
         }
     }
@@ -191,6 +194,25 @@ impl<R: Send + 'static> MetaTask<R> {
         self
     }
 
+    /// Channels that a task manager running this MetaTask also notifies, beside the
+    /// channel of its [`run_task`](crate::TaskManager::run_task): each gets `Started`,
+    /// the progress and messages of every input, and one terminal event. A channel named
+    /// twice (or also given to `run_task`) is notified once. Adds to channels set before.
+    /// They apply where a task manager runs the MetaTask as a task of its own (given to
+    /// `run_task`, or shared with [`cache_key`](Self::cache_key)); as a plain input of
+    /// another run, its events are that run's.
+    pub fn notify_channels<S: Into<String>>(
+        mut self,
+        channels: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.notify_channels = crate::registry::distinct(
+            std::mem::take(&mut self.notify_channels)
+                .into_iter()
+                .chain(channels.into_iter().map(Into::into)),
+        );
+        self
+    }
+
     /// The MetaTask's id.
     pub fn id(&self) -> Uuid {
         self.id
@@ -261,6 +283,7 @@ impl<R: Send + 'static> Inputs for MetaTask<R> {
             id: Some(self.id),
             name: Some(self.name.clone()),
             cache_key: None,
+            notify_channels: self.notify_channels.clone(),
         }
     }
 }

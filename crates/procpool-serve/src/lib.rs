@@ -11,7 +11,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `POST /v1/tasks` `{"task", "args", "cache_key", "channel", "timeout_ms", "retries"}` | `202 {"task_id"}`; the same `cache_key` while running gives the same id; `400` bad body, `413` too large, `422` unknown task, `429` too many, `503` shutting down |
+//! | `POST /v1/tasks` `{"task", "args", "kwargs", "cache_key", "channel", "notify_channels", "timeout_ms", "retries"}` | `202 {"task_id"}`; the same `cache_key` while running gives the same id (and adds its channels); `400` bad body, `413` too large, `422` unknown task or `bad_args` (a keyword argument missing, unknown or also given by position), `429` too many, `503` shutting down |
 //! | `GET /v1/tasks/{id}` | `{"task_id", "status", "progress", "result", "error", "worker_pids", ...}` until the result TTL, then `410`; `404` unknown |
 //! | `DELETE /v1/tasks/{id}` | cancels it (workers killed and reaped) → `200`; `409` already finished; `404` unknown |
 //! | `GET /v1/events?channel=c` | WebSocket: `started`, `progress`, `message`, then `completed`, `failed` or `cancelled` |

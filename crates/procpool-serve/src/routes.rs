@@ -15,9 +15,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use procpool::{Cached, JsonGraph, MetaTask, PendingTask, RetryPolicy, Task, TaskManager};
+use procpool::{
+    Cached, JsonGraph, MetaTask, PendingTask, RetryPolicy, Task, TaskError, TaskManager,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
@@ -30,6 +32,8 @@ use crate::table::{Entry, Lookup};
 /// Longest channel name and cache key accepted, in bytes.
 const MAX_CHANNEL: usize = 256;
 const MAX_CACHE_KEY: usize = 1024;
+/// Most channels one submission may name in `notify_channels`.
+const MAX_NOTIFY_CHANNELS: usize = 64;
 
 type Ctx = State<Arc<Shared>>;
 
@@ -114,8 +118,14 @@ struct SubmitBody {
     task: String,
     #[serde(default)]
     args: Vec<Value>,
+    /// Arguments by parameter name, after those in `args`.
+    #[serde(default)]
+    kwargs: Map<String, Value>,
     cache_key: Option<String>,
     channel: Option<String>,
+    /// Channels that also get the task's events, beside `channel`.
+    #[serde(default)]
+    notify_channels: Vec<String>,
     timeout_ms: Option<u64>,
     retries: Option<u32>,
 }
@@ -126,7 +136,8 @@ struct Valid {
     args: Value,
     graph: Option<JsonGraph>,
     cache_key: Option<String>,
-    channel: Option<String>,
+    /// `channel` and `notify_channels`, each once.
+    channels: Vec<String>,
     timeout: Option<Duration>,
     retries: Option<u32>,
 }
@@ -153,12 +164,37 @@ fn validate(shared: &Shared, body: &[u8]) -> Result<Valid, ApiError> {
     };
     limit("cache_key", &body.cache_key, MAX_CACHE_KEY)?;
     limit("channel", &body.channel, MAX_CHANNEL)?;
+    if body.notify_channels.len() > MAX_NOTIFY_CHANNELS {
+        return Err(ApiError::bad_request(format!(
+            "\"notify_channels\" names more than {MAX_NOTIFY_CHANNELS} channels"
+        )));
+    }
+    for c in &body.notify_channels {
+        limit("notify_channels", &Some(c.clone()), MAX_CHANNEL)?;
+    }
     if body.timeout_ms == Some(0) {
         return Err(ApiError::bad_request(
             "\"timeout_ms\" must be a whole number of milliseconds above 0",
         ));
     }
-    let args = Value::Array(body.args);
+    let unprocessable = |kind: &'static str, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
+    };
+    let pool = shared.manager.pool();
+    // The task's own keyword arguments (nested tasks among them are plain values here).
+    let args = if body.kwargs.is_empty() {
+        body.args
+    } else {
+        pool.bind_json(&body.task, body.args, body.kwargs)
+            .map_err(|e| match e {
+                TaskError::UnknownTask { name } => unprocessable(
+                    "unknown_task",
+                    format!("the workers serve no task named {name:?}"),
+                ),
+                other => unprocessable(other.kind(), other.to_string()),
+            })?
+    };
+    let args = Value::Array(args);
     let graph = if JsonGraph::contains_tasks(&args) {
         let graph = JsonGraph::parse(args.clone())
             .map_err(|e| ApiError::bad_request(format!("in \"args\": {e}")))?;
@@ -177,12 +213,32 @@ fn validate(shared: &Shared, body: &[u8]) -> Result<Valid, ApiError> {
             format!("the workers serve no task named {unknown:?}"),
         ));
     }
+    // Nested tasks' keyword arguments, all matched before anything runs.
+    let graph = graph
+        .map(|g| g.bind(pool.tasks()))
+        .transpose()
+        .map_err(|e| {
+            let place = match (e.failed_name(), e.path()) {
+                (Some(name), Some(path)) => format!("nested task {name:?} at {path}: "),
+                _ => String::new(),
+            };
+            let detail = e
+                .task_error()
+                .map_or_else(|| e.to_string(), ToString::to_string);
+            unprocessable(e.kind(), format!("{place}{detail}"))
+        })?;
+    let mut channels: Vec<String> = Vec::new();
+    for c in body.channel.into_iter().chain(body.notify_channels) {
+        if !channels.contains(&c) {
+            channels.push(c);
+        }
+    }
     Ok(Valid {
         task: body.task,
         args,
         graph,
         cache_key: body.cache_key,
-        channel: body.channel,
+        channels,
         timeout: body.timeout_ms.map(Duration::from_millis),
         retries: body.retries,
     })
@@ -258,7 +314,7 @@ fn try_submit(
             ),
         ));
     }
-    let channel = valid.channel.clone();
+    let channels = valid.channels.clone();
     let (task, cache_key) = (valid.task.clone(), valid.cache_key.clone());
     // Under the table's lock: the forwarder cannot see an event of this task before its
     // entry exists and its `started` went out.
@@ -266,10 +322,11 @@ fn try_submit(
     let id = pending.id();
     let joined = match table.entry(id) {
         Some(entry) => {
-            if let Some(c) = &channel
-                && !entry.channels.contains(c)
-            {
-                entry.channels.push(c.clone());
+            // A consumer joining by cache key adds its channels to the running task.
+            for c in &channels {
+                if !entry.channels.contains(c) {
+                    entry.channels.push(c.clone());
+                }
             }
             true
         }
@@ -279,7 +336,7 @@ fn try_submit(
                 Entry {
                     task: task.clone(),
                     cache_key,
-                    channels: channel.iter().cloned().collect(),
+                    channels: channels.clone(),
                     pending: Some(pending.clone()),
                     accepted: now,
                     started: false,
@@ -297,11 +354,11 @@ fn try_submit(
             false
         }
     };
-    if let Some(c) = channel {
+    if !channels.is_empty() {
         let task = table.entry(id).map_or(task, |e| e.task.clone());
         events::emit(
             shared,
-            &[c],
+            &channels,
             &WireEvent::Started {
                 task_id: id,
                 task: &task,
