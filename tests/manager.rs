@@ -663,6 +663,39 @@ async fn messages_from_a_task_are_published_before_its_end() {
     finish(pool).await;
 }
 
+/// Issue 14, defect 2: a message of a task that then runs on is published while the task
+/// runs, not when it ends (the forwarder lost the inbox's wake-up between polls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_managed_message_published_before_task_ends() {
+    let _serial = serial().await;
+    let pool = demo_pool(1);
+    let manager = TaskManager::new(pool.clone());
+    let mut rx = manager.subscribe("live");
+    // Sends a message once the run is under way, then runs on for 30 s.
+    let task = demo::message_between::task(300, "half way".into(), 30_000);
+    let pending = manager.run_task(task, Some("live"));
+    let message = timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.recv().await.expect("no lag on a quiet channel") {
+                ev @ TaskEvent::Message { .. } => return ev,
+                ev => assert!(!ev.is_terminal(), "ended before its message: {ev:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the message is published while the task runs");
+    assert!(
+        matches!(&message, TaskEvent::Message { input_id, bytes, .. }
+            if *input_id == pending.id() && bytes == b"half way"),
+        "{message:?}"
+    );
+    assert!(pending.try_value().is_none(), "{:?}", pending.try_value());
+    assert_eq!(manager.running(), [pending.id()]);
+    manager.cancel_all_tasks().await;
+    drop(manager);
+    finish(pool).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // TaskManager: results
 

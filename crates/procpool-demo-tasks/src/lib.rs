@@ -161,6 +161,16 @@ pub fn grandchild(secs: u64) -> Result<(), String> {
     }
 }
 
+/// Sleeps `before_ms`, sends `text` to the parent as a message, then sleeps `after_ms`;
+/// returns `text`. Shows whether a message reaches the parent while its task still runs.
+#[task]
+pub fn message_between(before_ms: u64, text: String, after_ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(before_ms));
+    procpool::send_message(text.as_bytes());
+    std::thread::sleep(Duration::from_millis(after_ms));
+    text
+}
+
 /// Answers every message from the parent with its bytes reversed; ends on an empty
 /// message. Returns the number of messages answered.
 #[task]
