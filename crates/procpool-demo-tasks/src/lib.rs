@@ -171,6 +171,16 @@ pub fn message_between(before_ms: u64, text: String, after_ms: u64) -> String {
     text
 }
 
+/// Sends `count` messages of `size` bytes (the letter `m`) to the parent; returns `count`.
+#[task]
+pub fn messages(count: u32, size: u64) -> u32 {
+    let text = vec![b'm'; size as usize];
+    for _ in 0..count {
+        procpool::send_message(text.clone());
+    }
+    count
+}
+
 /// Answers every message from the parent with its bytes reversed; ends on an empty
 /// message. Returns the number of messages answered.
 #[task]
