@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 use tokio::task::JoinSet;
 
 use crate::cli::{OnSignal, PolicyArgs, RunArgs, WorkerArgs};
+use crate::exit::{Exit, Failure};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
 use crate::ledger::Ledger;
 use crate::plan::PlanBuilder;
@@ -26,7 +27,6 @@ use crate::progress::Progress;
 use crate::records::{Record, Status};
 use crate::resume;
 use crate::signals::{Signals, Stop};
-use crate::{Exit, Failure};
 
 /// Jobs in flight (submitted, no result yet) per worker: enough that a worker finds its
 /// next task queued in the pool when it finishes one, few enough that memory stays flat

@@ -5,9 +5,9 @@ use anyhow::Context as _;
 use procpool_serve::{OnSignal, ServeSettings, Server};
 
 use crate::cli::ServeArgs;
+use crate::exit::{Exit, Failure};
 use crate::run::start_pool;
 use crate::signals::{Signals, Stop};
-use crate::{Exit, Failure};
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let mut settings = ServeSettings::default();

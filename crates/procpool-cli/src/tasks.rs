@@ -8,8 +8,8 @@ use std::io::Write as _;
 use procpool::{Shutdown, TaskInfo};
 
 use crate::cli::TasksArgs;
+use crate::exit::{Exit, Failure};
 use crate::run::start_pool;
-use crate::{Exit, Failure};
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<Exit, Failure> {
     // One worker is enough: every worker of a binary announces the same registry.
