@@ -92,6 +92,16 @@
 //! - **Encoding**: arguments and results are bincode 2 for typed tasks and JSON for
 //!   [`Task::json`]; use [`Bytes`] for byte payloads (a plain `Vec<u8>` is encoded element
 //!   by element). Frames are capped ([`PoolBuilder::max_frame_bytes`], 64 MiB by default).
+//! - **Memory limit**: [`PoolBuilder::max_rss`] samples the resident memory of the worker
+//!   process only (its group leader), not of the processes a task starts: a task whose
+//!   memory sits in a child it spawned is not recycled by it. Bound those with an rlimit
+//!   ([`PoolBuilder::rlimit_address_space`], inherited by children) or in the task.
+//! - **Worker environment**: [`init`] removes the supervisor's `PROCPOOL_*` variables in
+//!   the worker, so programs a task starts (procpool binaries included) run normally.
+//!   Forgetting `init` is caught: a worker whose `main` runs anyway cannot build a pool,
+//!   and the parent's error says to call `procpool::init()` first. Inside
+//!   `#[tokio::main]`, `init` serves from a thread of its own so `async` tasks still work;
+//!   `#[procpool::main]` above `#[tokio::main]` spares the worker that runtime.
 //! - **Zombies**: every worker is reaped by its executor (on the supervisor thread, or on
 //!   the runtime of a `start` pool); tokio's orphan queue is relied on only for workers
 //!   whose runtime went away under them.

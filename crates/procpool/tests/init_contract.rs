@@ -101,6 +101,9 @@ async fn tokio_main() {
 
 type Outcome = Result<(), String>;
 
+/// A named check.
+type Check = (&'static str, fn() -> Outcome);
+
 fn pool_of(mode: Option<&str>) -> Result<Pool, String> {
     let mut b = Pool::builder();
     b.workers(1).start_timeout(Duration::from_secs(30));
@@ -244,7 +247,7 @@ fn main() {
         return;
     }
 
-    let checks: [(&str, fn() -> Outcome); 5] = [
+    let checks: [Check; 5] = [
         (
             "issue14_task_starts_procpool_binary_normally",
             issue14_task_starts_procpool_binary_normally,
