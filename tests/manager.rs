@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procpool::{
-    Cached, ManagerError, MemoryStore, MetaError, MetaTask, PendingTask, Pool, Progress, Ready,
-    Shutdown, TaskEvent, TaskManager,
-};
+use procpool::manager::{Cached, ManagerError, MemoryStore, PendingTask, Ready};
+use procpool::{MetaError, MetaTask, Pool, Progress, Shutdown, TaskEvent, TaskManager};
 use procpool_demo_tasks as demo;
 use serde_json::json;
 use support::{assert_no_children, demo_pool, is_gone, serial};
@@ -519,7 +517,8 @@ async fn worker_pids_of_a_running_task_and_its_inputs() {
 
     // A nested input and a shared one (cache key): one worker each.
     let graph =
-        procpool::JsonGraph::parse(json!([{"$task": "sleep_ms", "args": [10_000]}])).unwrap();
+        procpool::manager::JsonGraph::parse(json!([{"$task": "sleep_ms", "args": [10_000]}]))
+            .unwrap();
     let shared = Cached::new("sleeper", demo::sleep_ms::task(10_000));
     let run = manager.run_task(MetaTask::new((graph, shared), |(a, b)| (a, b)), None);
     wait_busy(&pool, 2).await;

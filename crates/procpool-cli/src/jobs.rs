@@ -244,8 +244,9 @@ fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
         }
     };
     // Nested tasks are checked here, so a malformed one is a `bad_job` with its line.
-    if procpool::JsonGraph::contains_tasks(&args) {
-        procpool::JsonGraph::parse(args.clone()).map_err(|e| format!("in \"args\": {e}"))?;
+    if procpool::manager::JsonGraph::contains_tasks(&args) {
+        procpool::manager::JsonGraph::parse(args.clone())
+            .map_err(|e| format!("in \"args\": {e}"))?;
     }
     let policy = JobPolicy {
         timeout: match obj.remove("timeout_ms") {

@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         // Every child of this process is a pool worker, so it can adopt the workers'
         // orphaned grandchildren: reaped as they die, killed at the end if still running.
-        let reaper = procpool::OrphanReaper::start()
+        let reaper = procpool::pool::OrphanReaper::start()
             .map_err(|e| tracing::warn!(error = %e, "orphaned grandchildren will not be adopted"))
             .ok();
         let outcome = match cli.command {

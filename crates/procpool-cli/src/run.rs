@@ -13,7 +13,8 @@ use std::task::Poll;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use procpool::{JsonGraph, MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
+use procpool::manager::JsonGraph;
+use procpool::{MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 use tokio::task::JoinSet;
@@ -163,7 +164,7 @@ pub(crate) fn worker_path(args: &WorkerArgs) -> Result<PathBuf, Failure> {
     if let Some(path) = &args.worker {
         return Ok(path.clone());
     }
-    if procpool::registered_tasks().is_empty() {
+    if procpool::worker::registered_tasks().is_empty() {
         return Err(Failure::Setup(anyhow::anyhow!(
             "no worker: pass --worker PATH (or set PROCPOOL_WORKER_PATH), a binary built with \
              procpool that calls procpool::init(); this executable registers no task itself"

@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use procpool::{Shutdown, TaskInfo};
+use procpool::Shutdown;
+use procpool::pool::TaskInfo;
 
 use crate::cli::TasksArgs;
 use crate::exit::{Exit, Failure};

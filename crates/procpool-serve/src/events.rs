@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
-use procpool::ErrorReport;
 use procpool::TaskEvent;
+use procpool::records::ErrorReport;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};

@@ -7,11 +7,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use procpool::{MetaError, PendingTask};
+use procpool::MetaError;
+use procpool::manager::PendingTask;
 use serde_json::Value;
 use uuid::Uuid;
 
-use procpool::ErrorReport;
+use procpool::records::ErrorReport;
 
 use crate::report::{self, Status};
 
