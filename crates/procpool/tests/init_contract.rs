@@ -34,12 +34,21 @@ fn run_own_exe() -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-/// The `PROCPOOL_*` variables a task sees in its environment.
+/// Every variable a supervisor sets for its workers (`procpool-proto`).
+const WORKER_VARS: [&str; 5] = [
+    "PROCPOOL_WORKER",
+    "PROCPOOL_PARENT_PID",
+    "PROCPOOL_MAX_FRAME",
+    "PROCPOOL_RLIMITS",
+    "PROCPOOL_PREFETCH",
+];
+
+/// The supervisor's variables a task sees in its environment.
 #[procpool::task]
 fn procpool_vars() -> Vec<String> {
     std::env::vars()
         .map(|(k, _)| k)
-        .filter(|k| k.starts_with("PROCPOOL_"))
+        .filter(|k| WORKER_VARS.contains(&k.as_str()))
         .collect()
 }
 
@@ -117,7 +126,13 @@ fn pool_of(mode: Option<&str>) -> Result<Pool, String> {
 /// Issue 14, defect 4: a task that starts a procpool binary (here its own executable)
 /// sees it run its `main`, not enter worker mode.
 fn issue14_task_starts_procpool_binary_normally() -> Outcome {
-    let pool = pool_of(None)?;
+    // Prefetch and an rlimit: the supervisor sets every one of its variables.
+    let pool = Pool::builder()
+        .workers(1)
+        .prefetch(2)
+        .rlimit_open_files(1024)
+        .build()
+        .map_err(|e| e.to_string())?;
     let (code, text) = pool
         .run_blocking(run_own_exe::task())
         .map_err(|e| e.to_string())?;
