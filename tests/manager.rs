@@ -693,7 +693,7 @@ async fn issue14_managed_message_published_before_task_ends() {
     let manager = TaskManager::new(pool.clone());
     let mut rx = manager.subscribe("live");
     // Sends a message once the run is under way, then runs on for 30 s.
-    let task = demo::message_between::task(300, "half way".into(), 30_000);
+    let task = demo::messages::task(1, 8, 300, 30_000);
     let pending = manager.run_task(task, Some("live"));
     let message = timeout(Duration::from_secs(20), async {
         loop {
@@ -707,7 +707,7 @@ async fn issue14_managed_message_published_before_task_ends() {
     .expect("the message is published while the task runs");
     assert!(
         matches!(&message, TaskEvent::Message { input_id, bytes, .. }
-            if *input_id == pending.id() && bytes == b"half way"),
+            if *input_id == pending.id() && bytes == b"mmmmmmmm"),
         "{message:?}"
     );
     assert!(pending.try_value().is_none(), "{:?}", pending.try_value());

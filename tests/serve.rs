@@ -659,7 +659,8 @@ fn issue14_serve_slow_client_events_are_bounded_in_bytes() {
     let server = Server::start(&["--client-buffer", "1MiB"], &[]);
     let mut slow = server.events(Some("c"));
     // 64 messages of 256 KiB; the client reads none of them until the task ended.
-    let id = server.submit(json!({"task": "messages", "args": [64, 262_144], "channel": "c"}));
+    let id =
+        server.submit(json!({"task": "messages", "args": [64, 262_144, 0, 0], "channel": "c"}));
     assert_eq!(server.finished(&id)["result"], 64);
     let got = slow.until_terminal(&id);
     let messages = got.iter().filter(|e| e["type"] == "message").count();
@@ -850,6 +851,19 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     }
     let sleeper = server.submit(json!({"task": "sleep_ms", "args": [30_000]}));
     server.running_pid(&sleeper);
+    // The segfault's replacement worker may still be starting: wait until it is idle.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let health = server.get("/healthz").json();
+        if health["workers"]["busy"] == 1 && health["workers"]["idle"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "never one busy and one idle: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     let a = server.get("/metrics");
     assert_eq!(a.status, 200);

@@ -161,23 +161,17 @@ pub fn grandchild(secs: u64) -> Result<(), String> {
     }
 }
 
-/// Sleeps `before_ms`, sends `text` to the parent as a message, then sleeps `after_ms`;
-/// returns `text`. Shows whether a message reaches the parent while its task still runs.
+/// Sends `count` messages of `size` bytes (the letter `m`) to the parent, the first
+/// after `before_ms`, then sleeps `after_ms`; returns `count`. Shows whether messages
+/// reach the parent while their task still runs, and how a slow reader copes.
 #[task]
-pub fn message_between(before_ms: u64, text: String, after_ms: u64) -> String {
+pub fn messages(count: u32, size: u64, before_ms: u64, after_ms: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(before_ms));
-    procpool::send_message(text.as_bytes());
-    std::thread::sleep(Duration::from_millis(after_ms));
-    text
-}
-
-/// Sends `count` messages of `size` bytes (the letter `m`) to the parent; returns `count`.
-#[task]
-pub fn messages(count: u32, size: u64) -> u32 {
     let text = vec![b'm'; size as usize];
     for _ in 0..count {
         procpool::send_message(text.clone());
     }
+    std::thread::sleep(Duration::from_millis(after_ms));
     count
 }
 
