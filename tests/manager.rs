@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procpool::{
-    Cached, ManagerError, MemoryStore, MetaError, MetaTask, PendingTask, Pool, Progress, Ready,
-    Shutdown, TaskEvent, TaskManager,
-};
+use procpool::manager::{Cached, ManagerError, MemoryStore, PendingTask, Ready};
+use procpool::{MetaError, MetaTask, Pool, Progress, Shutdown, TaskEvent, TaskManager};
 use procpool_demo_tasks as demo;
 use serde_json::json;
 use support::{assert_no_children, demo_pool, is_gone, serial};
@@ -26,9 +24,12 @@ const SIGSEGV: i32 = 11;
 // ---------------------------------------------------------------------------------------
 // Helpers
 
+/// Longest a wait on an event of a test may take: generous, for a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(10);
+
 /// Pids of the workers once all of them are ready.
 async fn ready_pids(pool: &Pool) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + DEADLINE;
     loop {
         let pids = pool.worker_pids().await;
         if pids.len() == pool.size() || Instant::now() > deadline {
@@ -38,14 +39,16 @@ async fn ready_pids(pool: &Pool) -> Vec<u32> {
     }
 }
 
-/// Waits until `busy` workers run a task and none is queued; fails the test after 2 s.
+/// Waits until `busy` workers run a task and none is queued; fails the test after
+/// [`DEADLINE`].
 async fn wait_busy(pool: &Pool, busy: usize) {
     wait_status(pool, busy, 0).await
 }
 
-/// Waits until `busy` workers run a task and `queued` wait; fails the test after 2 s.
+/// Waits until `busy` workers run a task and `queued` wait; fails the test after
+/// [`DEADLINE`].
 async fn wait_status(pool: &Pool, busy: usize, queued: usize) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + DEADLINE;
     loop {
         let status = pool.status().await;
         if status.busy == busy && status.queued == queued {
@@ -186,7 +189,8 @@ async fn one_segfault_among_nine_sleepers_fails_fast_and_kills_the_sleepers() {
         .expect_err("the crash fails the MetaTask");
     let took = began.elapsed();
 
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // The sleepers take 10 s: well before that means they were killed, not awaited.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(err.kind(), "crashed");
     assert_eq!(err.failed_id(), Some(crash_id));
     assert_eq!(err.failed_name(), Some("segfault"));
@@ -208,7 +212,7 @@ async fn cancel_kills_every_live_input() {
     let handle = MetaTask::new(sleepers, |v| v.len()).submit(&pool);
     wait_busy(&pool, 3).await;
     handle.cancel();
-    let err = timeout(Duration::from_secs(1), handle)
+    let err = timeout(Duration::from_secs(5), handle)
         .await
         .expect("resolves promptly after cancel")
         .unwrap_err();
@@ -266,7 +270,9 @@ async fn shared_task_runs_once_and_dies_only_with_its_last_consumer() {
     let worker = ready_pids(&pool).await[0];
     let manager = TaskManager::new(pool.clone());
     let mut events = manager.subscribe("c");
-    let shared = || Cached::new("nap", demo::sleep_ms::task(10_000));
+    // Reports progress every 100 ms for 20 s: a report after the first consumer's cancel
+    // shows that the run went on.
+    let shared = || Cached::new("ticker", demo::progress::task(200, 100));
 
     let a = manager.run_task(shared(), Some("c"));
     let b = manager.run_task(shared(), Some("c"));
@@ -275,8 +281,16 @@ async fn shared_task_runs_once_and_dies_only_with_its_last_consumer() {
     wait_busy(&pool, 1).await;
 
     a.cancel();
-    assert_eq!(outcome(&a, 1).await, Err(MetaError::Cancelled));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(outcome(&a, 5).await, Err(MetaError::Cancelled));
+    let before = published(&mut events);
+    let after = timeout(DEADLINE, events.recv())
+        .await
+        .expect("the shared task reports on after one consumer's cancel")
+        .expect("no lag on a quiet channel");
+    assert!(
+        matches!(after, TaskEvent::Progress { .. }),
+        "{before:?} then {after:?}"
+    );
     assert!(
         !is_gone(worker),
         "cancelling one consumer killed the shared task"
@@ -285,20 +299,25 @@ async fn shared_task_runs_once_and_dies_only_with_its_last_consumer() {
     assert_eq!(manager.running(), [b.id()]);
 
     b.cancel();
-    assert_eq!(outcome(&b, 2).await, Err(MetaError::Cancelled));
+    assert_eq!(outcome(&b, 5).await, Err(MetaError::Cancelled));
     assert!(
         is_gone(worker),
         "the last consumer's cancel leaves its worker running"
     );
 
     // Both consumers share channel `c`: one start each, one end for the task.
-    let got = published(&mut events);
+    let got: Vec<TaskEvent> = before
+        .into_iter()
+        .chain([after])
+        .chain(published(&mut events))
+        .collect();
     let kinds: Vec<&str> = got
         .iter()
-        .map(|e| match e {
-            TaskEvent::Started { .. } => "started",
-            TaskEvent::Cancelled { .. } => "cancelled",
-            _ => "other",
+        .filter_map(|e| match e {
+            TaskEvent::Started { .. } => Some("started"),
+            TaskEvent::Cancelled { .. } => Some("cancelled"),
+            TaskEvent::Progress { .. } => None,
+            _ => Some("other"),
         })
         .collect();
     assert_eq!(kinds, ["started", "started", "cancelled"], "{got:?}");
@@ -317,8 +336,8 @@ async fn cancelling_one_consumer_leaves_the_others_result_intact() {
     let b = manager.run_task(shared(), Some("b"));
     wait_busy(&pool, 1).await;
     a.cancel();
-    assert_eq!(outcome(&a, 1).await, Err(MetaError::Cancelled));
-    assert_eq!(outcome(&b, 2).await, Ok(json!(300)));
+    assert_eq!(outcome(&a, 5).await, Err(MetaError::Cancelled));
+    assert_eq!(outcome(&b, 10).await, Ok(json!(300)));
     assert_eq!(manager.get_result_as::<u64>(b.id()).await.unwrap(), 300);
 
     let id = b.id();
@@ -349,7 +368,8 @@ async fn a_shared_input_of_two_meta_tasks_runs_once_and_outlives_one_of_them() {
     let manager = TaskManager::new(pool.clone());
     // Each call builds a task with a fresh id: progress tagged with one id for both
     // MetaTasks means one run of the shared input.
-    let shared = || Cached::new("base", demo::progress::task(4, 100));
+    // Four reports, 750 ms apart: `a`'s cancel comes back long before the last one.
+    let shared = || Cached::new("base", demo::progress::task(4, 750));
     let seen: Arc<Mutex<Vec<(&str, Uuid)>>> = Arc::default();
     let meta = |label: &'static str, x| {
         let seen = seen.clone();
@@ -366,22 +386,22 @@ async fn a_shared_input_of_two_meta_tasks_runs_once_and_outlives_one_of_them() {
             .map(|(_, id)| *id)
             .collect::<Vec<_>>()
     };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while seen_by("a").is_empty() {
-        assert!(Instant::now() < deadline, "no progress reached `a`");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-
-    let began = Instant::now();
-    a.cancel();
-    assert_eq!(outcome(&a, 1).await, Err(MetaError::Cancelled));
     assert!(
-        began.elapsed() < Duration::from_millis(250),
+        support::eventually(DEADLINE, || !seen_by("a").is_empty()).await,
+        "no progress reached `a`"
+    );
+
+    a.cancel();
+    assert_eq!(outcome(&a, 5).await, Err(MetaError::Cancelled));
+    // Progress comes before the result: had `a` waited for the shared input, all four
+    // reports would be in by now.
+    assert!(
+        seen_by("b").len() < 4,
         "`a` waited for the shared input: {:?}",
-        began.elapsed()
+        seen_by("b")
     );
     // The shared input went on for `b`: all four steps, from the one run `a` saw too.
-    assert_eq!(outcome(&b, 2).await, Ok(json!(9)));
+    assert_eq!(outcome(&b, 10).await, Ok(json!(9)));
     let (from_a, from_b) = (seen_by("a"), seen_by("b"));
     assert_eq!(from_b.len(), 4, "{from_b:?}");
     let ids: HashSet<Uuid> = from_a.iter().chain(&from_b).copied().collect();
@@ -400,15 +420,15 @@ async fn cached_results_are_reused_and_failures_recompute() {
     let pool = demo_pool(1);
     let manager = TaskManager::new(pool.clone());
     let first = manager.run_task(Cached::new("nap", demo::sleep_ms::task(200)), None);
-    assert_eq!(outcome(&first, 2).await, Ok(json!(200)));
+    assert_eq!(outcome(&first, 5).await, Ok(json!(200)));
 
-    let began = Instant::now();
-    let again = manager.run_task(Cached::new("nap", demo::sleep_ms::task(200)), None);
-    assert_eq!(outcome(&again, 2).await, Ok(json!(200)));
-    assert!(
-        began.elapsed() < Duration::from_millis(150),
-        "not from the cache: {:?}",
-        began.elapsed()
+    // Same key, another task: answered with the first one's result, the 30 s task never
+    // runs.
+    let again = manager.run_task(Cached::new("nap", demo::sleep_ms::task(30_000)), None);
+    assert_eq!(
+        outcome(&again, 5).await,
+        Ok(json!(200)),
+        "not from the cache"
     );
     assert_ne!(
         again.id(),
@@ -417,10 +437,10 @@ async fn cached_results_are_reused_and_failures_recompute() {
     );
 
     let failed = manager.run_task(Cached::new("flaky", demo::fail::task("no".into())), None);
-    assert_eq!(outcome(&failed, 2).await.unwrap_err().kind(), "user_error");
+    assert_eq!(outcome(&failed, 5).await.unwrap_err().kind(), "user_error");
     // The failure left no cache entry: the next request with the key runs its task.
     let retried = manager.run_task(Cached::new("flaky", demo::square::task(3)), None);
-    assert_eq!(outcome(&retried, 2).await, Ok(json!(9)));
+    assert_eq!(outcome(&retried, 5).await, Ok(json!(9)));
     drop(manager);
     finish(pool).await;
 }
@@ -471,7 +491,7 @@ async fn cancel_task_by_id_and_cancel_all_tasks() {
         .collect();
     wait_status(&pool, 2, 1).await;
     assert_eq!(manager.running().len(), 3);
-    timeout(Duration::from_secs(2), manager.cancel_all_tasks())
+    timeout(DEADLINE, manager.cancel_all_tasks())
         .await
         .expect("every task cancelled in time");
     assert!(
@@ -497,7 +517,8 @@ async fn worker_pids_of_a_running_task_and_its_inputs() {
 
     // A nested input and a shared one (cache key): one worker each.
     let graph =
-        procpool::JsonGraph::parse(json!([{"$task": "sleep_ms", "args": [10_000]}])).unwrap();
+        procpool::manager::JsonGraph::parse(json!([{"$task": "sleep_ms", "args": [10_000]}]))
+            .unwrap();
     let shared = Cached::new("sleeper", demo::sleep_ms::task(10_000));
     let run = manager.run_task(MetaTask::new((graph, shared), |(a, b)| (a, b)), None);
     wait_busy(&pool, 2).await;
@@ -569,7 +590,7 @@ async fn progress_then_completed_for_subscribers_before_and_during_the_run() {
     );
 
     // The pending task resolved after its end was published: the end is there already.
-    assert_eq!(outcome(&pending, 1).await, Ok(json!(null)));
+    assert_eq!(outcome(&pending, 5).await, Ok(json!(null)));
     let probe_events = published(&mut probe);
     assert_eq!(probe_events.last(), Some(&TaskEvent::Completed { task_id }));
     drop(manager);
@@ -587,7 +608,7 @@ async fn a_meta_task_is_announced_as_done_once_and_only_when_it_is() {
     let meta = MetaTask::new(inputs, |v| v.len()).with_name("three");
     let meta_id = meta.id();
     let pending = manager.run_task(meta, Some("m"));
-    assert_eq!(outcome(&pending, 2).await, Ok(json!(3)));
+    assert_eq!(outcome(&pending, 10).await, Ok(json!(3)));
 
     let got = published(&mut rx);
     assert_eq!(
@@ -620,7 +641,7 @@ async fn a_meta_task_is_announced_as_done_once_and_only_when_it_is() {
     let meta = MetaTask::new((demo::square::task(2), bad), |(q, ())| q);
     let meta_id = meta.id();
     let pending = manager.run_task(meta, Some("m"));
-    let err = outcome(&pending, 2).await.unwrap_err();
+    let err = outcome(&pending, 10).await.unwrap_err();
     assert_eq!(err.failed_id(), Some(bad_id));
     let got = published(&mut rx);
     assert_eq!(got.len(), 2, "{got:?}");
@@ -643,7 +664,7 @@ async fn messages_from_a_task_are_published_before_its_end() {
     let manager = TaskManager::new(pool.clone());
     let mut rx = manager.subscribe("msg");
     let pending = manager.run_task(demo::grandchild::task(0), Some("msg"));
-    assert_eq!(outcome(&pending, 2).await, Ok(json!(null)));
+    assert_eq!(outcome(&pending, 10).await, Ok(json!(null)));
     let got = published(&mut rx);
     match &got[..] {
         [
@@ -659,6 +680,39 @@ async fn messages_from_a_task_are_published_before_its_end() {
         }
         other => panic!("unexpected events: {other:?}"),
     }
+    drop(manager);
+    finish(pool).await;
+}
+
+/// Issue 14, defect 2: a message of a task that then runs on is published while the task
+/// runs, not when it ends (the forwarder lost the inbox's wake-up between polls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_managed_message_published_before_task_ends() {
+    let _serial = serial().await;
+    let pool = demo_pool(1);
+    let manager = TaskManager::new(pool.clone());
+    let mut rx = manager.subscribe("live");
+    // Sends a message once the run is under way, then runs on for 30 s.
+    let task = demo::messages::task(1, 8, 300, 30_000);
+    let pending = manager.run_task(task, Some("live"));
+    let message = timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.recv().await.expect("no lag on a quiet channel") {
+                ev @ TaskEvent::Message { .. } => return ev,
+                ev => assert!(!ev.is_terminal(), "ended before its message: {ev:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the message is published while the task runs");
+    assert!(
+        matches!(&message, TaskEvent::Message { input_id, bytes, .. }
+            if *input_id == pending.id() && bytes == b"mmmmmmmm"),
+        "{message:?}"
+    );
+    assert!(pending.try_value().is_none(), "{:?}", pending.try_value());
+    assert_eq!(manager.running(), [pending.id()]);
+    manager.cancel_all_tasks().await;
     drop(manager);
     finish(pool).await;
 }

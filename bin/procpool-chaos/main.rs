@@ -436,7 +436,7 @@ impl Run {
         }
         // A verdict can reach its handle a moment before the dispatcher hears that the
         // worker is free (or gone): give the pool a second to settle.
-        let idle = |s: &procpool::PoolStatus| s.busy == 0 && s.queued == 0 && s.retrying == 0;
+        let idle = |s: &procpool::pool::PoolStatus| s.busy == 0 && s.queued == 0 && s.retrying == 0;
         let settle_until = Instant::now() + SETTLE;
         let mut status = self.pool.status().await;
         while !idle(&status) && Instant::now() < settle_until {

@@ -258,6 +258,18 @@ pub(crate) struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_active: u64,
 
+    /// Most bytes the results of finished tasks may hold in memory (as JSON); past it
+    /// the oldest expire before --result-ttl (then 410 Gone), e.g. `64MiB`, `1GiB`.
+    #[arg(long, env = "PROCPOOL_MAX_RESULTS_BYTES", value_name = "SIZE", default_value = "256MiB",
+          value_parser = parse_size)]
+    pub(crate) max_results_bytes: u64,
+
+    /// Most bytes of events a WebSocket client may have waiting; a slower client loses
+    /// its oldest events and reads a `lagged` event with how many, e.g. `1MiB`.
+    #[arg(long, env = "PROCPOOL_CLIENT_BUFFER", value_name = "SIZE", default_value = "16MiB",
+          value_parser = parse_size)]
+    pub(crate) client_buffer: u64,
+
     /// What the first SIGTERM or SIGINT does to running tasks: `cancel` kills their
     /// workers, `drain` lets them (and the queued ones) finish. A second signal kills
     /// everything at once.

@@ -19,7 +19,7 @@ pub(crate) const CONFIG_ENV: &str = "PROCPOOL_CONFIG";
 /// Flags whose variable is not `PROCPOOL_<NAME>`, and why.
 const ENV_EXCEPTIONS: &[(&str, &str)] = &[
     // PROCPOOL_WORKER is what tells a process it was started as a worker
-    // (`procpool::WORKER_ENV`): an operator exporting it would turn the CLI itself into a
+    // (`procpool::worker::WORKER_ENV`): an operator exporting it would turn the CLI itself into a
     // worker.
     ("worker", "PROCPOOL_WORKER_PATH"),
 ];
@@ -266,7 +266,7 @@ mod tests {
     fn every_flag_has_a_variable_and_none_is_a_protocol_variable() {
         // The variables the supervisor and its workers use between themselves.
         let reserved = [
-            procpool::WORKER_ENV,
+            procpool::worker::WORKER_ENV,
             "PROCPOOL_PARENT_PID",
             "PROCPOOL_MAX_FRAME",
             "PROCPOOL_RLIMITS",

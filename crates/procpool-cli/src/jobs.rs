@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::ledger::{Claim, Key, Ledger};
+use crate::lines::is_blank;
 use crate::plan::Plan;
 
 /// One valid job line.
@@ -98,23 +99,6 @@ impl Seen {
             Seen::Streaming(ledger) => Ok(ledger.take_done(Key::line(line))),
             Seen::Planned(plan) => plan.take_bad_line(line),
         }
-    }
-}
-
-/// Whether a line holds no job.
-pub(crate) fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(u8::is_ascii_whitespace)
-}
-
-/// The id a line is claimed by: that of a JSON object with a string `id`, as
-/// [`JobReader`] reads it.
-pub(crate) fn line_id(line: &[u8]) -> Option<String> {
-    match serde_json::from_slice::<Value>(line) {
-        Ok(Value::Object(mut obj)) => match obj.remove("id") {
-            Some(Value::String(id)) => Some(id),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -272,8 +256,9 @@ fn validate(mut obj: Map<String, Value>, line: u64) -> Result<Job, String> {
         }
     };
     // Nested tasks are checked here, so a malformed one is a `bad_job` with its line.
-    if procpool::JsonGraph::contains_tasks(&args) {
-        procpool::JsonGraph::parse(args.clone()).map_err(|e| format!("in \"args\": {e}"))?;
+    if procpool::manager::JsonGraph::contains_tasks(&args) {
+        procpool::manager::JsonGraph::parse(args.clone())
+            .map_err(|e| format!("in \"args\": {e}"))?;
     }
     for (name, value) in &kwargs {
         if procpool::JsonGraph::contains_tasks(value) {

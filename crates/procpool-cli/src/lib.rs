@@ -23,7 +23,7 @@
 //! This file only wires things together: enter worker mode if this process is a worker,
 //! parse the command line ([`cli`], with variables and the config file from [`config`]),
 //! set up logging ([`logging`]), run the subcommand on a tokio runtime, and turn the
-//! outcome into the exit code scripts rely on ([`Exit`]). The batch loop lives in [`run`],
+//! outcome into the exit code scripts rely on ([`exit`]). The batch loop lives in [`run`],
 //! the job format in [`jobs`], the result format in [`records`], `--resume` in [`resume`],
 //! duplicate ids and skips in [`plan`] (a job file, with [`extsort`]) and [`ledger`]
 //! (stdin), signals in [`signals`], the operator's view in [`progress`], the task
@@ -40,9 +40,11 @@ macro_rules! say {
 
 mod cli;
 mod config;
+mod exit;
 mod extsort;
 mod jobs;
 mod ledger;
+mod lines;
 mod logging;
 mod plan;
 mod progress;
@@ -58,37 +60,8 @@ use std::process::ExitCode;
 use clap::FromArgMatches as _;
 
 use crate::cli::{Cli, Command};
-
-/// Exit codes: part of the CLI contract, listed in `procpool run --help`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Exit {
-    /// Every job completed (or, for `tasks`, the listing was printed).
-    Success = 0,
-    /// At least one job failed, was cancelled or was a bad job; or the run broke down
-    /// half-way (an unreadable job stream, an unwritable output).
-    JobsFailed = 1,
-    /// Bad usage, or the worker could not be started: nothing was run.
-    Usage = 2,
-    /// Stopped by SIGINT: 128 + 2, as a shell reports it.
-    Interrupted = 130,
-    /// Stopped by SIGTERM: 128 + 15.
-    Terminated = 143,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> Self {
-        ExitCode::from(e as u8)
-    }
-}
-
-/// Why a subcommand stopped early; decides the exit code.
-#[derive(Debug)]
-enum Failure {
-    /// Detected before any job ran (unusable worker, unreadable job file, ...): exit 2.
-    Setup(anyhow::Error),
-    /// The run broke down after jobs started: exit 1.
-    Runtime(anyhow::Error),
-}
+// Also what `crate::{Exit, Failure}` names in the subcommands.
+use crate::exit::{Exit, Failure};
 
 /// Runs the `procpool` command line on this process's arguments and returns its exit code.
 ///
@@ -125,7 +98,7 @@ pub fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         // Every child of this process is a pool worker, so it can adopt the workers'
         // orphaned grandchildren: reaped as they die, killed at the end if still running.
-        let reaper = procpool::OrphanReaper::start()
+        let reaper = procpool::pool::OrphanReaper::start()
             .map_err(|e| tracing::warn!(error = %e, "orphaned grandchildren will not be adopted"))
             .ok();
         let outcome = match cli.command {

@@ -68,11 +68,11 @@ impl PlanBuilder {
             // Counted as `JobReader` counts them: every line, blank or not.
             line += 1;
             len += n as u64;
-            if crate::jobs::is_blank(&buf) {
+            if crate::lines::is_blank(&buf) {
                 continue;
             }
             jobs += 1;
-            if let Some(id) = crate::jobs::line_id(&buf) {
+            if let Some(id) = crate::lines::line_id(&buf) {
                 self.entries.push((Key::id(&id).0, line))?;
             }
         }
@@ -240,10 +240,10 @@ mod tests {
         let mut out = Vec::new();
         for (i, text) in jobs.split_inclusive('\n').enumerate() {
             let line = i as u64 + 1;
-            if crate::jobs::is_blank(text.as_bytes()) {
+            if crate::lines::is_blank(text.as_bytes()) {
                 continue;
             }
-            let claim = match crate::jobs::line_id(text.as_bytes()) {
+            let claim = match crate::lines::line_id(text.as_bytes()) {
                 Some(id) => {
                     let c = plan.claim(line).unwrap();
                     assert_eq!(c, ledger.claim(Key::id(&id)), "line {line}");

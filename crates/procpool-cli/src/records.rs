@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use procpool::{Ending, ErrorReport, MetaError, TaskError};
+use procpool::records::{Ending, ErrorReport};
+use procpool::{MetaError, TaskError};
 use serde::Serialize;
 use serde_json::Value;
 

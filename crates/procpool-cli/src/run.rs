@@ -13,12 +13,14 @@ use std::task::Poll;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use procpool::{JsonGraph, MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
+use procpool::manager::JsonGraph;
+use procpool::{MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 use tokio::task::JoinSet;
 
 use crate::cli::{OnSignal, PolicyArgs, RunArgs, WorkerArgs};
+use crate::exit::{Exit, Failure};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
 use crate::ledger::Ledger;
 use crate::plan::PlanBuilder;
@@ -26,7 +28,6 @@ use crate::progress::Progress;
 use crate::records::{Record, Status};
 use crate::resume;
 use crate::signals::{Signals, Stop};
-use crate::{Exit, Failure};
 
 /// Jobs in flight (submitted, no result yet) per worker: enough that a worker finds its
 /// next task queued in the pool when it finishes one, few enough that memory stays flat
@@ -163,7 +164,7 @@ pub(crate) fn worker_path(args: &WorkerArgs) -> Result<PathBuf, Failure> {
     if let Some(path) = &args.worker {
         return Ok(path.clone());
     }
-    if procpool::registered_tasks().is_empty() {
+    if procpool::worker::registered_tasks().is_empty() {
         return Err(Failure::Setup(anyhow::anyhow!(
             "no worker: pass --worker PATH (or set PROCPOOL_WORKER_PATH), a binary built with \
              procpool that calls procpool::init(); this executable registers no task itself"

@@ -5,9 +5,9 @@ use anyhow::Context as _;
 use procpool_serve::{OnSignal, ServeSettings, Server};
 
 use crate::cli::ServeArgs;
+use crate::exit::{Exit, Failure};
 use crate::run::start_pool;
 use crate::signals::{Signals, Stop};
-use crate::{Exit, Failure};
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let mut settings = ServeSettings::default();
@@ -16,6 +16,8 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     settings.result_ttl = args.result_ttl;
     settings.max_body = usize::try_from(args.max_body).unwrap_or(usize::MAX);
     settings.max_active = usize::try_from(args.max_active).unwrap_or(usize::MAX);
+    settings.max_results_bytes = usize::try_from(args.max_results_bytes).unwrap_or(usize::MAX);
+    settings.client_buffer_bytes = usize::try_from(args.client_buffer).unwrap_or(usize::MAX);
     settings.on_signal = match args.on_signal.as_str() {
         "drain" => OnSignal::Drain,
         _ => OnSignal::Cancel,

@@ -5,11 +5,12 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use procpool::{Shutdown, TaskInfo};
+use procpool::Shutdown;
+use procpool::pool::TaskInfo;
 
 use crate::cli::TasksArgs;
+use crate::exit::{Exit, Failure};
 use crate::run::start_pool;
-use crate::{Exit, Failure};
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<Exit, Failure> {
     // One worker is enough: every worker of a binary announces the same registry.

@@ -212,4 +212,16 @@ pub enum PoolError {
     /// A setting is out of range.
     #[error("invalid pool setting: {0}")]
     Config(String),
+    /// This process was started as a worker but never entered worker mode: its `main`
+    /// re-ran in the worker and tried to build a pool of its own.
+    #[error(
+        "{}: call `procpool::init()` first in `main`, or use `#[procpool::main]`",
+        INIT_NEVER_RAN
+    )]
+    InitNeverRan,
 }
+
+/// Printed on stderr by a worker whose `init` never ran (see [`PoolError::InitNeverRan`]);
+/// the supervisor looks for it when such a worker fails its handshake.
+pub(crate) const INIT_NEVER_RAN: &str =
+    "this process was started as a procpool worker, but `procpool::init()` never ran";

@@ -215,7 +215,8 @@ impl Executor {
             first = tokio::time::timeout(self.settings.start_timeout, frames.next()) => match first {
                 Ok(Some(Ok(frame))) => procpool_proto::decode_hello(&frame).map_err(|e| e.to_string()),
                 Ok(Some(Err(e))) => Err(format!("bad handshake frame: {e}")),
-                Ok(None) => Err("the worker closed its channel before the handshake".to_owned()),
+                Ok(None) => Err("the worker closed its channel before the handshake \
+                    (is it a procpool worker whose main calls procpool::init first?)".to_owned()),
                 Err(_) => Err(format!(
                     "no handshake within {:?}: is it a procpool worker (does its main call procpool::init)?",
                     self.settings.start_timeout
@@ -426,8 +427,20 @@ impl Executor {
             .kill_and_reap(child, guard, "worker failed its handshake")
             .await;
         let start_failure = (!self.groups.is_closed()).then(|| {
-            let mut message = format!("{why} (worker {verdict})");
             let tail = self.output.stderr_tail();
+            // The worker's `main` ran without `init` and said so (see `PoolError::InitNeverRan`).
+            let why = if tail
+                .iter()
+                .any(|l| l.contains(crate::errors::INIT_NEVER_RAN))
+            {
+                format!(
+                    "{why}: its main ran without `procpool::init()`; call `procpool::init()` \
+                     first in `main`, or use `#[procpool::main]`"
+                )
+            } else {
+                why
+            };
+            let mut message = format!("{why} (worker {verdict})");
             if !tail.is_empty() {
                 message.push_str(&format!("; its stderr: {}", tail.join(" | ")));
             }

@@ -14,6 +14,19 @@ use crate::internal::{Command, Shutdown};
 use crate::spawn::{Launcher, Spawner};
 use crate::task::{Task, TaskHandle};
 
+/// A process started as a worker whose `main` runs anyway never called `init` (which
+/// serves tasks and never returns, or removes the worker variable): its pool would start
+/// workers that do the same, one generation after another. Refused, and said on stderr,
+/// which the supervisor of this process reports when it sees no handshake.
+fn refuse_in_uninitialised_worker() -> Result<(), PoolError> {
+    if std::env::var_os(procpool_proto::ENV_WORKER).is_none() {
+        return Ok(());
+    }
+    let err = PoolError::InitNeverRan;
+    eprintln!("procpool: {err}");
+    Err(err)
+}
+
 impl PoolBuilder {
     /// Starts the pool on its own supervisor thread and returns once every initial worker
     /// completed its handshake (about a millisecond each, in parallel). Blocks the calling
@@ -23,6 +36,7 @@ impl PoolBuilder {
     /// The default mode, usable from any code. A tokio application gets shorter round
     /// trips from [`start`](Self::start).
     pub fn build(&self) -> Result<Pool, PoolError> {
+        refuse_in_uninitialised_worker()?;
         let settings = Arc::new(self.settings()?);
         let (commands, rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = oneshot::channel();
@@ -99,6 +113,7 @@ impl PoolBuilder {
     /// On a runtime without its I/O or time driver, with tokio's own message, as any
     /// tokio socket or timer would.
     pub async fn start(&self) -> Result<Pool, PoolError> {
+        refuse_in_uninitialised_worker()?;
         let settings = Arc::new(self.settings()?);
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             PoolError::Runtime(format!(

@@ -218,8 +218,14 @@ pub struct TaskHandle<R> {
     reply: oneshot::Receiver<Result<bytes::Bytes, TaskError>>,
     shared: Arc<TaskShared>,
     early: Option<TaskError>,
+    /// The wait of [`poll_recv`](Self::poll_recv), kept between polls: the inbox wakes
+    /// only a waiter that is registered, so a fresh wait per poll would miss a message.
+    /// In a mutex only to keep the handle `Sync`; reached through `&mut self`, never locked.
+    next_message: std::sync::Mutex<Option<NextMessage>>,
     _result: PhantomData<fn() -> R>,
 }
+
+type NextMessage = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 
 impl<R> std::fmt::Debug for TaskHandle<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,6 +283,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             reply,
             shared,
             early,
+            next_message: std::sync::Mutex::new(None),
             _result: PhantomData,
         }
     }
@@ -309,6 +316,23 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     /// and every message was read.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
         self.shared.next_message().await
+    }
+
+    /// [`recv`](Self::recv) as a poll, for code that drives the handle by hand: unlike
+    /// polling a fresh `recv()` each time, a `Pending` here leaves `cx` registered, so
+    /// the next message wakes it.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
+        let slot = self
+            .next_message
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        let wait = slot.get_or_insert_with(|| {
+            let shared = self.shared.clone();
+            Box::pin(async move { shared.next_message().await })
+        });
+        let next = ready!(wait.as_mut().poll(cx));
+        *slot = None;
+        Poll::Ready(next)
     }
 
     /// Blocking [`recv`](Self::recv), for code outside async contexts (for a pool started

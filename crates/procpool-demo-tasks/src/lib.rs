@@ -168,6 +168,20 @@ pub fn greet(name: String, greeting: Option<String>) -> String {
     format!("{}, {name}!", greeting.as_deref().unwrap_or("Hello"))
 }
 
+/// Sends `count` messages of `size` bytes (the letter `m`) to the parent, the first
+/// after `before_ms`, then sleeps `after_ms`; returns `count`. Shows whether messages
+/// reach the parent while their task still runs, and how a slow reader copes.
+#[task]
+pub fn messages(count: u32, size: u64, before_ms: u64, after_ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(before_ms));
+    let text = vec![b'm'; size as usize];
+    for _ in 0..count {
+        procpool::send_message(text.clone());
+    }
+    std::thread::sleep(Duration::from_millis(after_ms));
+    count
+}
+
 /// Answers every message from the parent with its bytes reversed; ends on an empty
 /// message. Returns the number of messages answered.
 #[task]

@@ -211,12 +211,9 @@ impl<R: DeserializeOwned + Send> Leaf<R> {
         let Some(observers) = &self.messages else {
             return;
         };
-        loop {
-            // `recv` is cancel safe (an mpsc receive): a fresh future per poll loses nothing.
-            let next = std::pin::pin!(handle.recv()).poll(cx);
-            let Poll::Ready(Some(bytes)) = next else {
-                return;
-            };
+        // `poll_recv`, not a fresh `recv()` per poll: a dropped `recv` future takes its
+        // registration with it, and the next message would wake nobody until the task ends.
+        while let Poll::Ready(Some(bytes)) = handle.poll_recv(cx) {
             for o in observers.iter() {
                 o.message(self.id, &bytes);
             }

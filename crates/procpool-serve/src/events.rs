@@ -10,46 +10,19 @@ use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use procpool::TaskEvent;
+use procpool::records::ErrorReport;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
-use crate::server::Shared;
-use procpool::ErrorReport;
+use crate::clients::{Audience, Next, Outgoing, Subscription};
+use crate::shared::Shared;
 
 /// The task manager channel every task of the server runs on.
 pub(crate) const INTERNAL_CHANNEL: &str = "procpool-serve";
-/// Events buffered for the slowest WebSocket client; one further behind is told how many
-/// it missed (`lagged`).
-pub(crate) const CLIENT_BUFFER: usize = 4096;
 /// Events buffered between the task manager and the forwarder.
 pub(crate) const MANAGER_BUFFER: usize = 1 << 16;
-
-/// One event on its way to the WebSocket clients.
-#[derive(Clone, Debug)]
-pub(crate) struct Outgoing {
-    pub(crate) to: Audience,
-    pub(crate) text: Utf8Bytes,
-}
-
-/// Who gets an [`Outgoing`] event.
-#[derive(Clone, Debug)]
-pub(crate) enum Audience {
-    /// Every client (news about the stream itself).
-    Everyone,
-    /// Clients of these channels, and clients following every channel.
-    Channels(Arc<[String]>),
-}
-
-impl Audience {
-    fn includes(&self, channel: Option<&str>) -> bool {
-        match (self, channel) {
-            (Audience::Everyone, _) | (_, None) => true,
-            (Audience::Channels(cs), Some(c)) => cs.iter().any(|x| x == c),
-        }
-    }
-}
 
 /// An event as a client reads it.
 #[derive(Debug, Serialize)]
@@ -105,8 +78,7 @@ impl WireEvent<'_> {
 
 /// Sends `event` to the clients of `channels` (and to those following every channel).
 pub(crate) fn emit(shared: &Shared, channels: &[String], event: &WireEvent<'_>) {
-    // No receiver is not an error: nobody is listening.
-    let _ = shared.clients.send(Outgoing {
+    shared.clients.send(Outgoing {
         to: Audience::Channels(channels.into()),
         text: event.to_text(),
     });
@@ -151,7 +123,7 @@ fn lagged(shared: &Shared, n: u64) {
         missed = n,
         "the event forwarder fell behind; events were dropped"
     );
-    let _ = shared.clients.send(Outgoing {
+    shared.clients.send(Outgoing {
         to: Audience::Everyone,
         text: WireEvent::Lagged { missed: n }.to_text(),
     });
@@ -233,27 +205,17 @@ async fn handle(shared: &Shared, event: TaskEvent) {
     }
 }
 
-/// Streams the events of `channel` (every channel when `None`) to one client until it
-/// goes away or the server shuts down (after the last events were sent).
+/// Streams the events of one client's subscription until it goes away or the server
+/// shuts down (after the last events were sent).
 pub(crate) async fn stream(
     mut socket: WebSocket,
-    mut events: broadcast::Receiver<Outgoing>,
-    channel: Option<String>,
+    events: Subscription,
     mut closing: watch::Receiver<bool>,
 ) {
-    let wanted = |out: &Outgoing| out.to.includes(channel.as_deref());
     loop {
         tokio::select! {
-            got = events.recv() => {
-                let text = match got {
-                    Ok(out) if wanted(&out) => out.text,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        WireEvent::Lagged { missed: n }.to_text()
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                if socket.send(Message::Text(text)).await.is_err() {
+            next = events.recv() => {
+                if socket.send(Message::Text(text(next))).await.is_err() {
                     return;
                 }
             }
@@ -265,8 +227,8 @@ pub(crate) async fn stream(
             },
             () = closed(&mut closing) => {
                 // What was published before the shutdown still goes out.
-                while let Ok(out) = events.try_recv() {
-                    if wanted(&out) && socket.send(Message::Text(out.text)).await.is_err() {
+                while let Some(next) = events.try_recv() {
+                    if socket.send(Message::Text(text(next))).await.is_err() {
                         return;
                     }
                 }
@@ -280,6 +242,13 @@ pub(crate) async fn stream(
             reason: "the server is shutting down".into(),
         })))
         .await;
+}
+
+fn text(next: Next) -> Utf8Bytes {
+    match next {
+        Next::Event(text) => text,
+        Next::Lagged(missed) => WireEvent::Lagged { missed }.to_text(),
+    }
 }
 
 /// Resolves once the server closes the streams (or is gone).

@@ -41,19 +41,22 @@
 //! ```
 //!
 //! # Caveats
-//! - **Results** are kept in memory for the result TTL after the task ends (and at most
-//!   100 000 of them); then a read answers `410`, and after 100 000 more, `404`. They do
-//!   not survive a restart.
+//! - **Results** are kept in memory for the result TTL after the task ends, within
+//!   [`ServeSettings::max_results_bytes`] (256 MiB by default; past it the oldest expire
+//!   early); then a read answers `410`, and after 100 000 more expired ids, `404`. They
+//!   do not survive a restart.
 //! - **Cache keys**: equal keys must mean equal work; only the key is compared. A
 //!   completed task's result answers new submissions with its key (under a new task id)
 //!   until the result TTL.
 //! - **Cancel** (`DELETE`) cancels the task for every submission that shares it.
 //! - **Events** are live only: a client sees what is published after it connected, and a
-//!   client that falls 4096 events behind gets a `lagged` event instead of the oldest.
+//!   client that falls [`ServeSettings::client_buffer_bytes`] behind (16 MiB by default)
+//!   gets a `lagged` event in place of the oldest ones.
 //! - **Shutdown** stops accepting connections at the first signal: results of tasks that
 //!   drain after it reach WebSocket clients only.
 #![deny(missing_docs)]
 
+mod clients;
 mod errors;
 mod events;
 mod metrics;
@@ -61,6 +64,7 @@ mod report;
 mod routes;
 mod server;
 mod settings;
+mod shared;
 mod table;
 
 pub use errors::ServeError;

@@ -37,7 +37,7 @@ struct StateLabel {
 pub(crate) struct PoolGauges {
     pub(crate) pending: usize,
     pub(crate) running: usize,
-    pub(crate) status: procpool::PoolStatus,
+    pub(crate) status: procpool::pool::PoolStatus,
     /// Worker processes started after the pool came up.
     pub(crate) restarts: u64,
 }

@@ -2,7 +2,8 @@
 //! `procpool run`'s records ([`ErrorReport`]), so a client reads a failure the same way
 //! from a batch file and from the control plane.
 
-use procpool::{Ending, ErrorReport, MetaError};
+use procpool::MetaError;
+use procpool::records::{Ending, ErrorReport};
 use serde::Serialize;
 
 /// Where a task is in its life, as `GET /v1/tasks/{id}` reports it.

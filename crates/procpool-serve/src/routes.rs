@@ -15,9 +15,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use procpool::{
-    Cached, JsonGraph, MetaTask, PendingTask, RetryPolicy, Task, TaskError, TaskManager,
-};
+use procpool::manager::{Cached, JsonGraph, PendingTask};
+use procpool::{MetaTask, RetryPolicy, Task, TaskError, TaskManager};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq as _;
@@ -26,7 +25,7 @@ use uuid::Uuid;
 use crate::events::{self, WireEvent};
 use crate::metrics::{self, PoolGauges};
 use crate::report::Status;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::table::{Entry, Lookup};
 
 /// Longest channel name and cache key accepted, in bytes.
@@ -512,9 +511,9 @@ async fn subscribe(
     }
     // Subscribed before the upgrade answer goes out: once the client has its socket,
     // nothing published afterwards is missed.
-    let rx = shared.clients.subscribe();
+    let rx = shared.clients.subscribe(query.channel);
     let closing = shared.closing.subscribe();
-    Ok(ws.on_upgrade(move |socket| events::stream(socket, rx, query.channel, closing)))
+    Ok(ws.on_upgrade(move |socket| events::stream(socket, rx, closing)))
 }
 
 async fn scrape(State(shared): Ctx) -> Response {

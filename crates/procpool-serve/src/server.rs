@@ -1,77 +1,28 @@
 //! [`Server`]: binds the listener, runs the HTTP routes, the event forwarder and the
 //! result sweeper, and stops on a signal: gracefully on the first, at once on the second.
 
-use std::collections::HashSet;
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
-use procpool::{MetaError, Pool, Shutdown, TaskEvent, TaskManager};
-use serde_json::Value;
+use procpool::{Pool, Shutdown, TaskEvent, TaskManager};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
-use uuid::Uuid;
 
+use crate::clients::Clients;
 use crate::errors::ServeError;
-use crate::events::{self, CLIENT_BUFFER, INTERNAL_CHANNEL, MANAGER_BUFFER, Outgoing};
+use crate::events::{self, INTERNAL_CHANNEL, MANAGER_BUFFER};
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::settings::{OnSignal, ServeSettings};
+use crate::shared::Shared;
 use crate::table::Table;
 
 /// How long the HTTP server may take to finish its requests once it stopped accepting.
 const HTTP_GRACE: Duration = Duration::from_secs(5);
-
-/// The state every route, the forwarder and the sweeper share.
-pub(crate) struct Shared {
-    pub(crate) manager: TaskManager,
-    table: Mutex<Table>,
-    /// Events to the WebSocket clients.
-    pub(crate) clients: broadcast::Sender<Outgoing>,
-    pub(crate) metrics: Metrics,
-    pub(crate) settings: ServeSettings,
-    /// Names of the tasks the workers serve.
-    pub(crate) tasks: HashSet<String>,
-    /// Worker processes started by the time the pool was up.
-    pub(crate) initial_starts: u64,
-    /// Cleared at the first stop signal: submissions get `503` from then on.
-    pub(crate) accepting: AtomicBool,
-    /// Set once the last events went out: the WebSocket streams close.
-    pub(crate) closing: watch::Sender<bool>,
-    /// Woken whenever a task ends (a drain waits on it).
-    ended: Notify,
-}
-
-impl Shared {
-    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
-        // Every update is a single insert, remove or field write: consistent after a panic.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records the outcome of task `id` once (the forwarder and the task's own watcher
-    /// both get it; the first one records it).
-    pub(crate) fn finish(&self, id: Uuid, outcome: &Result<Value, MetaError>, now: Instant) {
-        let finished = self.table().finish(id, outcome, now);
-        if let Some(f) = finished {
-            self.metrics.ended(f.status, f.kind, f.took);
-            self.ended.notify_waiters();
-        }
-    }
-
-    /// Resolves once no accepted task is left running.
-    async fn idle(&self) {
-        loop {
-            let ended = self.ended.notified();
-            if self.table().active() == 0 {
-                return;
-            }
-            ended.await;
-        }
-    }
-}
 
 /// The `procpool serve` control plane: an HTTP and WebSocket front end to a
 /// [`TaskManager`] on a pool (see the crate docs for the routes).
@@ -129,8 +80,8 @@ impl Server {
         let events = manager.subscribe(INTERNAL_CHANNEL);
         let shared = Arc::new(Shared {
             manager,
-            table: Mutex::new(Table::new(settings.result_ttl)),
-            clients: broadcast::channel(CLIENT_BUFFER).0,
+            table: Mutex::new(Table::new(settings.result_ttl, settings.max_results_bytes)),
+            clients: Clients::new(settings.client_buffer_bytes),
             metrics: Metrics::new(),
             settings,
             tasks,

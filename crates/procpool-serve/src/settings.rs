@@ -34,6 +34,13 @@ pub struct ServeSettings {
     pub max_active: usize,
     /// What the first stop signal does to running tasks.
     pub on_signal: OnSignal,
+    /// Most bytes the results (and errors) of ended tasks may hold, counted as JSON plus
+    /// a small overhead per task; past it the oldest expire before their TTL and read as
+    /// `410`.
+    pub max_results_bytes: usize,
+    /// Most bytes of events one WebSocket client may have waiting; a client further
+    /// behind loses its oldest events and reads a `lagged` event with how many.
+    pub client_buffer_bytes: usize,
 }
 
 impl Default for ServeSettings {
@@ -45,6 +52,8 @@ impl Default for ServeSettings {
             max_body: 1 << 20,
             max_active: 10_000,
             on_signal: OnSignal::Cancel,
+            max_results_bytes: 256 << 20,
+            client_buffer_bytes: 16 << 20,
         }
     }
 }

@@ -1,23 +1,25 @@
 //! The task table: every task the server accepted, from submission until its result
 //! expires, then a tombstone so that a late reader gets `410 Gone` rather than `404`.
-//! Both are bounded: results by their TTL (and a count cap), tombstones by a count cap
-//! (the oldest are forgotten and then read as unknown).
+//! Both are bounded: results by their TTL and by the bytes they hold (the oldest expire
+//! early past that), tombstones by a count cap (the oldest are forgotten and then read
+//! as unknown).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use procpool::{MetaError, PendingTask};
+use procpool::MetaError;
+use procpool::manager::PendingTask;
 use serde_json::Value;
 use uuid::Uuid;
 
-use procpool::ErrorReport;
+use procpool::records::ErrorReport;
 
 use crate::report::{self, Status};
 
-/// Ended tasks kept readable at once, whatever their TTL: past this, the oldest results
-/// expire early (memory stays bounded under a flood of tiny tasks).
-const MAX_ENDED: usize = 100_000;
-/// Ids of expired tasks remembered for `410 Gone`.
+/// What an ended entry costs beyond its result or error: the entry, its map slot, its
+/// name and channels, about. Keeps a flood of tiny results bounded by the byte budget too.
+const ENTRY_OVERHEAD: usize = 256;
+/// Ids of expired tasks remembered for `410 Gone` (16 bytes each, plus the set's slot).
 const MAX_TOMBSTONES: usize = 100_000;
 
 /// One accepted task.
@@ -62,8 +64,12 @@ pub(crate) struct Finished {
 
 pub(crate) struct Table {
     entries: HashMap<Uuid, Entry>,
-    /// Ended entries in the order they ended (so by expiry time too).
-    ended: VecDeque<(Instant, Uuid)>,
+    /// Ended entries in the order they ended (so by expiry time too), with their cost.
+    ended: VecDeque<(Instant, Uuid, usize)>,
+    /// Sum of the costs in `ended`.
+    ended_bytes: usize,
+    /// Most bytes `ended` may hold: past it, the oldest results expire early.
+    max_bytes: usize,
     tombstones: HashSet<Uuid>,
     tombstone_order: VecDeque<Uuid>,
     active: usize,
@@ -71,10 +77,12 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub(crate) fn new(ttl: Duration) -> Table {
+    pub(crate) fn new(ttl: Duration, max_bytes: usize) -> Table {
         Table {
             entries: HashMap::new(),
             ended: VecDeque::new(),
+            ended_bytes: 0,
+            max_bytes,
             tombstones: HashSet::new(),
             tombstone_order: VecDeque::new(),
             active: 0,
@@ -143,22 +151,26 @@ impl Table {
             kind: ended.error.as_ref().map_or("none", |e| e.kind),
             took: now.saturating_duration_since(entry.accepted),
         };
+        let cost =
+            ENTRY_OVERHEAD + entry.task.len() + json_len(&ended.result) + json_len(&ended.error);
         entry.end = Some(ended);
         entry.pending = None;
         self.active -= 1;
-        self.ended.push_back((now, id));
+        self.ended.push_back((now, id, cost));
+        self.ended_bytes += cost;
         self.sweep(now);
         Some(finished)
     }
 
     /// Turns expired results into tombstones, and forgets the oldest tombstones.
     pub(crate) fn sweep(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.ended.front() {
+        while let Some(&(at, id, cost)) = self.ended.front() {
             let expired = now.saturating_duration_since(at) >= self.ttl;
-            if !expired && self.ended.len() <= MAX_ENDED {
+            if !expired && self.ended_bytes <= self.max_bytes {
                 break;
             }
             self.ended.pop_front();
+            self.ended_bytes -= cost;
             self.entries.remove(&id);
             if self.tombstones.insert(id) {
                 self.tombstone_order.push_back(id);
@@ -170,6 +182,24 @@ impl Table {
             }
         }
     }
+}
+
+/// Bytes of `value` as JSON, counted without building the text.
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Only an I/O error could stop it, and counting has none.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 #[cfg(test)]
@@ -194,7 +224,7 @@ mod tests {
     fn first_outcome_wins_then_it_expires_into_a_tombstone() {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
-        let mut table = Table::new(ttl);
+        let mut table = Table::new(ttl, usize::MAX);
         let id = Uuid::new_v4();
         table.insert(id, entry(t0));
         assert_eq!(table.active(), 1);
@@ -224,7 +254,7 @@ mod tests {
     #[test]
     fn failures_carry_their_kind_and_running_tasks_never_expire() {
         let t0 = Instant::now();
-        let mut table = Table::new(Duration::from_millis(1));
+        let mut table = Table::new(Duration::from_millis(1), usize::MAX);
         let (running, failed) = (Uuid::new_v4(), Uuid::new_v4());
         table.insert(running, entry(t0));
         table.insert(failed, entry(t0));
@@ -244,5 +274,21 @@ mod tests {
         assert!(matches!(table.lookup(running, later), Lookup::Known(_)));
         assert!(matches!(table.lookup(failed, later), Lookup::Expired));
         assert_eq!(table.active(), 1);
+    }
+
+    #[test]
+    fn results_past_the_byte_budget_expire_oldest_first() {
+        let t0 = Instant::now();
+        let big = Value::String("x".repeat(10_000));
+        let mut table = Table::new(Duration::from_secs(3600), 25_000);
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            table.insert(*id, entry(t0));
+            table.finish(*id, &Ok(big.clone()), t0);
+        }
+        // Two results of about 10 KB fit in 25 000 bytes; the first one expired early.
+        assert!(matches!(table.lookup(ids[0], t0), Lookup::Expired));
+        assert!(matches!(table.lookup(ids[1], t0), Lookup::Known(_)));
+        assert!(matches!(table.lookup(ids[2], t0), Lookup::Known(_)));
     }
 }

@@ -6,15 +6,21 @@
 //! `recv_message` returns `None`.
 
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use procpool_proto::{FromWorker, TaskId, ToWorker};
 
+use crate::outbound::{Outbound, Oversized};
+
 pub(crate) struct Channel {
     pub(crate) max_frame: usize,
     pub(crate) inbound: Inbound,
-    pub(crate) writer: Mutex<Writer>,
+    pub(crate) outbound: Outbound,
     pub(crate) current: Mutex<Option<TaskId>>,
+    /// Why the running task's outcome must be a failure although it may return `Ok`: a
+    /// progress report or message of it was above the frame cap and never sent.
+    pub(crate) unsent: Mutex<Option<String>>,
 }
 
 /// Who reads frames from the supervisor.
@@ -31,69 +37,39 @@ pub(crate) struct Reader {
     pub(crate) buf: Vec<u8>,
 }
 
-pub(crate) struct Writer {
-    pub(crate) stream: UnixStream,
-    pub(crate) buf: Vec<u8>,
-}
-
 pub(crate) static CHANNEL: OnceLock<Channel> = OnceLock::new();
 
+/// The supervisor asked the worker to stop; the main loop ends after the running task.
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn request_shutdown() {
+    SHUTDOWN.store(true, Ordering::Relaxed);
+}
+
+pub(crate) fn shutdown_requested() -> bool {
+    SHUTDOWN.load(Ordering::Relaxed)
+}
+
 impl Channel {
-    /// Sends one frame. A failed write means the supervisor is gone (or killed us): there is
-    /// nobody left to report to, so the worker ends quietly.
-    pub(crate) fn send(&self, msg: &FromWorker) {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Writer { stream, buf } = &mut *w;
-        if let Err(e) = procpool_proto::encode_frame(msg, buf, self.max_frame) {
-            if let procpool_proto::FrameError::TooLarge { len, max } = e {
-                // Report instead of sending a frame the supervisor would reject.
-                if let FromWorker::Done { task_id, .. } = msg {
-                    drop(w);
-                    return self.send(&FromWorker::Done {
-                        task_id: *task_id,
-                        outcome: Err(procpool_proto::TaskFailure::Codec {
-                            message: format!(
-                                "result frame of {len} bytes exceeds the {max} byte limit"
-                            ),
-                        }),
-                    });
-                }
-            }
-            eprintln!("procpool worker: dropping an unsendable frame: {e}");
-            return;
-        }
-        if std::io::Write::write_all(stream, buf).is_err() {
-            std::process::exit(0);
+    /// Sends a progress report or message of the running task. One above the frame cap
+    /// is not sent; the task then ends with a codec error saying so, rather than a
+    /// success that silently lost part of what it sent.
+    fn send_from_task(&self, what: &str, msg: &FromWorker) {
+        if let Err(Oversized { len, max }) = self.outbound.send(msg) {
+            let why = format!(
+                "a {what} frame of {len} bytes exceeds the {max} byte frame cap and was not sent"
+            );
+            eprintln!("procpool worker: {why}");
+            self.unsent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(why);
         }
     }
 
-    /// Sends a successful `Done`: the result goes out from where it lies, in one vectored
-    /// write behind the message head, without being copied into a frame first.
-    pub(crate) fn send_done_ok(&self, task_id: TaskId, result: &[u8]) {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Writer { stream, buf } = &mut *w;
-        match procpool_proto::write_done_ok(stream, buf, task_id, result, self.max_frame) {
-            Ok(()) => {}
-            Err(procpool_proto::FrameError::TooLarge { len, max }) => {
-                drop(w);
-                // Report instead of sending a frame the supervisor would reject.
-                self.send(&FromWorker::Done {
-                    task_id,
-                    outcome: Err(procpool_proto::TaskFailure::Codec {
-                        message: format!(
-                            "result frame of {len} bytes exceeds the {max} byte limit"
-                        ),
-                    }),
-                });
-            }
-            Err(procpool_proto::FrameError::Io(e))
-                if e.kind() == std::io::ErrorKind::InvalidData =>
-            {
-                eprintln!("procpool worker: dropping an unsendable frame: {e}");
-            }
-            // The supervisor is gone (or killed us): nobody is left to report to.
-            Err(_) => std::process::exit(0),
-        }
+    /// Takes the reason recorded by [`send_from_task`](Self::send_from_task), if any.
+    pub(crate) fn take_unsent(&self) -> Option<String> {
+        self.unsent.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub(crate) fn current(&self) -> Option<TaskId> {
@@ -122,7 +98,7 @@ impl Channel {
                 Ok(ToWorker::Message { .. }) => continue,
                 // The supervisor asked us to stop: finish this task, then exit.
                 Ok(ToWorker::Shutdown) => {
-                    crate::runtime::request_shutdown();
+                    request_shutdown();
                     return None;
                 }
                 Ok(ToWorker::Run { .. } | ToWorker::Cancel { .. }) => {
@@ -141,28 +117,38 @@ impl Channel {
 }
 
 /// Reports progress of the running task: `fraction` from 0.0 to 1.0 and a description.
-/// Delivered to the parent's `on_progress` callback in order, before the result.
+/// Delivered to the parent's `on_progress` callback in order, before the result. A report
+/// larger than the pool's frame cap is not sent, and the task then fails with a codec
+/// error naming its size.
 pub fn report_progress(fraction: f32, message: impl Into<String>) {
     if let Some(ch) = CHANNEL.get()
         && let Some(task_id) = ch.current()
     {
-        ch.send(&FromWorker::Progress {
-            task_id,
-            fraction,
-            message: message.into(),
-        });
+        ch.send_from_task(
+            "progress",
+            &FromWorker::Progress {
+                task_id,
+                fraction,
+                message: message.into(),
+            },
+        );
     }
 }
 
-/// Sends a message to the parent (read there with `TaskHandle::recv`).
+/// Sends a message to the parent (read there with `TaskHandle::recv`). A message larger
+/// than the pool's frame cap (64 MiB unless the pool sets another) is not sent, and the
+/// task then fails with a codec error naming its size.
 pub fn send_message(bytes: impl Into<Vec<u8>>) {
     if let Some(ch) = CHANNEL.get()
         && let Some(task_id) = ch.current()
     {
-        ch.send(&FromWorker::Message {
-            task_id,
-            bytes: bytes.into(),
-        });
+        ch.send_from_task(
+            "message",
+            &FromWorker::Message {
+                task_id,
+                bytes: bytes.into(),
+            },
+        );
     }
 }
 

@@ -14,7 +14,12 @@
 //!
 //! # Caveats
 //! - A worker runs one task at a time on its main thread; `async` tasks run on a
-//!   current-thread tokio runtime created on first use.
+//!   current-thread tokio runtime created on first use. Called inside a tokio runtime
+//!   (from a `#[tokio::main]` function), [`init`] serves from a thread of its own instead.
+//! - [`init`] removes the supervisor's `PROCPOOL_*` variables from the worker's
+//!   environment: programs a task starts, procpool binaries included, run normally.
+//! - A progress report or message larger than the pool's frame cap is not sent; the task
+//!   then fails with a codec error that names its size.
 //! - Tasks defined in a library crate are only registered if the binary links that crate:
 //!   reference something from it, or write `extern crate that_crate as _;`.
 //! - A panic is caught and reported, and the worker stays usable; a panic under
@@ -23,6 +28,7 @@
 
 mod context;
 mod errors;
+mod outbound;
 mod registry;
 mod runtime;
 mod window;

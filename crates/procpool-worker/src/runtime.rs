@@ -8,34 +8,67 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use procpool_proto::{
-    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER,
-    FromWorker, Hello, PROTOCOL_VERSION, TaskFailure, ToWorker,
+    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER, Hello,
+    PROTOCOL_VERSION, TaskFailure, ToWorker,
 };
 
-use crate::context::{CHANNEL, Channel, Inbound, Reader, Writer};
+use crate::context::{CHANNEL, Channel, Inbound, Reader, shutdown_requested};
 use crate::errors::WorkerError;
+use crate::outbound::Outbound;
 use crate::registry;
 use crate::window::Window;
 
-static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+/// Every variable the supervisor sets for its worker. `init` removes them all, so a
+/// program a task starts (a procpool binary above all) does not believe it is a worker.
+const WORKER_VARS: [&str; 5] = [
+    ENV_WORKER,
+    ENV_PARENT_PID,
+    ENV_MAX_FRAME,
+    ENV_RLIMITS,
+    ENV_PREFETCH,
+];
 
-pub(crate) fn request_shutdown() {
-    SHUTDOWN.store(true, Ordering::Relaxed);
-}
+/// Set by `init` when it takes this process into worker mode (and removes `ENV_WORKER`).
+static SERVING: AtomicBool = AtomicBool::new(false);
 
 /// Whether this process was started as a procpool worker.
 pub fn is_worker() -> bool {
-    std::env::var_os(ENV_WORKER).is_some()
+    SERVING.load(Ordering::Relaxed) || std::env::var_os(ENV_WORKER).is_some()
 }
 
 /// Enters worker mode if this process was started by a procpool supervisor, and never
 /// returns in that case; otherwise returns at once. Call it first thing in `main`, before
-/// any thread or runtime is started.
+/// any thread is started.
+///
+/// Inside a tokio runtime (called from a `#[tokio::main]` function) it serves from a
+/// thread of its own, so that `async` tasks can run on the worker's own runtime; the
+/// application's runtime stays idle. `#[procpool::main]` above `#[tokio::main]` avoids
+/// starting that runtime at all.
 pub fn init() {
-    if !is_worker() {
+    if std::env::var_os(ENV_WORKER).is_none() {
         return;
     }
-    let code = match run() {
+    SERVING.store(true, Ordering::Relaxed);
+    let env = WorkerEnv::take();
+    let code = if tokio::runtime::Handle::try_current().is_ok() {
+        // tokio refuses to start a runtime (the one `async` tasks run on) on a thread that
+        // is inside another's: serve from a thread outside it.
+        std::thread::Builder::new()
+            .name("procpool-worker".into())
+            .spawn(move || serve(env))
+            .map_or(EX_SOFTWARE, |t| t.join().unwrap_or(EX_SOFTWARE))
+    } else {
+        serve(env)
+    };
+    std::process::exit(code);
+}
+
+/// Exit code of a broken worker (sysexits' EX_SOFTWARE): distinguishes it from a task's
+/// own exit code.
+const EX_SOFTWARE: i32 = 70;
+
+fn serve(env: Result<WorkerEnv, WorkerError>) -> i32 {
+    match env.and_then(run) {
         Ok(()) => 0,
         Err(e) => {
             let mut msg = e.to_string();
@@ -45,11 +78,58 @@ pub fn init() {
                 source = s.source();
             }
             eprintln!("procpool worker: {msg}");
-            // EX_SOFTWARE: distinguishes a broken worker from a task's own exit code.
-            70
+            EX_SOFTWARE
         }
-    };
-    std::process::exit(code);
+    }
+}
+
+/// What the supervisor told the worker through its environment.
+struct WorkerEnv {
+    parent: u32,
+    max_frame: usize,
+    rlimits: Option<String>,
+    prefetch: bool,
+}
+
+impl WorkerEnv {
+    /// Reads the worker's variables, then removes them from the environment (whether
+    /// they were valid or not).
+    fn take() -> Result<WorkerEnv, WorkerError> {
+        let env = WorkerEnv::read();
+        for name in WORKER_VARS {
+            // SAFETY: `init`'s contract is to run first in `main`, before any thread that
+            // could read the environment concurrently. Under `#[tokio::main]` the
+            // runtime's threads exist but are parked: `main` has given them nothing yet.
+            unsafe { std::env::remove_var(name) };
+        }
+        env
+    }
+
+    fn read() -> Result<WorkerEnv, WorkerError> {
+        let parent = env_number(ENV_PARENT_PID)?
+            .ok_or_else(|| WorkerError::Env(format!("{ENV_PARENT_PID} is not set")))?;
+        let parent = u32::try_from(parent)
+            .map_err(|_| WorkerError::Env(format!("{ENV_PARENT_PID}={parent} is not a pid")))?;
+        let max_frame = match env_number(ENV_MAX_FRAME)? {
+            None => DEFAULT_MAX_FRAME,
+            // The length prefix is a u32: a larger cap would let a frame's length wrap.
+            Some(n) if n <= u64::from(u32::MAX) => usize::try_from(n).map_err(|_| {
+                WorkerError::Env(format!("{ENV_MAX_FRAME}={n} does not fit this platform"))
+            })?,
+            Some(n) => {
+                return Err(WorkerError::Env(format!(
+                    "{ENV_MAX_FRAME}={n} exceeds the largest frame length a u32 holds ({})",
+                    u32::MAX
+                )));
+            }
+        };
+        Ok(WorkerEnv {
+            parent,
+            max_frame,
+            rlimits: std::env::var(ENV_RLIMITS).ok(),
+            prefetch: std::env::var_os(ENV_PREFETCH).is_some(),
+        })
+    }
 }
 
 fn env_number(name: &str) -> Result<Option<u64>, WorkerError> {
@@ -62,15 +142,13 @@ fn env_number(name: &str) -> Result<Option<u64>, WorkerError> {
     }
 }
 
-fn run() -> Result<(), WorkerError> {
-    let parent = env_number(ENV_PARENT_PID)?
-        .ok_or_else(|| WorkerError::Env(format!("{ENV_PARENT_PID} is not set")))?;
-    procpool_os::die_with_parent(parent as u32)?;
+fn run(env: WorkerEnv) -> Result<(), WorkerError> {
+    procpool_os::die_with_parent(env.parent)?;
     procpool_os::keep_freed_memory();
-    if let Ok(spec) = std::env::var(ENV_RLIMITS) {
-        procpool_os::apply_rlimits(&spec)?;
+    if let Some(spec) = &env.rlimits {
+        procpool_os::apply_rlimits(spec)?;
     }
-    let max_frame = env_number(ENV_MAX_FRAME)?.map_or(DEFAULT_MAX_FRAME, |v| v as usize);
+    let max_frame = env.max_frame;
     let stream = UnixStream::from(procpool_os::take_worker_channel()?);
     let writer = stream
         .try_clone()
@@ -87,8 +165,7 @@ fn run() -> Result<(), WorkerError> {
     frame.extend_from_slice(&hello);
     std::io::Write::write_all(&mut &writer, &frame).map_err(|e| WorkerError::Frame(e.into()))?;
 
-    let prefetch = std::env::var_os(ENV_PREFETCH).is_some();
-    let (inbound, reader_stream) = if prefetch {
+    let (inbound, reader_stream) = if env.prefetch {
         (Inbound::Prefetch(Window::default()), Some(stream))
     } else {
         (
@@ -102,18 +179,16 @@ fn run() -> Result<(), WorkerError> {
     let channel = CHANNEL.get_or_init(|| Channel {
         max_frame,
         inbound,
-        writer: Mutex::new(Writer {
-            stream: writer,
-            buf: Vec::new(),
-        }),
+        outbound: Outbound::new(writer, max_frame),
         current: Mutex::new(None),
+        unsent: Mutex::new(None),
     });
 
     match (&channel.inbound, reader_stream) {
         (Inbound::Prefetch(window), Some(stream)) => {
             std::thread::Builder::new()
                 .name("procpool-reader".into())
-                .spawn(move || window.read_loop(channel, stream))
+                .spawn(move || window.read_loop(&channel.outbound, max_frame, stream))
                 .map_err(|e| WorkerError::Frame(e.into()))?;
             while let Some(q) = window.next() {
                 run_one(channel, q.task_id, &q.name, &q.args, q.encoding);
@@ -121,7 +196,7 @@ fn run() -> Result<(), WorkerError> {
             }
         }
         (Inbound::Direct(reader), _) => {
-            while !SHUTDOWN.load(Ordering::Relaxed) {
+            while !shutdown_requested() {
                 let msg = {
                     let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
                     let Reader { stream, buf } = &mut *r;
@@ -165,12 +240,15 @@ fn run_one(
     // before it hears that the task ended.
     let _ = std::io::Write::flush(&mut std::io::stdout());
     *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    match outcome {
-        Ok(result) => channel.send_done_ok(task_id, &result),
-        Err(failure) => channel.send(&FromWorker::Done {
-            task_id,
-            outcome: Err(failure),
-        }),
+    // A progress report or message that was never sent turns a success into a failure:
+    // the parent must not take the run for complete.
+    let unsent = channel.take_unsent();
+    match (outcome, unsent) {
+        (Ok(result), None) => channel.outbound.send_done_ok(task_id, &result),
+        (Ok(_), Some(why)) => channel
+            .outbound
+            .send_done_err(task_id, TaskFailure::Codec { message: why }),
+        (Err(failure), _) => channel.outbound.send_done_err(task_id, failure),
     }
 }
 

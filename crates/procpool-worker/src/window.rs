@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use procpool_proto::{Encoding, FromWorker, TaskId, ToWorker};
 
-use crate::context::Channel;
+use crate::outbound::Outbound;
 
 /// A task waiting in the prefetch queue.
 pub(crate) struct Queued {
@@ -43,7 +43,7 @@ impl Window {
     }
 
     /// Reads the channel until it ends. Runs on its own thread.
-    pub(crate) fn read_loop(&self, channel: &Channel, stream: UnixStream) {
+    pub(crate) fn read_loop(&self, out: &Outbound, max_frame: usize, stream: UnixStream) {
         // Buffered: frames sent ahead in a burst come in with few reads.
         let mut stream = std::io::BufReader::with_capacity(64 << 10, stream);
         let mut buf = Vec::new();
@@ -56,7 +56,7 @@ impl Window {
                 break;
             }
             if !matches!(
-                procpool_proto::read_frame(&mut stream, &mut buf, channel.max_frame),
+                procpool_proto::read_frame(&mut stream, &mut buf, max_frame),
                 Ok(true)
             ) {
                 break;
@@ -104,9 +104,10 @@ impl Window {
                 ToWorker::Cancel { task_id } => {
                     if let Some(pos) = st.queue.iter().position(|q| q.task_id == task_id) {
                         st.queue.remove(pos);
-                        channel.send(&FromWorker::Skipped { task_id });
+                        // A few bytes: below any frame cap.
+                        let _ = out.send(&FromWorker::Skipped { task_id });
                     } else if st.current == Some(task_id) {
-                        channel.send(&FromWorker::Running { task_id });
+                        let _ = out.send(&FromWorker::Running { task_id });
                     }
                     false
                 }

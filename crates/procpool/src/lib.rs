@@ -11,6 +11,12 @@
 //! killing the other inputs' workers), and [`TaskManager`] shares runs between consumers
 //! by cache key, publishes [`TaskEvent`]s per channel and keeps results to be taken once.
 //!
+//! The crate root holds what most programs need; the rest is grouped: [`pool`] (pool
+//! status, the worker manifest, orphan reaping), [`manager`] (the task manager's
+//! building blocks: cache keys, stores, inputs of your own types, JSON task graphs),
+//! [`records`] (the error records the CLI and `procpool serve` write) and [`worker`]
+//! (the worker side's introspection).
+//!
 //! This crate only re-exports: the supervisor lives in `procpool-core`, orchestration in
 //! `procpool-manager`, the worker side in `procpool-worker`, the wire format in
 //! `procpool-proto`, the attributes in `procpool-macros`.
@@ -62,9 +68,9 @@
 //!
 //! # The re-exec contract
 //! By default the pool starts `std::env::current_exe()` as its workers, with the
-//! environment variable [`WORKER_ENV`] set. [`init`] (or `#[procpool::main]` on `main`)
-//! must run first in `main`: in a worker it serves tasks and exits, never returning into
-//! the application's `main`. Any other binary that calls `init` can serve as the worker
+//! environment variable [`worker::WORKER_ENV`] set. [`init`] (or `#[procpool::main]` on
+//! `main`) must run first in `main`: in a worker it serves tasks and exits, never
+//! returning into the application's `main`. Any other binary that calls `init` can serve as the worker
 //! ([`PoolBuilder::worker`]).
 //!
 //! # Caveats
@@ -77,8 +83,8 @@
 //!   [`Pool::shutdown`] to know every worker is reaped.
 //! - **A pool on your runtime** ([`PoolBuilder::start`]) lives as long as that runtime: if
 //!   the runtime shuts down with the pool alive, its workers are killed but may stay
-//!   zombies until the process exits (or until an [`OrphanReaper`] reaps them). Its
-//!   blocking calls ([`Pool::run_blocking`], [`TaskHandle::wait`],
+//!   zombies until the process exits (or until a [`pool::OrphanReaper`] reaps them).
+//!   Its blocking calls ([`Pool::run_blocking`], [`TaskHandle::wait`],
 //!   [`TaskHandle::recv_blocking`]) need the runtime to run meanwhile: do not call them on
 //!   its own threads (on a multi-thread runtime they go through `block_in_place`; on the
 //!   thread of a current-thread runtime they would deadlock, so they panic). From
@@ -88,15 +94,26 @@
 //! - **Grandchildren**: cancel and crash kill the worker's whole process group; a
 //!   grandchild that moved to its own group or session escapes. Killed grandchildren are
 //!   re-parented to PID 1, which may never reap them; a process whose only children are
-//!   pool workers can adopt and reap them with [`OrphanReaper`] (the `procpool` CLI does).
+//!   pool workers can adopt and reap them with [`pool::OrphanReaper`] (the `procpool`
+//!   CLI does).
 //! - **Encoding**: arguments and results are bincode 2 for typed tasks and JSON for
 //!   [`Task::json`]; use [`Bytes`] for byte payloads (a plain `Vec<u8>` is encoded element
 //!   by element). Frames are capped ([`PoolBuilder::max_frame_bytes`], 64 MiB by default).
+//! - **Memory limit**: [`PoolBuilder::max_rss`] samples the resident memory of the worker
+//!   process only (its group leader), not of the processes a task starts: a task whose
+//!   memory sits in a child it spawned is not recycled by it. Bound those with an rlimit
+//!   ([`PoolBuilder::rlimit_address_space`], inherited by children) or in the task.
+//! - **Worker environment**: [`init`] removes the supervisor's `PROCPOOL_*` variables in
+//!   the worker, so programs a task starts (procpool binaries included) run normally.
+//!   Forgetting `init` is caught: a worker whose `main` runs anyway cannot build a pool,
+//!   and the parent's error says to call `procpool::init()` first. Inside
+//!   `#[tokio::main]`, `init` serves from a thread of its own so `async` tasks still work;
+//!   `#[procpool::main]` above `#[tokio::main]` spares the worker that runtime.
 //! - **Zombies**: every worker is reaped by its executor (on the supervisor thread, or on
 //!   the runtime of a `start` pool); tokio's orphan queue is relied on only for workers
 //!   whose runtime went away under them.
 //! - **macOS** (checked at compile time; the suite runs on Linux): there is no child
-//!   subreaper, so [`OrphanReaper::start`] fails and a dead worker's orphaned
+//!   subreaper, so [`pool::OrphanReaper::start`] fails and a dead worker's orphaned
 //!   grandchildren go to launchd (which reaps them); one that left its worker's process
 //!   group is then never killed by procpool. macOS does not enforce `RLIMIT_AS`, so a pool
 //!   with [`PoolBuilder::rlimit_address_space`] fails to build there; use
@@ -104,26 +121,62 @@
 //!   on it instead of `PR_SET_PDEATHSIG` (see `procpool-os`).
 #![deny(missing_docs)]
 
-pub use procpool_core::OrphanReaper;
 pub use procpool_core::{
-    ParamInfo, Pool, PoolBuilder, PoolError, PoolStatus, Progress, RetryPolicy, Shutdown, Task,
-    TaskError, TaskHandle, TaskInfo,
+    Pool, PoolBuilder, PoolError, Progress, RetryPolicy, Shutdown, Task, TaskError, TaskHandle,
 };
 pub use procpool_macros::{main, task};
-pub use procpool_manager::{
-    Cached, Ending, ErrorReport, FailedInput, Identity, InputContext, Inputs, JsonGraph,
-    JsonGraphError, ManagerError, MemoryStore, MetaError, MetaHandle, MetaTask, PendingTask, Ready,
-    Store, StoreError, StoreKey, TaskEvent, TaskManager, TaskManagerBuilder,
-};
-pub use procpool_os::signal_name;
-pub use procpool_proto::ENV_WORKER as WORKER_ENV;
-/// The tasks linked into the running binary, sorted by name: what this binary would serve
-/// as a worker (empty for a binary that registers none, such as the `procpool` CLI).
-pub use procpool_worker::manifest as registered_tasks;
-pub use procpool_worker::{
-    current_task_id, init, is_worker, recv_message, report_progress, send_message,
-};
+pub use procpool_manager::{MetaError, MetaTask, TaskEvent, TaskManager};
+pub use procpool_worker::{current_task_id, init, recv_message, report_progress, send_message};
 pub use serde_bytes::ByteBuf as Bytes;
+
+/// A [`Pool`]'s status and introspection beyond running tasks: what its workers serve,
+/// how busy it is, and reaping the grandchildren its kills leave behind.
+pub mod pool {
+    pub use procpool_core::OrphanReaper;
+    pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
+    pub use procpool_os::signal_name;
+}
+
+/// The building blocks of [`MetaTask`] and
+/// [`TaskManager`]: shared runs by cache key, result stores, inputs of
+/// your own types, JSON task graphs, and the handles and errors that come with them.
+pub mod manager {
+    pub use procpool_manager::{
+        Cached, Identity, InputContext, Inputs, JsonGraph, JsonGraphError, ManagerError,
+        MemoryStore, MetaHandle, PendingTask, Ready, Store, StoreError, StoreKey,
+        TaskManagerBuilder,
+    };
+}
+
+/// Records of how a task ended, as the `procpool` CLI's result lines and `procpool serve`
+/// write them (`error.kind`, `error.input`, ...).
+pub mod records {
+    pub use procpool_manager::{Ending, ErrorReport, FailedInput};
+}
+
+/// The worker side: whether this process is a worker, and what it serves.
+pub mod worker {
+    pub use procpool_proto::ENV_WORKER as WORKER_ENV;
+    pub use procpool_worker::is_worker;
+    /// The tasks linked into the running binary, sorted by name: what this binary would
+    /// serve as a worker (empty for a binary that registers none, such as the `procpool`
+    /// CLI).
+    pub use procpool_worker::manifest as registered_tasks;
+}
+
+// The paths before the grouping, kept (out of the docs) so code written against them
+// still compiles.
+#[doc(hidden)]
+pub use crate::manager::{
+    Cached, Identity, InputContext, Inputs, JsonGraph, JsonGraphError, ManagerError, MemoryStore,
+    MetaHandle, PendingTask, Ready, Store, StoreError, StoreKey, TaskManagerBuilder,
+};
+#[doc(hidden)]
+pub use crate::pool::*;
+#[doc(hidden)]
+pub use crate::records::{Ending, ErrorReport, FailedInput};
+#[doc(hidden)]
+pub use crate::worker::{WORKER_ENV, is_worker, registered_tasks};
 
 /// Used by the code `#[procpool::task]` generates; not a public API.
 #[doc(hidden)]

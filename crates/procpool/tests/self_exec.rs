@@ -113,7 +113,7 @@ fn touch(path: String) {
 fn whoami() -> (Option<u128>, bool, u32) {
     (
         procpool::current_task_id(),
-        procpool::is_worker(),
+        procpool::worker::is_worker(),
         std::process::id(),
     )
 }
@@ -180,7 +180,7 @@ async fn err<R: serde::de::DeserializeOwned + std::fmt::Debug>(
 }
 
 async fn local_calls() -> Outcome {
-    ensure!(!procpool::is_worker());
+    ensure!(!procpool::worker::is_worker());
     ensure_eq!(procpool::current_task_id(), None);
     // The functions stay plain functions in the parent.
     ensure_eq!(add(1, 2), 3);
@@ -313,7 +313,10 @@ async fn task_context(pool: &Pool) -> Outcome {
     let chosen = answer::task().id();
     let (task_id, _, _) = ok(pool, whoami::task().with_id(chosen)).await?;
     ensure_eq!(task_id, Some(chosen.as_u128()));
-    ensure!(!procpool::is_worker(), "is_worker() is true in the parent");
+    ensure!(
+        !procpool::worker::is_worker(),
+        "is_worker() is true in the parent"
+    );
     Ok(())
 }
 

@@ -1,0 +1,66 @@
+//! [`Shared`]: the state every route, the event forwarder and the sweeper read and write.
+//! Below the modules that use it (server, routes, events), so none of them imports
+//! another's state.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use procpool::{MetaError, TaskManager};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::clients::Clients;
+use crate::metrics::Metrics;
+use crate::settings::ServeSettings;
+use crate::table::Table;
+
+/// The state every route, the forwarder and the sweeper share.
+pub(crate) struct Shared {
+    pub(crate) manager: TaskManager,
+    pub(crate) table: Mutex<Table>,
+    /// Events to the WebSocket clients.
+    pub(crate) clients: Clients,
+    pub(crate) metrics: Metrics,
+    pub(crate) settings: ServeSettings,
+    /// Names of the tasks the workers serve.
+    pub(crate) tasks: HashSet<String>,
+    /// Worker processes started by the time the pool was up.
+    pub(crate) initial_starts: u64,
+    /// Cleared at the first stop signal: submissions get `503` from then on.
+    pub(crate) accepting: AtomicBool,
+    /// Set once the last events went out: the WebSocket streams close.
+    pub(crate) closing: watch::Sender<bool>,
+    /// Woken whenever a task ends (a drain waits on it).
+    pub(crate) ended: Notify,
+}
+
+impl Shared {
+    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
+        // Every update is a single insert, remove or field write: consistent after a panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the outcome of task `id` once (the forwarder and the task's own watcher
+    /// both get it; the first one records it).
+    pub(crate) fn finish(&self, id: Uuid, outcome: &Result<Value, MetaError>, now: Instant) {
+        let finished = self.table().finish(id, outcome, now);
+        if let Some(f) = finished {
+            self.metrics.ended(f.status, f.kind, f.took);
+            self.ended.notify_waiters();
+        }
+    }
+
+    /// Resolves once no accepted task is left running.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.table().active() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
