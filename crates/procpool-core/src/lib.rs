@@ -48,6 +48,7 @@ mod internal;
 mod orphans;
 mod output;
 mod pool;
+mod remote;
 mod spawn;
 mod task;
 
@@ -57,5 +58,6 @@ pub use internal::Shutdown;
 #[cfg(target_os = "linux")]
 pub use orphans::OrphanReaper;
 pub use pool::{Pool, PoolStatus};
+pub use remote::{RemoteBackend, RemoteSubmission};
 pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use task::{Progress, Task, TaskHandle};

@@ -65,7 +65,7 @@ impl<R> Task<R> {
         Self::new(name.to_owned(), args, Encoding::Bincode)
     }
 
-    fn new(name: String, args: Result<Vec<u8>, String>, encoding: Encoding) -> Self {
+    pub(crate) fn new(name: String, args: Result<Vec<u8>, String>, encoding: Encoding) -> Self {
         Task {
             id: Uuid::new_v4(),
             name,
@@ -151,9 +151,9 @@ pub struct TaskHandle<R> {
     commands: mpsc::UnboundedSender<Command>,
     /// The runtime of a pool started with `start` (see `host::block_on`).
     runtime: Option<tokio::runtime::Id>,
-    reply: oneshot::Receiver<Result<bytes::Bytes, TaskError>>,
+    pub(crate) reply: oneshot::Receiver<Result<bytes::Bytes, TaskError>>,
     shared: Arc<TaskShared>,
-    early: Option<TaskError>,
+    pub(crate) early: Option<TaskError>,
     _result: PhantomData<fn() -> R>,
 }
 
