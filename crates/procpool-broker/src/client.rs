@@ -332,7 +332,10 @@ async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
             Ok(events) => {
                 failing_since = None;
                 for ev in events {
-                    apply_event(&shared, ev.task, ev.cursor, ev.event);
+                    if apply_event(&shared, ev.task, ev.cursor, ev.event) {
+                        // Taken once: the stored copy goes now that the outcome is ours.
+                        let _ = shared.broker.take_result(ev.task).await;
+                    }
                 }
             }
             Err(e) => {
@@ -355,11 +358,17 @@ async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
     }
 }
 
-fn apply_event<B: Broker>(shared: &Shared<B>, id: Uuid, cursor: String, event: Result<Event, String>) {
+/// Feeds one event to the task's handles; true when it was the terminal one.
+fn apply_event<B: Broker>(
+    shared: &Shared<B>,
+    id: Uuid,
+    cursor: String,
+    event: Result<Event, String>,
+) -> bool {
     let done = {
         let mut state = shared.lock();
         let Some(w) = state.tasks.get_mut(&id) else {
-            return;
+            return false;
         };
         w.cursor = cursor;
         match event {
@@ -392,8 +401,12 @@ fn apply_event<B: Broker>(shared: &Shared<B>, id: Uuid, cursor: String, event: R
             Err(message) => Some(Err(TaskError::Protocol { message })),
         }
     };
-    if let Some(outcome) = done {
-        shared.end(id, outcome);
+    match done {
+        Some(outcome) => {
+            shared.end(id, outcome);
+            true
+        }
+        None => false,
     }
 }
 

@@ -44,3 +44,7 @@ pub fn dedupe_id(key: &str) -> uuid::Uuid {
     }
     uuid::Builder::from_custom_bytes(h.to_be_bytes()).into_uuid()
 }
+
+/// The largest value read from the broker unless configured: the worker protocol's
+/// frame cap.
+pub const DEFAULT_MAX_FRAME: usize = procpool_proto::DEFAULT_MAX_FRAME;

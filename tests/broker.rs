@@ -1,0 +1,430 @@
+//! Broker mode (issue 12) with real processes: a private `redis-server` per test, agents
+//! as `procpool agent` processes on the demo worker, and submitters through the CLI or a
+//! broker-backed `Pool`. This process is a child subreaper, so the workers of an agent
+//! the test SIGKILLs come back here to be reaped, never to PID 1.
+
+mod support;
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use procpool::{MetaTask, Pool, TaskError};
+use procpool_broker::{Broker as _, ClientOptions, RedisBroker};
+use procpool_demo_tasks as demo;
+use redis_server::RedisServer;
+use serde_json::Value;
+use support::{children_of, demo_worker, proc_stat, serial};
+
+const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
+
+/// A `procpool agent` process; SIGTERMed (then SIGKILLed) and reaped with its workers
+/// when dropped.
+struct Agent {
+    child: Option<Child>,
+    pid: u32,
+}
+
+impl Agent {
+    fn start(url: &str, workers: usize) -> Agent {
+        let child = Command::new(PROCPOOL)
+            .args(["agent", "--broker", url, "--worker", demo_worker()])
+            .args(["--workers", &workers.to_string()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn procpool agent");
+        let pid = child.id();
+        Agent {
+            child: Some(child),
+            pid,
+        }
+    }
+
+    fn workers(&self) -> Vec<u32> {
+        children_of(self.pid).into_iter().map(|p| p.pid).collect()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid as i32), sig).expect("signal the agent");
+    }
+
+    /// SIGKILLs the agent and reaps it and the workers it leaves (they die with it).
+    fn kill(mut self) {
+        let workers = self.workers();
+        self.signal(Signal::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        for w in workers {
+            reap_orphan(w);
+        }
+    }
+
+    /// SIGTERM and the exit code.
+    fn stop(mut self) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        let status = self.child.take()?.wait().ok()?;
+        status.code()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let workers = self.workers();
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            for w in workers {
+                reap_orphan(w);
+            }
+        }
+    }
+}
+
+/// Waits for `pid` (a worker whose agent died) to die, and reaps it if it came to us.
+fn reap_orphan(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_stat(pid).is_some_and(|s| s.state != 'Z') {
+        assert!(Instant::now() < deadline, "worker {pid} outlived its agent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if proc_stat(pid).is_some_and(|s| s.ppid == std::process::id()) {
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+    }
+}
+
+fn become_subreaper() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+}
+
+/// Gone, or a zombie nobody reaped yet (dead either way).
+fn dead(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|s| s.state == 'Z')
+}
+
+async fn wait_for(timeout: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `n` agents are alive on the broker.
+async fn wait_agents(url: &str, n: usize) {
+    let broker = RedisBroker::connect(url, "procpool", 1 << 20)
+        .await
+        .expect("connect");
+    wait_for(Duration::from_secs(30), "the agents", async || {
+        broker.agents().await.map(|a| a.len()).unwrap_or(0) == n
+    })
+    .await;
+}
+
+async fn pool(url: &str, options: ClientOptions) -> Pool {
+    procpool_broker::connect(url, options)
+        .await
+        .expect("broker pool")
+}
+
+/// The agent (of `agents`) whose worker is `pid`.
+fn owner(agents: &[Agent], pid: u32) -> usize {
+    let parent = proc_stat(pid).expect("worker alive").ppid;
+    agents
+        .iter()
+        .position(|a| a.pid == parent)
+        .expect("the worker belongs to an agent")
+}
+
+/// `(status, result, error kind)` per job id, from JSON Lines records.
+fn verdicts(out: &[u8]) -> HashMap<String, (String, Value, Value)> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).expect("a JSON record");
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                (
+                    r["status"].as_str().unwrap().to_owned(),
+                    r["result"].clone(),
+                    r["error"]["kind"].clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn demo_jobs() -> String {
+    format!("{}/scripts/demo-jobs.jsonl", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_jobs_give_the_same_verdicts_through_two_agents_as_locally() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = [Agent::start(&url, 2), Agent::start(&url, 2)];
+    wait_agents(&url, 2).await;
+    let local = Command::new(PROCPOOL)
+        .args(["run", "--quiet", "--worker", demo_worker(), "--jobs", &demo_jobs()])
+        .output()
+        .expect("local run");
+    let remote = Command::new(PROCPOOL)
+        .args(["run", "--quiet", "--broker", &url, "--jobs", &demo_jobs()])
+        .output()
+        .expect("remote run");
+    assert_eq!(remote.status.code(), local.status.code());
+    let (local, remote) = (verdicts(&local.stdout), verdicts(&remote.stdout));
+    assert!(local.len() >= 10, "{local:?}");
+    assert_eq!(remote, local);
+    let [a, b] = agents;
+    assert_eq!(a.stop(), Some(143));
+    assert_eq!(b.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_batch_hands_its_tasks_to_the_other_within_5s() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut agents = vec![Agent::start(&url, 2), Agent::start(&url, 2)];
+    wait_agents(&url, 2).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let handles: Vec<_> = (0..4)
+        .map(|_| pool.submit(demo::sleep_ms::task(3000)))
+        .collect();
+    let mut pids = Vec::new();
+    for h in &handles {
+        pids.push(h.started().await.expect("started"));
+    }
+    let victim = owner(&agents, pids[0]);
+    let moved: Vec<usize> = (0..4).filter(|&i| owner(&agents, pids[i]) == victim).collect();
+    agents.remove(victim).kill();
+    let killed = Instant::now();
+    let mut requeue = Duration::ZERO;
+    for &i in &moved {
+        let h = &handles[i];
+        wait_for(Duration::from_secs(20), "the second start", async || h.attempts() >= 2).await;
+        requeue = requeue.max(killed.elapsed());
+    }
+    eprintln!("requeue after SIGKILL of the agent: {requeue:?} for {} tasks", moved.len());
+    assert!(requeue <= Duration::from_secs(5), "requeued after {requeue:?}");
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await, Ok(3000));
+        let _ = i;
+    }
+    drop(pool);
+    assert_eq!(agents.pop().unwrap().stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_cancel_kills_the_worker_on_the_agent() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let running = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = running.started().await.expect("started");
+    assert_eq!(proc_stat(pid).expect("the worker").ppid, agent.pid);
+    // Queued behind it (one worker): cancelled, it never runs.
+    let queued = pool.submit(demo::sleep_ms::task(60_000));
+    queued.cancel();
+    assert_eq!(queued.await, Err(TaskError::Cancelled));
+    let asked = Instant::now();
+    running.cancel();
+    assert_eq!(running.await, Err(TaskError::Cancelled));
+    wait_for(Duration::from_secs(10), "the worker's death", async || dead(pid)).await;
+    eprintln!("worker gone {:?} after the cancel", asked.elapsed());
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_agents_keep_dying_ends_lost_after_its_budget() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut agents = vec![Agent::start(&url, 1), Agent::start(&url, 1)];
+    wait_agents(&url, 2).await;
+    let options = ClientOptions {
+        lost_budget: 2,
+        ..ClientOptions::default()
+    };
+    let pool = pool(&url, options).await;
+    let poison = pool.submit(demo::sleep_ms::task(60_000));
+    for round in 1..=2 {
+        wait_for(Duration::from_secs(20), "a start", async || {
+            poison.attempts() == round
+        })
+        .await;
+        let pid = poison.worker_pid().expect("a worker");
+        let victim = owner(&agents, pid);
+        agents.remove(victim).kill();
+        agents.push(Agent::start(&url, 1));
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(20), poison)
+        .await
+        .expect("the task ends");
+    assert!(matches!(outcome, Err(TaskError::Lost { .. })), "{outcome:?}");
+    assert_eq!(outcome.unwrap_err().kind(), "lost");
+    drop(pool);
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_submitters_sharing_a_dedupe_key_run_it_once() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = [Agent::start(&url, 2), Agent::start(&url, 2)];
+    wait_agents(&url, 2).await;
+    let (a, b) = (
+        pool(&url, ClientOptions::default()).await,
+        pool(&url, ClientOptions::default()).await,
+    );
+    let id = procpool_broker::dedupe_id("report-2026-12");
+    let first = a.submit(demo::sleep_ms::task(1500).with_id(id));
+    let pid = first.started().await.expect("started");
+    let second = b.submit(demo::sleep_ms::task(1500).with_id(id));
+    assert_eq!(second.started().await, Some(pid));
+    assert_eq!(first.await, Ok(1500));
+    assert_eq!(second.attempts(), 1);
+    assert_eq!(second.await, Ok(1500));
+    drop((a, b));
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
+
+#[test]
+fn an_unreachable_broker_exits_2_naming_the_url_without_its_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://user:s3cret@127.0.0.1:{port}/0");
+    let started = Instant::now();
+    let out = Command::new(PROCPOOL)
+        .args(["run", "--broker", &url, "--jobs", &demo_jobs()])
+        .output()
+        .expect("procpool run");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        stderr.contains(&format!("redis://user:***@127.0.0.1:{port}/0")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_submitters_get_lost_and_agents_carry_on() {
+    let _serial = serial().await;
+    become_subreaper();
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let running = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = running.started().await.expect("started");
+    redis.restart();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the submitter is told");
+    assert!(matches!(outcome, Err(TaskError::Lost { .. })), "{outcome:?}");
+    // The agent could not vouch for its lease: it killed the worker itself.
+    wait_for(Duration::from_secs(10), "the orphaned worker's death", async || dead(pid)).await;
+    // It reconnects, makes its group again and takes new tasks.
+    wait_agents(&url, 1).await;
+    let after = procpool_broker::connect(&url, ClientOptions::default())
+        .await
+        .expect("pool");
+    let sum = tokio::time::timeout(Duration::from_secs(20), after.run(demo::add::task(2, 3)))
+        .await
+        .expect("a task after the restart");
+    assert_eq!(sum, Ok(5));
+    drop((pool, after));
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_past_its_lease_kills_its_worker_and_its_late_attempt_is_refused() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = vec![Agent::start(&url, 1), Agent::start(&url, 1)];
+    wait_agents(&url, 2).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let task = pool.submit(demo::sleep_ms::task(8000));
+    let first = task.started().await.expect("started");
+    let stopped = owner(&agents, first);
+    agents[stopped].signal(Signal::SIGSTOP);
+    wait_for(Duration::from_secs(20), "the start elsewhere", async || {
+        task.attempts() >= 2
+    })
+    .await;
+    assert_ne!(task.worker_pid(), Some(first));
+    agents[stopped].signal(Signal::SIGCONT);
+    // Woken past its lease, it kills the worker of the attempt it no longer owns.
+    wait_for(Duration::from_secs(10), "the stale worker's death", async || dead(first)).await;
+    assert_eq!(task.await, Ok(8000));
+    drop(pool);
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_task_combines_remote_inputs() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = [Agent::start(&url, 2), Agent::start(&url, 1)];
+    wait_agents(&url, 2).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let squares = || (1..=4).map(demo::square::task).collect::<Vec<_>>();
+    let total = MetaTask::new(squares(), |v: Vec<i64>| v.iter().sum::<i64>())
+        .run(&pool)
+        .await
+        .expect("meta task");
+    assert_eq!(total, 30);
+    let as_task = MetaTask::process_as_task(squares(), demo::sum::task)
+        .run(&pool)
+        .await
+        .expect("meta task as a task");
+    assert_eq!(as_task, 30);
+    drop(pool);
+    let _ = Arc::new(());
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
