@@ -3,9 +3,9 @@
 //! broker-backed `Pool`. This process is a child subreaper, so the workers of an agent
 //! the test SIGKILLs come back here to be reaped, never to PID 1.
 
-mod support;
 #[path = "support/redis.rs"]
 mod redis_server;
+mod support;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -181,7 +181,14 @@ async fn the_demo_jobs_give_the_same_verdicts_through_two_agents_as_locally() {
     let agents = [Agent::start(&url, 2), Agent::start(&url, 2)];
     wait_agents(&url, 2).await;
     let local = Command::new(PROCPOOL)
-        .args(["run", "--quiet", "--worker", demo_worker(), "--jobs", &demo_jobs()])
+        .args([
+            "run",
+            "--quiet",
+            "--worker",
+            demo_worker(),
+            "--jobs",
+            &demo_jobs(),
+        ])
         .output()
         .expect("local run");
     let remote = Command::new(PROCPOOL)
@@ -214,17 +221,28 @@ async fn an_agent_killed_mid_batch_hands_its_tasks_to_the_other_within_5s() {
         pids.push(h.started().await.expect("started"));
     }
     let victim = owner(&agents, pids[0]);
-    let moved: Vec<usize> = (0..4).filter(|&i| owner(&agents, pids[i]) == victim).collect();
+    let moved: Vec<usize> = (0..4)
+        .filter(|&i| owner(&agents, pids[i]) == victim)
+        .collect();
     agents.remove(victim).kill();
     let killed = Instant::now();
     let mut requeue = Duration::ZERO;
     for &i in &moved {
         let h = &handles[i];
-        wait_for(Duration::from_secs(20), "the second start", async || h.attempts() >= 2).await;
+        wait_for(Duration::from_secs(20), "the second start", async || {
+            h.attempts() >= 2
+        })
+        .await;
         requeue = requeue.max(killed.elapsed());
     }
-    eprintln!("requeue after SIGKILL of the agent: {requeue:?} for {} tasks", moved.len());
-    assert!(requeue <= Duration::from_secs(5), "requeued after {requeue:?}");
+    eprintln!(
+        "requeue after SIGKILL of the agent: {requeue:?} for {} tasks",
+        moved.len()
+    );
+    assert!(
+        requeue <= Duration::from_secs(5),
+        "requeued after {requeue:?}"
+    );
     for (i, h) in handles.into_iter().enumerate() {
         assert_eq!(h.await, Ok(3000));
         let _ = i;
@@ -252,7 +270,10 @@ async fn a_remote_cancel_kills_the_worker_on_the_agent() {
     let asked = Instant::now();
     running.cancel();
     assert_eq!(running.await, Err(TaskError::Cancelled));
-    wait_for(Duration::from_secs(10), "the worker's death", async || dead(pid)).await;
+    wait_for(Duration::from_secs(10), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
     eprintln!("worker gone {:?} after the cancel", asked.elapsed());
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
@@ -285,7 +306,10 @@ async fn a_task_whose_agents_keep_dying_ends_lost_after_its_budget() {
     let outcome = tokio::time::timeout(Duration::from_secs(20), poison)
         .await
         .expect("the task ends");
-    assert!(matches!(outcome, Err(TaskError::Lost { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(TaskError::Lost { .. })),
+        "{outcome:?}"
+    );
     assert_eq!(outcome.unwrap_err().kind(), "lost");
     drop(pool);
     for a in agents {
@@ -358,9 +382,17 @@ async fn after_a_broker_restart_submitters_get_lost_and_agents_carry_on() {
     let outcome = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .expect("the submitter is told");
-    assert!(matches!(outcome, Err(TaskError::Lost { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(TaskError::Lost { .. })),
+        "{outcome:?}"
+    );
     // The agent could not vouch for its lease: it killed the worker itself.
-    wait_for(Duration::from_secs(10), "the orphaned worker's death", async || dead(pid)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the orphaned worker's death",
+        async || dead(pid),
+    )
+    .await;
     // It reconnects, makes its group again and takes new tasks.
     wait_agents(&url, 1).await;
     let after = procpool_broker::connect(&url, ClientOptions::default())
@@ -394,7 +426,12 @@ async fn an_agent_stopped_past_its_lease_kills_its_worker_and_its_late_attempt_i
     assert_ne!(task.worker_pid(), Some(first));
     agents[stopped].signal(Signal::SIGCONT);
     // Woken past its lease, it kills the worker of the attempt it no longer owns.
-    wait_for(Duration::from_secs(10), "the stale worker's death", async || dead(first)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the stale worker's death",
+        async || dead(first),
+    )
+    .await;
     assert_eq!(task.await, Ok(8000));
     drop(pool);
     for a in agents {

@@ -41,7 +41,10 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -372,7 +372,9 @@ async fn run_task<B: Broker>(
         Ctl::Release => match broker.release(me, &lease).await {
             Ok(true) => tracing::info!(task = %lease.id, "handed back to the queue"),
             Ok(false) => {}
-            Err(e) => tracing::warn!(task = %lease.id, error = %e, "could not hand the task back; the reaper will"),
+            Err(e) => {
+                tracing::warn!(task = %lease.id, error = %e, "could not hand the task back; the reaper will")
+            }
         },
         Ctl::Cancel | Ctl::Message(_) => report(agent, &lease, &outcome).await,
     }
@@ -380,7 +382,11 @@ async fn run_task<B: Broker>(
 
 /// Writes the outcome, retrying while the broker is away (the write is fenced, so a
 /// retry after the lease moved on is refused, never applied twice).
-async fn report<B: Broker>(agent: &Agent<B>, lease: &Lease, outcome: &Result<bytes::Bytes, TaskError>) {
+async fn report<B: Broker>(
+    agent: &Agent<B>,
+    lease: &Lease,
+    outcome: &Result<bytes::Bytes, TaskError>,
+) {
     let mut delay = Duration::from_millis(100);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -466,7 +472,7 @@ async fn reap_loop<B: Broker>(agent: Arc<Agent<B>>) {
             Err(e) => tracing::debug!(error = %e, "reaping failed"),
         }
         round = round.wrapping_add(1);
-        if round % 20 == 0
+        if round.is_multiple_of(20)
             && let Err(e) = agent
                 .broker
                 .autoclaim(&agent.info.id, agent.options.autoclaim_idle)

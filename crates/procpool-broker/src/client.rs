@@ -56,7 +56,10 @@ pub async fn connect(url: &str, options: ClientOptions) -> Result<Pool, BrokerEr
 
 /// A pool on any [`Broker`]. Its [`Pool::tasks`] and [`Pool::size`] are those of the
 /// agents alive now; tasks submitted while no agent is alive wait for one.
-pub async fn pool_on<B: Broker>(broker: Arc<B>, options: ClientOptions) -> Result<Pool, BrokerError> {
+pub async fn pool_on<B: Broker>(
+    broker: Arc<B>,
+    options: ClientOptions,
+) -> Result<Pool, BrokerError> {
     let agents = broker.agents().await?;
     let (manifest, size) = summary(&agents);
     let shared = Arc::new(Shared {
@@ -85,7 +88,10 @@ fn summary(agents: &[AgentInfo]) -> (Vec<TaskInfo>, usize) {
             tasks.push(t.clone());
         }
     }
-    (tasks, agents.iter().map(|a| a.workers).sum::<usize>().max(1))
+    (
+        tasks,
+        agents.iter().map(|a| a.workers).sum::<usize>().max(1),
+    )
 }
 
 enum Op {
@@ -232,7 +238,10 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
         let agents = &state.agents;
         if agents.is_empty() {
             None
-        } else if !agents.iter().any(|a| a.protocol == procpool_proto::PROTOCOL_VERSION) {
+        } else if !agents
+            .iter()
+            .any(|a| a.protocol == procpool_proto::PROTOCOL_VERSION)
+        {
             Some(TaskError::Protocol {
                 message: format!(
                     "no live agent speaks protocol version {} (theirs: {:?})",
@@ -240,7 +249,11 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
                     agents.iter().map(|a| a.protocol).collect::<Vec<_>>()
                 ),
             })
-        } else if !agents.iter().flat_map(|a| &a.tasks).any(|t| t.name == sub.name()) {
+        } else if !agents
+            .iter()
+            .flat_map(|a| &a.tasks)
+            .any(|t| t.name == sub.name())
+        {
             Some(TaskError::UnknownTask {
                 name: sub.name().to_owned(),
             })
@@ -292,7 +305,6 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
             }
             Err(e) => {
                 let message = format!("could not queue it on {}: {e}", shared.broker.url());
-                drop(new);
                 sub.finish(Err(TaskError::Lost { message }));
                 shared.end(id, Err(TaskError::PoolClosed));
                 return;

@@ -181,7 +181,9 @@ impl RedisBroker {
             }
             Err(_) => {
                 *guard = None;
-                Err(BrokerError::Command("a blocking read did not return".into()))
+                Err(BrokerError::Command(
+                    "a blocking read did not return".into(),
+                ))
             }
         }
     }
@@ -203,7 +205,9 @@ fn bulk(v: &Value) -> Option<&[u8]> {
 }
 
 fn text(v: &Value) -> Option<String> {
-    bulk(v).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_owned)
+    bulk(v)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_owned)
 }
 
 fn int(v: &Value) -> Option<i64> {
@@ -220,9 +224,12 @@ fn array(v: &Value) -> &[Value] {
     }
 }
 
+/// A stream entry's fields, in order.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Stream entries as `[(id, [(field, value)])]`, from an XRANGE-shaped array. An entry
 /// of another shape is skipped.
-fn entries(v: &Value) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn entries(v: &Value) -> Vec<(String, Fields)> {
     array(v)
         .iter()
         .filter_map(|e| {
@@ -237,7 +244,7 @@ fn entries(v: &Value) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
 }
 
 /// XREAD/XREADGROUP replies as `[(stream key, entries)]` (RESP2 arrays or RESP3 maps).
-fn streams(v: &Value) -> Vec<(String, Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>)> {
+fn streams(v: &Value) -> Vec<(String, Vec<(String, Fields)>)> {
     match v {
         Value::Map(m) => m
             .iter()
@@ -501,7 +508,9 @@ impl Broker for RedisBroker {
         }
         let millis = int(tmo).unwrap_or(0);
         Ok(Some(Claimed {
-            attempt: int(att).and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad("attempt"))?,
+            attempt: int(att)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad("attempt"))?,
             name: text(name).ok_or_else(|| bad("name"))?,
             args: args.to_vec(),
             encoding: match bulk(enc) {
@@ -603,7 +612,8 @@ impl Broker for RedisBroker {
         ttl: Duration,
         leases: &[Lease],
     ) -> Result<Renewal, BrokerError> {
-        let info_json = serde_json::to_string(info).map_err(|e| BrokerError::Data(e.to_string()))?;
+        let info_json =
+            serde_json::to_string(info).map_err(|e| BrokerError::Data(e.to_string()))?;
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key("a", &info.id))
             .key(self.agents_set())

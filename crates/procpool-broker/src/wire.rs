@@ -159,7 +159,11 @@ pub fn decode_error(bytes: &[u8]) -> TaskError {
             exit_code: v["exit_code"].as_i64().map(|n| n as i32),
             stderr_tail: v["stderr_tail"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default(),
         },
         "timed_out" => TaskError::TimedOut {

@@ -60,7 +60,12 @@ pub(crate) struct BrokerArgs {
     pub(crate) broker: Option<String>,
 
     /// Namespace on the broker: submitters and agents of one namespace share a queue.
-    #[arg(long, env = "PROCPOOL_NAMESPACE", value_name = "NS", default_value = "procpool")]
+    #[arg(
+        long,
+        env = "PROCPOOL_NAMESPACE",
+        value_name = "NS",
+        default_value = "procpool"
+    )]
     pub(crate) namespace: String,
 }
 

@@ -58,6 +58,6 @@ pub use internal::Shutdown;
 #[cfg(target_os = "linux")]
 pub use orphans::OrphanReaper;
 pub use pool::{Pool, PoolStatus};
-pub use remote::{RemoteBackend, RemoteSubmission};
 pub use procpool_proto::{ParamInfo, TaskInfo};
+pub use remote::{RemoteBackend, RemoteSubmission};
 pub use task::{Progress, Task, TaskHandle};

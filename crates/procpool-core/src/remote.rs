@@ -58,7 +58,9 @@ impl std::fmt::Debug for RemoteSubmission {
 
 impl RemoteSubmission {
     fn sub(&self) -> &Submission {
-        self.sub.as_ref().expect("a submission is present until finish")
+        self.sub
+            .as_ref()
+            .expect("a submission is present until finish")
     }
 
     /// The task id.
@@ -145,8 +147,9 @@ impl Pool {
         manifest: Vec<TaskInfo>,
         size: usize,
     ) -> Result<Pool, PoolError> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| PoolError::Runtime(format!("Pool::from_backend needs a tokio runtime ({e})")))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            PoolError::Runtime(format!("Pool::from_backend needs a tokio runtime ({e})"))
+        })?;
         let mut builder = PoolBuilder::default();
         builder.workers(size.max(1)).worker("remote");
         let settings = Arc::new(builder.settings()?);
@@ -157,7 +160,13 @@ impl Pool {
             groups: Arc::new(Groups::default()),
             host: Host::Runtime,
         };
-        Ok(Pool::new_remote(commands, manifest, settings, stop, runtime.id()))
+        Ok(Pool::new_remote(
+            commands,
+            manifest,
+            settings,
+            stop,
+            runtime.id(),
+        ))
     }
 }
 
@@ -202,6 +211,8 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         if let Some(err) = self.early.take() {
             return Err(err);
         }
-        (&mut self.reply).await.unwrap_or(Err(TaskError::PoolClosed))
+        (&mut self.reply)
+            .await
+            .unwrap_or(Err(TaskError::PoolClosed))
     }
 }
