@@ -9,17 +9,20 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use procpool::{MetaTask, Pool, TaskError};
-use procpool_broker::{Broker as _, ClientOptions, RedisBroker};
+use procpool::{MetaTask, Pool, Task, TaskError};
+use procpool_broker::{
+    AgentInfo, Broker as _, ClientOptions, Encoding, Event, Lease, NewTask, RedisBroker,
+};
 use procpool_demo_tasks as demo;
 use redis_server::RedisServer;
 use serde_json::Value;
 use support::{children_of, demo_worker, proc_stat, serial};
+use uuid::Uuid;
 
 const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
 
@@ -32,9 +35,14 @@ struct Agent {
 
 impl Agent {
     fn start(url: &str, workers: usize) -> Agent {
+        Agent::start_with(url, workers, &[])
+    }
+
+    fn start_with(url: &str, workers: usize, flags: &[&str]) -> Agent {
         let child = Command::new(PROCPOOL)
             .args(["agent", "--broker", url, "--worker", demo_worker()])
             .args(["--workers", &workers.to_string()])
+            .args(flags)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -460,8 +468,253 @@ async fn a_meta_task_combines_remote_inputs() {
         .expect("meta task as a task");
     assert_eq!(as_task, 30);
     drop(pool);
-    let _ = Arc::new(());
     for a in agents {
         assert_eq!(a.stop(), Some(143));
     }
+}
+
+/// `redis-cli -p PORT ARGS...`, its output.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
+    let _serial = serial().await;
+    let redis = RedisServer::start();
+    let b = RedisBroker::connect(&redis.url(), "fence", 1 << 20)
+        .await
+        .expect("connect");
+    b.prepare().await.unwrap();
+    let id = Uuid::new_v4();
+    let task = NewTask {
+        id,
+        name: "add",
+        args: b"[1,2]",
+        encoding: Encoding::Json,
+        timeout: None,
+        retries: None,
+        lost_budget: 3,
+        result_ttl: Duration::from_secs(60),
+    };
+    assert_eq!(
+        b.submit(&task, "{fence}:wake").await.unwrap(),
+        procpool_broker::Submitted::New
+    );
+    // Submitting the same id again attaches (the script is idempotent).
+    assert_eq!(
+        b.submit(&task, "{fence}:wake").await.unwrap(),
+        procpool_broker::Submitted::Attached
+    );
+    let agent = |id: &str| AgentInfo {
+        id: id.into(),
+        ..AgentInfo::default()
+    };
+    // Agent x takes the task under a lease it will not renew.
+    b.renew(&agent("x"), Duration::from_millis(100), &[])
+        .await
+        .unwrap();
+    let fetched = b.fetch("x", 1, Duration::from_secs(1)).await.unwrap();
+    let entry = fetched[0].entry.clone();
+    let first = b.start("x", &entry, id).await.unwrap().expect("claimed");
+    assert_eq!(first.attempt, 1);
+    let stale = Lease {
+        id,
+        entry,
+        attempt: 1,
+    };
+    // Agent y reaps it once x's liveness key expired, and runs attempt 2.
+    b.renew(&agent("y"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the reap", async || {
+        b.reap("y").await.unwrap() == 1
+    })
+    .await;
+    let fetched = b.fetch("y", 1, Duration::from_secs(1)).await.unwrap();
+    let second = b
+        .start("y", &fetched[0].entry, id)
+        .await
+        .unwrap()
+        .expect("claimed again");
+    assert_eq!(second.attempt, 2);
+    let current = Lease {
+        id,
+        entry: fetched[0].entry.clone(),
+        attempt: 2,
+    };
+    // x's renewal reports the lease lost; its writes are refused.
+    let renewal = b
+        .renew(
+            &agent("x"),
+            Duration::from_secs(1),
+            std::slice::from_ref(&stale),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewal.lost, vec![id]);
+    let late = Event::Message(b"late".to_vec());
+    assert!(!b.emit("x", &stale, &late).await.unwrap());
+    let three = bytes::Bytes::from_static(b"3");
+    assert!(!b.complete("x", &stale, &Ok(three.clone())).await.unwrap());
+    assert!(b.complete("y", &current, &Ok(three.clone())).await.unwrap());
+    // Applied once: the same write again is refused.
+    assert!(!b.complete("y", &current, &Ok(three.clone())).await.unwrap());
+    assert_eq!(b.take_result(id).await.unwrap(), Some(Ok(three)));
+    assert_eq!(b.take_result(id).await.unwrap(), None);
+    // The queue is empty: the entry left with the terminal write.
+    assert_eq!(redis_cli(&redis, &["XLEN", "{fence}:q"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_queue_entries_do_not_stop_an_agent() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    redis_cli(&redis, &["XADD", "{procpool}:q", "*", "foo", "bar"]);
+    redis_cli(&redis, &["XADD", "{procpool}:q", "*", "id", "not-a-uuid"]);
+    redis_cli(
+        &redis,
+        &[
+            "XADD",
+            "{procpool}:q",
+            "*",
+            "id",
+            &Uuid::new_v4().to_string(),
+        ],
+    );
+    // A task hash with an unknown encoding, written before its entry (whose id is
+    // chosen): it ends with a protocol error.
+    let bad = Uuid::new_v4().to_string();
+    let entry = "9999999999999-0";
+    let key = format!("{{procpool}}:t:{bad}");
+    redis_cli(
+        &redis,
+        &[
+            "HSET", &key, "st", "queued", "entry", entry, "name", "add", "args", "[1,2]", "enc",
+            "zz", "att", "0", "proto", "2", "ttl", "60000", "cancel", "0",
+        ],
+    );
+    redis_cli(&redis, &["XADD", "{procpool}:q", entry, "id", &bad]);
+    wait_for(
+        Duration::from_secs(10),
+        "the malformed task's end",
+        async || redis_cli(&redis, &["HGET", &key, "st"]) == "done",
+    )
+    .await;
+    let result = redis_cli(&redis, &["GET", &format!("{{procpool}}:r:{bad}")]);
+    assert!(result.contains("\"kind\":\"protocol\""), "{result}");
+    let pool = pool(&url, ClientOptions::default()).await;
+    let sum = tokio::time::timeout(Duration::from_secs(20), pool.run(demo::add::task(2, 2)))
+        .await
+        .expect("a task after the garbage");
+    assert_eq!(sum, Ok(4));
+    assert!(!dead(agent.pid));
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_messages_arrive_in_order_across_a_cut_connection() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let task = demo::progress::task(10, 150).on_progress(move |p| {
+        record.lock().unwrap().push(p.fraction);
+    });
+    let handle = pool.submit(task);
+    handle.started().await.expect("started");
+    wait_for(Duration::from_secs(10), "some progress", async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    // Every client connection is cut: the agent's and this submitter's.
+    redis_cli(&redis, &["CLIENT", "KILL", "TYPE", "normal"]);
+    redis_cli(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(handle.await, Ok(()));
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<f32> = (1..=10).map(|i| i as f32 / 10.0).collect();
+    assert_eq!(seen, expected);
+    // Messages both ways: the task answers each one reversed.
+    let mut chat: procpool::TaskHandle<u64> = pool.submit(demo::chat::task());
+    chat.send(b"abc".to_vec());
+    chat.send(b"xyz".to_vec());
+    assert_eq!(chat.recv().await, Some(b"cba".to_vec()));
+    assert_eq!(chat.recv().await, Some(b"zyx".to_vec()));
+    chat.send(Vec::new());
+    assert_eq!(chat.await, Ok(2));
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_hands_its_task_back_or_drains_it() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // SIGTERM with the default --on-signal cancel: the worker dies, another agent runs
+    // the task, and the hand-back does not count as a lost attempt.
+    let first = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let task = pool.submit(demo::sleep_ms::task(1500));
+    let pid = task.started().await.expect("started");
+    let second = Agent::start_with(&url, 1, &["--on-signal", "drain"]);
+    wait_agents(&url, 2).await;
+    assert_eq!(first.stop(), Some(143));
+    assert!(dead(pid));
+    assert_eq!(task.await, Ok(1500));
+    // SIGINT with --on-signal drain: the running task finishes first.
+    let drained = pool.submit(demo::sleep_ms::task(1000));
+    drained.started().await.expect("started");
+    second.signal(Signal::SIGINT);
+    assert_eq!(drained.await, Ok(1000));
+    assert_eq!(second.stop(), Some(130));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_wait_for_an_agent_and_unknown_names_are_refused() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let pool = pool(&url, ClientOptions::default()).await;
+    // No agent yet: the task waits in the queue.
+    let waiting = pool.submit(demo::add::task(20, 22));
+    let agent = Agent::start(&url, 1);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(30), waiting).await,
+        Ok(Ok(42))
+    );
+    let unknown = pool
+        .run(Task::<Value>::json("no_such_task", serde_json::json!([])))
+        .await;
+    assert!(
+        matches!(unknown, Err(TaskError::UnknownTask { .. })),
+        "{unknown:?}"
+    );
+    let listed = Command::new(PROCPOOL)
+        .args(["tasks", "--json", "--broker", &url])
+        .output()
+        .expect("procpool tasks");
+    assert_eq!(listed.status.code(), Some(0));
+    let names: Vec<Value> = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert!(names.iter().any(|t| t["name"] == "sleep_ms"), "{names:?}");
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
 }

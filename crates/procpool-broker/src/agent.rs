@@ -269,7 +269,9 @@ async fn run_task<B: Broker>(
 ) {
     let broker = &agent.broker;
     let me = &agent.info.id;
-    let outcome = if claimed.protocol != procpool_proto::PROTOCOL_VERSION {
+    let outcome = if let Some(message) = claimed.problem.clone() {
+        Some(Err(TaskError::Protocol { message }))
+    } else if claimed.protocol != procpool_proto::PROTOCOL_VERSION {
         Some(Err(TaskError::Protocol {
             message: format!(
                 "the task was submitted with protocol version {}; this agent speaks {}",
@@ -316,7 +318,7 @@ async fn run_task<B: Broker>(
                     pid = handle.started() => {
                         if let Some(pid) = pid {
                             let started = Event::Started { attempt: lease.attempt, pid };
-                            if let Ok(false) = broker.emit(me, &lease, &started).await {
+                            if !emit(agent, &lease, &started).await {
                                 how = Ctl::Abandon;
                                 handle.cancel();
                             }
@@ -336,7 +338,7 @@ async fn run_task<B: Broker>(
                     tokio::select! {
                         m = handle.recv() => match m {
                             Some(m) => {
-                                if let Ok(false) = broker.emit(me, &lease, &Event::Message(m)).await {
+                                if !emit(agent, &lease, &Event::Message(m)).await {
                                     how = Ctl::Abandon;
                                     handle.cancel();
                                 }
@@ -344,7 +346,7 @@ async fn run_task<B: Broker>(
                             None => break,
                         },
                         Some(p) = progress.recv() => {
-                            if let Ok(false) = broker.emit(me, &lease, &p).await {
+                            if !emit(agent, &lease, &p).await {
                                 how = Ctl::Abandon;
                                 handle.cancel();
                             }
@@ -360,7 +362,7 @@ async fn run_task<B: Broker>(
             let outcome = handle.into_encoded().await;
             // Progress reported before the end goes out before the terminal event.
             while let Ok(p) = progress.try_recv() {
-                let _ = broker.emit(me, &lease, &p).await;
+                emit(agent, &lease, &p).await;
             }
             outcome
         }
@@ -377,6 +379,27 @@ async fn run_task<B: Broker>(
             }
         },
         Ctl::Cancel | Ctl::Message(_) => report(agent, &lease, &outcome).await,
+    }
+}
+
+/// Publishes an event, retrying while the broker is briefly away (a reconnect must not
+/// drop a step of the task's event stream); false when the lease is lost.
+async fn emit<B: Broker>(agent: &Agent<B>, lease: &Lease, event: &Event) -> bool {
+    let mut delay = Duration::from_millis(50);
+    let deadline = Instant::now() + agent.options.lease;
+    loop {
+        match agent.broker.emit(&agent.info.id, lease, event).await {
+            Ok(applied) => return applied,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(task = %lease.id, error = %e, "publishing an event failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                tracing::warn!(task = %lease.id, error = %e, "event dropped: the broker is unreachable");
+                return true;
+            }
+        }
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Claimed {
     pub retries: Option<u32>,
     /// The submitter's protocol version.
     pub protocol: u32,
+    /// Set when the stored task is malformed: the attempt must end with this protocol
+    /// error instead of running.
+    pub problem: Option<String>,
 }
 
 /// A task an agent runs: what its renewals and writes name.

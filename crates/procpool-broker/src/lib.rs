@@ -29,6 +29,7 @@ pub use broker::{
 };
 pub use client::{ClientOptions, connect, pool_on};
 pub use errors::BrokerError;
+pub use procpool_proto::Encoding;
 pub use redis::RedisBroker;
 pub use url::elide_password;
 pub use wire::Event;

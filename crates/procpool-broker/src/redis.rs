@@ -501,27 +501,40 @@ impl Broker for RedisBroker {
         let [att, name, args, enc, tmo, rty, proto] = fields else {
             return Ok(None);
         };
-        let bad = |what: &str| BrokerError::Data(format!("task {id}: {what}"));
-        let args = bulk(args).ok_or_else(|| bad("no arguments"))?;
-        if args.len() > self.max_frame {
-            return Err(bad("arguments over the frame cap"));
-        }
-        let millis = int(tmo).unwrap_or(0);
-        Ok(Some(Claimed {
-            attempt: int(att)
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad("attempt"))?,
-            name: text(name).ok_or_else(|| bad("name"))?,
-            args: args.to_vec(),
-            encoding: match bulk(enc) {
-                Some(b"b") => Encoding::Bincode,
-                Some(b"j") => Encoding::Json,
-                _ => return Err(bad("encoding")),
-            },
-            timeout: (millis > 0).then(|| Duration::from_millis(millis as u64)),
+        let Some(attempt) = int(att).and_then(|n| u32::try_from(n).ok()) else {
+            return Err(BrokerError::Data(format!("task {id}: no attempt number")));
+        };
+        let mut claimed = Claimed {
+            attempt,
+            name: String::new(),
+            args: Vec::new(),
+            encoding: Encoding::Json,
+            timeout: None,
             retries: int(rty).and_then(|n| u32::try_from(n).ok()),
             protocol: int(proto).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
-        }))
+            problem: None,
+        };
+        // A malformed task still holds its attempt: it ends with a protocol error.
+        let problem = (|| {
+            claimed.name = text(name).ok_or("its name is not UTF-8")?;
+            let args = bulk(args).ok_or("it has no arguments")?;
+            if args.len() > self.max_frame {
+                return Err("its arguments exceed the frame cap");
+            }
+            claimed.args = args.to_vec();
+            claimed.encoding = match bulk(enc) {
+                Some(b"b") => Encoding::Bincode,
+                Some(b"j") => Encoding::Json,
+                _ => return Err("its encoding is unknown"),
+            };
+            let millis = int(tmo).unwrap_or(0);
+            claimed.timeout = (millis > 0).then(|| Duration::from_millis(millis as u64));
+            Ok(())
+        })();
+        if let Err(p) = problem {
+            claimed.problem = Some(format!("malformed task on the broker: {p}"));
+        }
+        Ok(Some(claimed))
     }
 
     async fn discard(&self, entry: &str) -> Result<(), BrokerError> {
