@@ -612,6 +612,27 @@ async fn hostile_queue_entries_do_not_stop_an_agent() {
     .await;
     let result = redis_cli(&redis, &["GET", &format!("{{procpool}}:r:{bad}")]);
     assert!(result.contains("\"kind\":\"protocol\""), "{result}");
+    // A task of another protocol version is refused, naming both versions.
+    let old = Uuid::new_v4().to_string();
+    let entry = "9999999999999-1";
+    let key = format!("{{procpool}}:t:{old}");
+    redis_cli(
+        &redis,
+        &[
+            "HSET", &key, "st", "queued", "entry", entry, "name", "add", "args", "[1,2]", "enc",
+            "j", "att", "0", "proto", "1", "ttl", "60000", "cancel", "0",
+        ],
+    );
+    redis_cli(&redis, &["XADD", "{procpool}:q", entry, "id", &old]);
+    wait_for(Duration::from_secs(10), "the old task's end", async || {
+        redis_cli(&redis, &["HGET", &key, "st"]) == "done"
+    })
+    .await;
+    let result = redis_cli(&redis, &["GET", &format!("{{procpool}}:r:{old}")]);
+    assert!(
+        result.contains("\"kind\":\"protocol\"") && result.contains("protocol version 1"),
+        "{result}"
+    );
     let pool = pool(&url, ClientOptions::default()).await;
     let sum = tokio::time::timeout(Duration::from_secs(20), pool.run(demo::add::task(2, 2)))
         .await

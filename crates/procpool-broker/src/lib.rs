@@ -13,6 +13,17 @@
 //!   scripts are `scripts/*.lua`, with the data model in `scripts/lib.lua`).
 //!
 //! Execution is at least once; the submitter sees exactly one outcome per task.
+//!
+//! ```no_run
+//! use procpool_broker::{ClientOptions, connect};
+//! use procpool_core::Task;
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Agents started with `procpool agent --broker redis://127.0.0.1:6379 --worker ...`.
+//! let pool = connect("redis://127.0.0.1:6379", ClientOptions::default()).await?;
+//! let sum: serde_json::Value = pool.run(Task::json("add", serde_json::json!([1, 2]))).await?;
+//! assert_eq!(sum, 3);
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 mod agent;
