@@ -739,3 +739,102 @@ async fn tasks_wait_for_an_agent_and_unknown_names_are_refused() {
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
 }
+
+/// `procpool serve --broker URL`: its address, and the process.
+fn serve_on(url: &str) -> (Child, String) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(PROCPOOL)
+        .args(["serve", "--broker", url, "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .env_remove("PROCPOOL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn procpool serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("procpool serve prints its address");
+    (child, format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_the_broker_submits_polls_and_cancels() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 2);
+    wait_agents(&url, 1).await;
+    let (mut serve, base) = serve_on(&url);
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let call = |method: &str, path: &str, body: Option<&str>| -> (u16, Value) {
+        let url = format!("{base}{path}");
+        let mut resp = match (method, body) {
+            ("POST", Some(b)) => http
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(b)
+                .expect("POST"),
+            ("DELETE", _) => http.delete(&url).call().expect("DELETE"),
+            _ => http.get(&url).call().expect("GET"),
+        };
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            resp.status().as_u16(),
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    };
+    let poll = |id: &str, status: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, task) = call("GET", &format!("/v1/tasks/{id}"), None);
+            if code == 200 && task["status"] == status {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never {status}: {task}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (code, created) = call("POST", "/v1/tasks", Some(r#"{"task":"add","args":[1,2]}"#));
+    assert_eq!(code, 202, "{created}");
+    let id = created["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(poll(&id, "completed")["result"], 3);
+    let (code, created) = call(
+        "POST",
+        "/v1/tasks",
+        Some(r#"{"task":"sleep_ms","args":[60000]}"#),
+    );
+    assert_eq!(code, 202, "{created}");
+    let id = created["task_id"].as_str().unwrap().to_owned();
+    let running = poll(&id, "running");
+    let pid = running["worker_pids"][0].as_u64().expect("a worker pid") as u32;
+    assert_eq!(proc_stat(pid).expect("the worker").ppid, agent.pid);
+    let (code, _) = call("DELETE", &format!("/v1/tasks/{id}"), None);
+    assert_eq!(code, 200);
+    assert_eq!(poll(&id, "cancelled")["error"]["kind"], "cancelled");
+    wait_for(Duration::from_secs(10), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
+    kill(Pid::from_raw(serve.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(serve.wait().unwrap().code(), Some(143));
+    assert_eq!(agent.stop(), Some(143));
+}
