@@ -39,6 +39,10 @@ impl Agent {
     }
 
     fn start_with(url: &str, workers: usize, flags: &[&str]) -> Agent {
+        Agent::start_logging(url, workers, flags, Stdio::null())
+    }
+
+    fn start_logging(url: &str, workers: usize, flags: &[&str], stderr: Stdio) -> Agent {
         let child = Command::new(PROCPOOL)
             .args(["agent", "--broker", url, "--worker", demo_worker()])
             .args(["--workers", &workers.to_string()])
@@ -46,7 +50,7 @@ impl Agent {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn procpool agent");
         let pid = child.id();
@@ -837,4 +841,52 @@ async fn serve_over_the_broker_submits_polls_and_cancels() {
     kill(Pid::from_raw(serve.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(serve.wait().unwrap().code(), Some(143));
     assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_broker_with_a_password_works_and_the_password_never_shows() {
+    let _serial = serial().await;
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_tls(dir.path(), "s3cret");
+    let url = redis.url();
+    let log = dir.path().join("agent.log");
+    let agent = Agent::start_logging(
+        &url,
+        1,
+        &["--log-level", "info"],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    wait_agents(&url, 1).await;
+    let out = Command::new(PROCPOOL)
+        .args(["run", "--quiet", "--broker", &url, "--jobs", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut run| {
+            use std::io::Write as _;
+            run.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"id\":\"a\",\"task\":\"add\",\"args\":[2,3]}\n")?;
+            run.wait_with_output()
+        })
+        .expect("procpool run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(verdicts(&out.stdout)["a"].1, 5);
+    // A wrong password: exit 2, the URL shown with its password elided.
+    let wrong = url.replace("s3cret", "wrong-pw");
+    let refused = Command::new(PROCPOOL)
+        .args(["run", "--broker", &wrong, "--jobs", &demo_jobs()])
+        .output()
+        .expect("procpool run");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("rediss://:***@127.0.0.1"), "{stderr}");
+    assert!(!stderr.contains("wrong-pw"), "{stderr}");
+    assert_eq!(agent.stop(), Some(143));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("rediss://:***@127.0.0.1"), "{logged}");
+    assert!(!logged.contains("s3cret"), "{logged}");
 }

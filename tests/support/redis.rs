@@ -10,24 +10,75 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// The arguments beside the port (TLS, password).
+    extra: Vec<String>,
+    url: String,
 }
 
 impl RedisServer {
     /// Starts one on a free port and waits until it accepts connections. Panics with the
     /// install command when `redis-server` is not on PATH: never a silent skip.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = RedisServer { child: None, port };
+        let port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            extra: vec!["--port".into(), port.to_string()],
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        server.spawn();
+        server
+    }
+
+    /// One that speaks only TLS (a self-signed certificate made in `dir` with the
+    /// `openssl` command) and wants `password`; its URL skips the certificate check.
+    pub fn start_tls(dir: &std::path::Path, password: &str) -> RedisServer {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("the openssl command");
+        assert!(made.success(), "openssl could not make a certificate");
+        let port = free_port();
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&cert),
+            "--tls-key-file",
+            &path(&key),
+            "--tls-ca-cert-file",
+            &path(&cert),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ];
+        let mut server = RedisServer {
+            child: None,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            url: format!("rediss://:{password}@127.0.0.1:{port}/#insecure"),
+        };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&self.extra)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -49,9 +100,9 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (or the TLS one).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
     /// Kills the server (its data is gone: no persistence).
@@ -73,4 +124,11 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
