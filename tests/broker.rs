@@ -710,6 +710,35 @@ async fn a_stopping_agent_hands_its_task_back_or_drains_it() {
     second.signal(Signal::SIGINT);
     assert_eq!(drained.await, Ok(1000));
     assert_eq!(second.stop(), Some(130));
+    // A second signal during a drain hands the running task back at once.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let draining = Agent::start_logging(
+        &url,
+        1,
+        &["--on-signal", "drain", "--log-level", "info"],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    wait_agents(&url, 1).await;
+    let long = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = long.started().await.expect("started");
+    let other = Agent::start(&url, 1);
+    wait_agents(&url, 2).await;
+    draining.signal(Signal::SIGTERM);
+    wait_for(Duration::from_secs(10), "the drain", async || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("agent stopping"))
+    })
+    .await;
+    assert_eq!(draining.stop(), Some(143));
+    assert!(dead(pid));
+    wait_for(Duration::from_secs(10), "the start elsewhere", async || {
+        long.attempts() == 2
+    })
+    .await;
+    long.cancel();
+    assert_eq!(long.await, Err(TaskError::Cancelled));
+    drop(pool);
+    assert_eq!(other.stop(), Some(143));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

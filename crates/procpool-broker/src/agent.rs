@@ -104,13 +104,15 @@ fn agent_id() -> String {
 }
 
 /// Runs an agent on `pool` until `stop` resolves, then drains or hands back its tasks
-/// (per the [`StopMode`]) and leaves the broker. Returns the agent id it used.
-/// While the broker is unreachable it logs, retries with backoff and carries on.
+/// (per the [`StopMode`]) and leaves the broker; `force` resolving during a drain hands
+/// the rest back at once. Returns the agent id it used. While the broker is unreachable
+/// it logs, retries with backoff and carries on.
 pub async fn run_agent<B: Broker>(
     broker: Arc<B>,
     pool: Pool,
     options: AgentOptions,
     stop: impl Future<Output = StopMode>,
+    force: impl Future<Output = ()>,
 ) -> Result<String, BrokerError> {
     let slots = pool.size();
     let info = AgentInfo {
@@ -141,18 +143,29 @@ pub async fn run_agent<B: Broker>(
         () = fetch_loop(agent.clone(), free) => StopMode::Cancel,
     };
     tracing::info!(agent = %me, ?mode, "agent stopping");
-    if mode == StopMode::Cancel {
+    let release_all = || {
         let ids: Vec<Uuid> = agent.running().keys().copied().collect();
         for id in ids {
             agent.tell(id, Ctl::Release);
         }
+    };
+    if mode == StopMode::Cancel {
+        release_all();
     }
+    tokio::pin!(force);
+    let mut forced = false;
     loop {
         let ended = agent.ended.notified();
         if agent.running().is_empty() {
             break;
         }
-        ended.await;
+        tokio::select! {
+            () = ended => {}
+            () = &mut force, if !forced => {
+                forced = true;
+                release_all();
+            }
+        }
     }
     for task in background {
         task.abort();

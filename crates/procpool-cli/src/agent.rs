@@ -44,14 +44,30 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         Some(&args.policy),
     )
     .await?;
+    // The first signal stops the agent per --on-signal; a second one during a drain
+    // hands the remaining tasks back at once.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
-    let on_signal = args.on_signal;
-    let stop = async move {
+    let (force_tx, force_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
         let first = signals.recv().await;
         let _ = stop_tx.send(first);
+        signals.recv().await;
+        let _ = force_tx.send(());
+    });
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Stop>();
+    let on_signal = args.on_signal;
+    let stop = async move {
+        if let Ok(first) = stop_rx.await {
+            let _ = first_tx.send(first);
+        }
         match on_signal {
             OnSignal::Drain => StopMode::Drain,
             OnSignal::Cancel => StopMode::Cancel,
+        }
+    };
+    let force = async move {
+        if force_rx.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
     let outcome = procpool_broker::run_agent(
@@ -59,11 +75,12 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         pool.clone(),
         AgentOptions::default(),
         stop,
+        force,
     )
     .await;
     pool.shutdown(Shutdown::Kill).await;
     outcome.map_err(|e| Failure::Runtime(e.into()))?;
-    Ok(match stop_rx.await {
+    Ok(match first_rx.await {
         Ok(Stop::Interrupt) => Exit::Interrupted,
         Ok(Stop::Terminate) => Exit::Terminated,
         Err(_) => Exit::JobsFailed,
