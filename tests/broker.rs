@@ -418,15 +418,33 @@ async fn after_a_broker_restart_submitters_get_lost_and_agents_carry_on() {
     assert_eq!(agent.stop(), Some(143));
 }
 
+/// How many terminal events task `id`'s stream holds.
+fn done_events(redis: &RedisServer, id: Uuid) -> usize {
+    let events = redis_cli(
+        redis,
+        &["XRANGE", &format!("{{procpool}}:e:{id}"), "-", "+"],
+    );
+    events.lines().filter(|l| l.trim() == "done").count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_stopped_past_its_lease_kills_its_worker_and_its_late_attempt_is_refused() {
+async fn an_agent_stopped_past_its_lease_kills_its_worker_and_its_late_result_is_refused() {
     let _serial = serial().await;
     become_subreaper();
     let redis = RedisServer::start();
     let url = redis.url();
-    let agents = vec![Agent::start(&url, 1), Agent::start(&url, 1)];
+    let dir = tempfile::tempdir().unwrap();
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let agents: Vec<Agent> = logs
+        .iter()
+        .map(|log| {
+            let file = std::fs::File::create(log).unwrap();
+            Agent::start_logging(&url, 1, &["--log-level", "warn"], Stdio::from(file))
+        })
+        .collect();
     wait_agents(&url, 2).await;
     let pool = pool(&url, ClientOptions::default()).await;
+    // 1. Still running when the agent wakes up: it kills the worker itself.
     let task = pool.submit(demo::sleep_ms::task(8000));
     let first = task.started().await.expect("started");
     let stopped = owner(&agents, first);
@@ -437,14 +455,40 @@ async fn an_agent_stopped_past_its_lease_kills_its_worker_and_its_late_attempt_i
     .await;
     assert_ne!(task.worker_pid(), Some(first));
     agents[stopped].signal(Signal::SIGCONT);
-    // Woken past its lease, it kills the worker of the attempt it no longer owns.
     wait_for(
         Duration::from_secs(10),
         "the stale worker's death",
         async || dead(first),
     )
     .await;
+    let id = task.id();
     assert_eq!(task.await, Ok(8000));
+    assert_eq!(done_events(&redis, id), 1);
+    // 2. Finished while its agent was stopped: the late result is refused when the
+    // agent wakes up (or dropped, if its renewal noticed first), and the task's one
+    // outcome is the other agent's.
+    let task = pool.submit(demo::sleep_ms::task(1500));
+    let first = task.started().await.expect("started");
+    let stopped = owner(&agents, first);
+    agents[stopped].signal(Signal::SIGSTOP);
+    wait_for(Duration::from_secs(20), "the start elsewhere", async || {
+        task.attempts() >= 2
+    })
+    .await;
+    agents[stopped].signal(Signal::SIGCONT);
+    let id = task.id();
+    assert_eq!(task.await, Ok(1500));
+    let log = &logs[stopped];
+    wait_for(
+        Duration::from_secs(10),
+        "the stale agent's verdict",
+        async || {
+            std::fs::read_to_string(log)
+                .is_ok_and(|l| l.contains("late result rejected") || l.contains("outcome dropped"))
+        },
+    )
+    .await;
+    assert_eq!(done_events(&redis, id), 1);
     drop(pool);
     for a in agents {
         assert_eq!(a.stop(), Some(143));
