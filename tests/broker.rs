@@ -813,6 +813,32 @@ async fn tasks_wait_for_an_agent_and_unknown_names_are_refused() {
     assert_eq!(listed.status.code(), Some(0));
     let names: Vec<Value> = serde_json::from_slice(&listed.stdout).expect("JSON");
     assert!(names.iter().any(|t| t["name"] == "sleep_ms"), "{names:?}");
+    // The submitter's --timeout reaches the agent.
+    let timed = Command::new(PROCPOOL)
+        .args([
+            "run",
+            "--quiet",
+            "--broker",
+            &url,
+            "--timeout",
+            "300ms",
+            "--jobs",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut run| {
+            use std::io::Write as _;
+            run.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"id\":\"s\",\"task\":\"sleep_ms\",\"args\":[20000]}\n")?;
+            run.wait_with_output()
+        })
+        .expect("procpool run");
+    assert_eq!(timed.status.code(), Some(1));
+    assert_eq!(verdicts(&timed.stdout)["s"].2, "timed_out");
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
 }

@@ -33,6 +33,10 @@ pub struct ClientOptions {
     pub result_ttl: Duration,
     /// Largest value read from the broker.
     pub max_frame: usize,
+    /// Deadline per attempt of a task that sets none; `None`: the agent's.
+    pub timeout: Option<Duration>,
+    /// Crash-class retries of a task that sets none; `None`: the agent's.
+    pub retries: Option<u32>,
 }
 
 impl Default for ClientOptions {
@@ -42,6 +46,8 @@ impl Default for ClientOptions {
             lost_budget: 3,
             result_ttl: Duration::from_secs(3600),
             max_frame: procpool_proto::DEFAULT_MAX_FRAME,
+            timeout: None,
+            retries: None,
         }
     }
 }
@@ -287,8 +293,8 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
         name: sub.name(),
         args: sub.args(),
         encoding: sub.encoding(),
-        timeout: sub.timeout(),
-        retries: sub.max_retries(),
+        timeout: sub.timeout().or(shared.options.timeout),
+        retries: sub.max_retries().or(shared.options.retries),
         lost_budget: shared.options.lost_budget,
         result_ttl: shared.options.result_ttl,
     };

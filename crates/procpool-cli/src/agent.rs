@@ -5,16 +5,23 @@ use anyhow::Context as _;
 use procpool::{Pool, Shutdown};
 use procpool_broker::{AgentOptions, ClientOptions, RedisBroker, StopMode};
 
-use crate::cli::{AgentArgs, OnSignal};
+use crate::cli::{AgentArgs, OnSignal, PolicyArgs};
 use crate::run::start_pool;
 use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
 
 /// A pool on the broker at `url`; an unreachable broker is a setup failure (exit 2)
-/// whose message names the URL, password elided.
-pub(crate) async fn connect(url: &str, namespace: &str) -> Result<Pool, Failure> {
+/// whose message names the URL, password elided. `--timeout` and `--retries` of the
+/// submitter apply to its tasks; the other policies are the agents'.
+pub(crate) async fn connect(
+    url: &str,
+    namespace: &str,
+    policy: Option<&PolicyArgs>,
+) -> Result<Pool, Failure> {
     let options = ClientOptions {
         namespace: namespace.to_owned(),
+        timeout: policy.and_then(|p| p.timeout),
+        retries: policy.and_then(|p| p.retries),
         ..ClientOptions::default()
     };
     procpool_broker::connect(url, options)

@@ -87,7 +87,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         .context("cannot install the signal handlers")
         .map_err(Failure::Runtime)?;
     let pool = match &args.broker.broker {
-        Some(url) => crate::agent::connect(url, &args.broker.namespace).await?,
+        Some(url) => crate::agent::connect(url, &args.broker.namespace, Some(&args.policy)).await?,
         None => {
             start_pool(
                 &args.worker,

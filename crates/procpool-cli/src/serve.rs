@@ -39,7 +39,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         Some((stop, s))
     }));
     let pool = match &args.broker.broker {
-        Some(url) => crate::agent::connect(url, &args.broker.namespace).await?,
+        Some(url) => crate::agent::connect(url, &args.broker.namespace, Some(&args.policy)).await?,
         None => {
             start_pool(
                 &args.worker,

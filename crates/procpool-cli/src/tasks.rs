@@ -15,7 +15,7 @@ pub(crate) async fn tasks(args: TasksArgs) -> Result<Exit, Failure> {
     // One worker is enough: every worker of a binary announces the same registry.
     let pool = match &args.broker.broker {
         // The tasks the live agents serve.
-        Some(url) => crate::agent::connect(url, &args.broker.namespace).await?,
+        Some(url) => crate::agent::connect(url, &args.broker.namespace, None).await?,
         None => start_pool(&args.worker, Some(1), None).await?,
     };
     let mut tasks: Vec<TaskInfo> = pool.tasks().to_vec();
