@@ -989,3 +989,33 @@ async fn a_tls_broker_with_a_password_works_and_the_password_never_shows() {
     assert!(logged.contains("rediss://:***@127.0.0.1"), "{logged}");
     assert!(!logged.contains("s3cret"), "{logged}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_the_agents_frame_cap_never_reaches_it() {
+    let _serial = serial().await;
+    let redis = RedisServer::start();
+    let b = RedisBroker::connect(&redis.url(), "cap", 1024)
+        .await
+        .expect("connect");
+    b.prepare().await.unwrap();
+    let id = Uuid::new_v4();
+    let args = vec![b'1'; 4096];
+    let task = NewTask {
+        id,
+        name: "add",
+        args: &args,
+        encoding: Encoding::Json,
+        timeout: None,
+        retries: None,
+        lost_budget: 3,
+        result_ttl: Duration::from_secs(60),
+    };
+    b.submit(&task, "{cap}:wake").await.unwrap();
+    let fetched = b.fetch("x", 1, Duration::from_secs(1)).await.unwrap();
+    assert!(b.start("x", &fetched[0].entry, id).await.unwrap().is_none());
+    let outcome = b.take_result(id).await.unwrap().expect("an outcome");
+    assert!(
+        matches!(&outcome, Err(TaskError::Protocol { message }) if message.contains("frame cap")),
+        "{outcome:?}"
+    );
+}

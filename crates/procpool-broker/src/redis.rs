@@ -492,6 +492,7 @@ impl Broker for RedisBroker {
             .arg(id.to_string())
             .arg(entry)
             .arg(agent)
+            .arg(self.max_frame)
             .invoke_async(&mut self.conn())
             .await?;
         let fields = array(&reply);
