@@ -287,6 +287,17 @@ async fn a_remote_cancel_kills_the_worker_on_the_agent() {
     })
     .await;
     eprintln!("worker gone {:?} after the cancel", asked.elapsed());
+    // Durable: a cancel flag set without any notification (as if the publish was
+    // missed) is read by the agent's next lease renewal.
+    let silent = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = silent.started().await.expect("started");
+    let key = format!("{{procpool}}:t:{}", silent.id());
+    assert_eq!(redis_cli(&redis, &["HSET", &key, "cancel", "1"]), "0");
+    assert_eq!(silent.await, Err(TaskError::Cancelled));
+    wait_for(Duration::from_secs(10), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
 }
