@@ -45,6 +45,50 @@ pub(crate) enum Command {
     /// Serve a pool over HTTP and WebSocket: submit, poll and cancel tasks, follow their
     /// events, scrape metrics.
     Serve(ServeArgs),
+    /// Run the tasks queued on a broker (`--broker URL`) on a local pool of workers: one
+    /// of many agents, on as many machines, that `procpool run --broker` feeds.
+    Agent(AgentArgs),
+}
+
+/// `--broker` and `--namespace`: run through a broker's agents instead of local workers.
+#[derive(Debug, Args)]
+pub(crate) struct BrokerArgs {
+    /// Redis broker URL (`redis://[user:password@]host[:port][/db]`): the tasks run on
+    /// the agents (`procpool agent`) connected to it instead of local workers, and
+    /// --worker is not needed.
+    #[arg(long, env = "PROCPOOL_BROKER", value_name = "URL")]
+    pub(crate) broker: Option<String>,
+
+    /// Namespace on the broker: submitters and agents of one namespace share a queue.
+    #[arg(
+        long,
+        env = "PROCPOOL_NAMESPACE",
+        value_name = "NS",
+        default_value = "procpool"
+    )]
+    pub(crate) namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    #[command(flatten)]
+    pub(crate) worker: WorkerArgs,
+
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+
+    /// Number of worker processes, and so of tasks taken at once. Default: the CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) workers: Option<u32>,
+
+    /// What the first SIGINT or SIGTERM does to the running tasks: `drain` lets them
+    /// finish, `cancel` kills their workers and hands the tasks back to the queue (another
+    /// agent runs them). Either way no new task is taken; exit 130 or 143.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "cancel")]
+    pub(crate) on_signal: OnSignal,
+
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
 }
 
 /// `--log-format`.
@@ -106,6 +150,9 @@ pub(crate) struct WorkerArgs {
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) worker: WorkerArgs,
+
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
 
     /// JSON Lines job file; `-` reads the jobs from stdin. Read as a stream, not loaded
     /// whole.
@@ -204,6 +251,9 @@ pub(crate) struct TasksArgs {
     #[command(flatten)]
     pub(crate) worker: WorkerArgs,
 
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+
     /// Print a JSON array (name, params [{name, type_name}], result, fallible, is_async)
     /// instead of a table.
     #[arg(long)]
@@ -215,6 +265,9 @@ pub(crate) struct TasksArgs {
 pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) worker: WorkerArgs,
+
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
 
     /// Number of worker processes. Default: the available CPUs.
     #[arg(long, env = "PROCPOOL_WORKERS", value_name = "N",

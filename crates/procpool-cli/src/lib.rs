@@ -38,6 +38,7 @@ macro_rules! say {
     }};
 }
 
+mod agent;
 mod cli;
 mod config;
 mod exit;
@@ -105,6 +106,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Tasks(args) => tasks::tasks(args).await,
             Command::Serve(args) => serve::serve(args).await,
+            Command::Agent(args) => agent::agent(args).await,
         };
         if let Some(reaper) = reaper {
             let left = reaper.finish();

@@ -87,12 +87,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let mut signals = Signals::install()
         .context("cannot install the signal handlers")
         .map_err(Failure::Runtime)?;
-    let pool = start_pool(
-        &args.worker,
-        args.workers.map(|n| n as usize),
-        Some(&args.policy),
-    )
-    .await?;
+    let pool = match &args.broker.broker {
+        Some(url) => crate::agent::connect(url, &args.broker.namespace, Some(&args.policy)).await?,
+        None => {
+            start_pool(
+                &args.worker,
+                args.workers.map(|n| n as usize),
+                Some(&args.policy),
+            )
+            .await?
+        }
+    };
     // Opened only once the pool is up, so a bad worker leaves an existing file untouched.
     let keep = previous.as_ref().map(|p| p.keep_len);
     let mut out = open_output(args.out.as_deref(), keep).map_err(Failure::Setup)?;
@@ -200,7 +205,7 @@ pub(crate) async fn start_pool(
 }
 
 /// The pool-wide policy flags onto the builder; unset flags keep the library's defaults.
-fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) {
+pub(crate) fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) {
     if let Some(d) = p.timeout {
         builder.timeout(d);
     }

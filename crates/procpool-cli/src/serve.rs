@@ -40,12 +40,17 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         let stop = s.recv().await;
         Some((stop, s))
     }));
-    let pool = start_pool(
-        &args.worker,
-        args.workers.map(|n| n as usize),
-        Some(&args.policy),
-    )
-    .await?;
+    let pool = match &args.broker.broker {
+        Some(url) => crate::agent::connect(url, &args.broker.namespace, Some(&args.policy)).await?,
+        None => {
+            start_pool(
+                &args.worker,
+                args.workers.map(|n| n as usize),
+                Some(&args.policy),
+            )
+            .await?
+        }
+    };
     let server = Server::bind(pool, settings)
         .await
         .map_err(|e| Failure::Setup(e.into()))?;

@@ -14,7 +14,11 @@ use crate::run::start_pool;
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<Exit, Failure> {
     // One worker is enough: every worker of a binary announces the same registry.
-    let pool = start_pool(&args.worker, Some(1), None).await?;
+    let pool = match &args.broker.broker {
+        // The tasks the live agents serve.
+        Some(url) => crate::agent::connect(url, &args.broker.namespace, None).await?,
+        None => start_pool(&args.worker, Some(1), None).await?,
+    };
     let mut tasks: Vec<TaskInfo> = pool.tasks().to_vec();
     pool.shutdown(Shutdown::Kill).await;
     tasks.sort_by(|a, b| a.name.cmp(&b.name));

@@ -99,6 +99,14 @@ pub enum TaskError {
     /// The pool was shut down before the task finished.
     #[error("the pool is closed")]
     PoolClosed,
+    /// Run through a broker: the task was lost, either because the agents running it
+    /// died once too often (a poison task), or because the broker forgot it (restarted
+    /// without persistence).
+    #[error("task lost: {message}")]
+    Lost {
+        /// What happened.
+        message: String,
+    },
 }
 
 fn describe_exit(signal: Option<i32>, code: Option<i32>) -> String {
@@ -119,7 +127,7 @@ fn tail_suffix(tail: &[String]) -> String {
 impl TaskError {
     /// The kind in snake_case: `user_error`, `panicked`, `crashed`, `timed_out`,
     /// `limit_exceeded`, `cancelled`, `unknown_task`, `bad_args`, `protocol`, `codec`,
-    /// `pool_unhealthy`, `queue_full`, `duplicate_id`, `pool_closed`.
+    /// `pool_unhealthy`, `queue_full`, `duplicate_id`, `pool_closed`, `lost`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::User { .. } => "user_error",
@@ -136,6 +144,7 @@ impl TaskError {
             TaskError::QueueFull { .. } => "queue_full",
             TaskError::DuplicateId { .. } => "duplicate_id",
             TaskError::PoolClosed => "pool_closed",
+            TaskError::Lost { .. } => "lost",
         }
     }
 

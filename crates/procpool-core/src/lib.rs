@@ -48,6 +48,7 @@ mod kwargs;
 mod orphans;
 mod output;
 mod pool;
+mod remote;
 mod spawn;
 mod task;
 
@@ -58,4 +59,5 @@ pub use kwargs::bind_kwargs;
 pub use orphans::OrphanReaper;
 pub use pool::{Pool, PoolStatus};
 pub use procpool_proto::{ParamInfo, TaskInfo};
+pub use remote::{RemoteBackend, RemoteSubmission};
 pub use task::{Progress, Task, TaskHandle};

@@ -227,6 +227,8 @@ struct PoolInner {
     runtime: Option<tokio::runtime::Id>,
     /// Stops the pool when the last clone goes.
     _stop: Stop,
+    /// Tasks go to a remote backend, which checks task names against its live agents.
+    remote: bool,
 }
 
 impl Pool {
@@ -245,8 +247,24 @@ impl Pool {
                 settings,
                 runtime,
                 _stop: stop,
+                remote: false,
             }),
         }
+    }
+
+    /// A pool whose commands go to a remote backend's router (`remote.rs`).
+    pub(crate) fn new_remote(
+        commands: mpsc::UnboundedSender<Command>,
+        manifest: Vec<TaskInfo>,
+        settings: Arc<Settings>,
+        stop: Stop,
+        runtime: tokio::runtime::Id,
+    ) -> Self {
+        let mut pool = Pool::new(commands, manifest, settings, stop, Some(runtime));
+        if let Some(inner) = Arc::get_mut(&mut pool.inner) {
+            inner.remote = true;
+        }
+        pool
     }
 
     /// A builder with default settings.
@@ -394,7 +412,7 @@ impl Pool {
     }
 
     fn check<R>(&self, task: &Task<R>) -> Option<TaskError> {
-        if !self.inner.manifest.iter().any(|t| t.name == task.name) {
+        if !self.inner.remote && !self.inner.manifest.iter().any(|t| t.name == task.name) {
             return Some(TaskError::UnknownTask {
                 name: task.name.clone(),
             });

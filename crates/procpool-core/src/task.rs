@@ -76,7 +76,7 @@ impl<R> Task<R> {
         Self::new(name.to_owned(), args, Encoding::Bincode)
     }
 
-    fn new(name: String, args: Result<Vec<u8>, String>, encoding: Encoding) -> Self {
+    pub(crate) fn new(name: String, args: Result<Vec<u8>, String>, encoding: Encoding) -> Self {
         Task {
             id: Uuid::new_v4(),
             name,
@@ -215,9 +215,9 @@ pub struct TaskHandle<R> {
     commands: mpsc::UnboundedSender<Command>,
     /// The runtime of a pool started with `start` (see `host::block_on`).
     runtime: Option<tokio::runtime::Id>,
-    reply: oneshot::Receiver<Result<bytes::Bytes, TaskError>>,
+    pub(crate) reply: oneshot::Receiver<Result<bytes::Bytes, TaskError>>,
     shared: Arc<TaskShared>,
-    early: Option<TaskError>,
+    pub(crate) early: Option<TaskError>,
     /// The wait of [`poll_recv`](Self::poll_recv), kept between polls: the inbox wakes
     /// only a waiter that is registered, so a fresh wait per poll would miss a message.
     /// In a mutex only to keep the handle `Sync`; reached through `&mut self`, never locked.

@@ -1,0 +1,65 @@
+-- Helpers shared by every script: prepended to each one when it is loaded (never run
+-- alone). Every key is derived from the namespace prefix P ("{ns}"), so all of a
+-- namespace's keys share one hash tag and live in one Redis Cluster slot.
+--   P:q          task stream (consumer group "agents"); never trimmed
+--   P:t:<id>     task hash: st (queued|running|done), name, args, enc, att (attempt),
+--                lost, budget, agent, cancel, ttl (ms), tmo (ms), rty, proto, entry
+--   P:e:<id>     task event stream, read by submitters from their last id
+--   P:r:<id>     result ("ok:" .. bytes or "err:" .. error JSON), with a TTL
+--   P:a:<agent>  agent liveness key with a short TTL; P:agents the set of agent ids
+--   P:in:<id>    messages to a running task; P:ctl the notification channel
+local function drop_entry(P, entry)
+  redis.call('XACK', P .. ':q', 'agents', entry)
+  redis.call('XDEL', P .. ':q', entry)
+end
+
+local function event(P, id, ...)
+  redis.call('XADD', P .. ':e:' .. id, 'MAXLEN', '~', 1000, '*', ...)
+end
+
+-- Ends a task for good: state, result with its TTL, terminal event, queue entry acked
+-- and deleted. status is 'ok' (value: result bytes) or 'err' (value: error JSON).
+local function finish(P, id, att, status, value)
+  local t = P .. ':t:' .. id
+  local h = redis.call('HMGET', t, 'entry', 'ttl')
+  local ttl = tonumber(h[2]) or 3600000
+  redis.call('HSET', t, 'st', 'done', 'status', status)
+  redis.call('PEXPIRE', t, ttl)
+  redis.call('SET', P .. ':r:' .. id, status .. ':' .. value, 'PX', ttl)
+  event(P, id, 'k', 'done', 'a', att, 's', status, 'v', value)
+  redis.call('PEXPIRE', P .. ':e:' .. id, ttl)
+  if h[1] and h[1] ~= '' then drop_entry(P, h[1]) end
+  redis.call('DEL', P .. ':in:' .. id)
+end
+
+-- Puts a task back in the queue under a fresh entry (the old one acked and deleted).
+-- count_lost: the attempt died with its agent; at the task's budget it ends as `lost`.
+local function requeue(P, id, old, count_lost)
+  local t = P .. ':t:' .. id
+  local h = redis.call('HMGET', t, 'att', 'lost', 'budget')
+  local att = tonumber(h[1]) or 0
+  local lost = tonumber(h[2]) or 0
+  if count_lost then lost = lost + 1 end
+  redis.call('HSET', t, 'lost', lost)
+  if count_lost and lost >= (tonumber(h[3]) or 3) then
+    finish(P, id, att, 'err', cjson.encode({kind = 'lost', message =
+      'the agents running it died ' .. lost .. ' times (a task that kills its agent?)'}))
+    return 'lost'
+  end
+  drop_entry(P, old)
+  local entry = redis.call('XADD', P .. ':q', '*', 'id', id)
+  redis.call('HSET', t, 'st', 'queued', 'entry', entry, 'agent', '')
+  event(P, id, 'k', 'requeued', 'a', att)
+  return 'requeued'
+end
+
+-- The task id of a queue entry, or nil when the entry is gone.
+local function entry_task(P, entry)
+  local r = redis.call('XRANGE', P .. ':q', entry, entry)
+  if #r == 0 then return nil end
+  local fields = r[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'id' then return fields[i + 1] end
+  end
+  return nil
+end

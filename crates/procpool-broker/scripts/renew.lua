@@ -1,0 +1,22 @@
+-- renew: an agent's lease renewal, from its own timer. Refreshes its liveness key,
+-- resets the idle time of the entries it still owns at their attempt, and reports the
+-- leases it lost (requeued or finished elsewhere) and the cancel flags set.
+-- KEYS[1] P:a:<agent>  KEYS[2] P:agents  KEYS[3] P:q
+-- ARGV[1] P  [2] agent  [3] liveness TTL (ms)  [4] agent info (JSON)
+--      then per running task: id, entry, attempt
+-- Returns {lost ids, cancelled ids}.
+local P, agent = ARGV[1], ARGV[2]
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], agent)
+local lost, cancelled = {}, {}
+for i = 5, #ARGV, 3 do
+  local id, entry, att = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local h = redis.call('HMGET', P .. ':t:' .. id, 'st', 'agent', 'att', 'entry', 'cancel')
+  if h[1] ~= 'running' or h[2] ~= agent or h[3] ~= att or h[4] ~= entry then
+    lost[#lost + 1] = id
+  else
+    redis.call('XCLAIM', KEYS[3], 'agents', agent, 0, entry, 'JUSTID')
+    if h[5] == '1' then cancelled[#cancelled + 1] = id end
+  end
+end
+return {lost, cancelled}

@@ -1,0 +1,238 @@
+//! The [`Broker`] trait: every operation the submitters and the agents need from a task
+//! queue, so that another engine (NATS JetStream) can follow Redis behind it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use procpool_core::{TaskError, TaskInfo};
+use procpool_proto::Encoding;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::errors::BrokerError;
+use crate::wire::Event;
+
+/// A task to queue.
+#[derive(Debug)]
+pub struct NewTask<'a> {
+    /// Task id (also its dedupe key: a second submit of a live id attaches to it).
+    pub id: Uuid,
+    /// Registered function name.
+    pub name: &'a str,
+    /// Encoded arguments.
+    pub args: &'a [u8],
+    /// Their encoding.
+    pub encoding: Encoding,
+    /// Deadline per attempt; `None`: the agent's.
+    pub timeout: Option<Duration>,
+    /// Crash-class retries on the agent; `None`: the agent's.
+    pub retries: Option<u32>,
+    /// Attempts lost with their agent before the task fails `lost`.
+    pub lost_budget: u32,
+    /// How long the result and the events are kept after the end.
+    pub result_ttl: Duration,
+}
+
+/// What a submit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued.
+    New,
+    /// The id was already queued or running: follow that one.
+    Attached,
+}
+
+/// A task an agent claimed for one attempt.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// 1-based attempt number, the fencing token of every later write.
+    pub attempt: u32,
+    /// Function name.
+    pub name: String,
+    /// Encoded arguments.
+    pub args: Vec<u8>,
+    /// Their encoding.
+    pub encoding: Encoding,
+    /// Deadline per attempt, if the submitter set one.
+    pub timeout: Option<Duration>,
+    /// Retries, if the submitter set them.
+    pub retries: Option<u32>,
+    /// The submitter's protocol version.
+    pub protocol: u32,
+    /// Set when the stored task is malformed: the attempt must end with this protocol
+    /// error instead of running.
+    pub problem: Option<String>,
+}
+
+/// A task an agent runs: what its renewals and writes name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// Task id.
+    pub id: Uuid,
+    /// Its queue entry.
+    pub entry: String,
+    /// The attempt.
+    pub attempt: u32,
+}
+
+/// The answer to a lease renewal.
+#[derive(Clone, Debug, Default)]
+pub struct Renewal {
+    /// Tasks this agent no longer owns (requeued, finished elsewhere, vanished).
+    pub lost: Vec<Uuid>,
+    /// Tasks whose cancel flag is set.
+    pub cancelled: Vec<Uuid>,
+}
+
+/// What a live agent announces with every renewal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Unique per agent start (`host-pid-uuid`).
+    pub id: String,
+    /// Its worker slots.
+    pub workers: usize,
+    /// Its workers' protocol version.
+    pub protocol: u32,
+    /// The tasks its workers serve.
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// A notification to the agents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// A task's cancel flag was set.
+    Cancel(Uuid),
+    /// Messages wait for a task.
+    Message(Uuid),
+}
+
+/// One event read from a task's stream, with its stream id (the next read's cursor).
+#[derive(Debug)]
+pub struct ReadEvent {
+    /// Task id.
+    pub task: Uuid,
+    /// Stream id of the event.
+    pub cursor: String,
+    /// The event, or why it could not be decoded.
+    pub event: Result<Event, String>,
+}
+
+/// An entry an agent read from the queue.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Queue entry id.
+    pub entry: String,
+    /// Task id, or why the entry is unreadable.
+    pub task: Result<Uuid, String>,
+}
+
+/// A task queue with leases, fencing and per-task events. Every state change is one
+/// atomic, idempotent operation on the broker.
+pub trait Broker: Send + Sync + 'static {
+    /// The broker URL with its password elided.
+    fn url(&self) -> &str;
+
+    // Submitter side.
+
+    /// Queues a task (or attaches to a live one of the same id) and wakes `wake`'s reader.
+    fn submit(
+        &self,
+        task: &NewTask<'_>,
+        wake: &str,
+    ) -> impl Future<Output = Result<Submitted, BrokerError>> + Send;
+    /// Cancels a task (durable flag plus notification).
+    fn cancel(&self, id: Uuid) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Queues a message for a task.
+    fn send_message(
+        &self,
+        id: Uuid,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Blocks up to `block` for events after each cursor, or for a submit on `wake`
+    /// (whose cursor is updated). Uses a connection of its own.
+    fn read_events(
+        &self,
+        cursors: &[(Uuid, String)],
+        wake: &str,
+        wake_cursor: &mut String,
+        block: Duration,
+    ) -> impl Future<Output = Result<Vec<ReadEvent>, BrokerError>> + Send;
+    /// Which of `ids` the broker still knows.
+    fn known(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<bool>, BrokerError>> + Send;
+    /// Takes a task's result (once: a second take gets `None`).
+    fn take_result(
+        &self,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<Result<bytes::Bytes, TaskError>>, BrokerError>> + Send;
+    /// The live agents.
+    fn agents(&self) -> impl Future<Output = Result<Vec<AgentInfo>, BrokerError>> + Send;
+
+    // Agent side.
+
+    /// Creates the consumer group if it is missing (at start and after a broker restart).
+    fn prepare(&self) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Reads up to `count` new entries for `agent`, blocking up to `block`, on a
+    /// connection of its own.
+    fn fetch(
+        &self,
+        agent: &str,
+        count: usize,
+        block: Duration,
+    ) -> impl Future<Output = Result<Vec<Fetched>, BrokerError>> + Send;
+    /// Claims a fetched task for a new attempt; `None` when there is nothing to run.
+    fn start(
+        &self,
+        agent: &str,
+        entry: &str,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<Claimed>, BrokerError>> + Send;
+    /// Drops an unreadable entry.
+    fn discard(&self, entry: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Publishes an event of a running attempt; `false` when the lease is lost.
+    fn emit(
+        &self,
+        agent: &str,
+        lease: &Lease,
+        event: &Event,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+    /// Writes an attempt's outcome; `false` when refused (stale attempt).
+    fn complete(
+        &self,
+        agent: &str,
+        lease: &Lease,
+        outcome: &Result<bytes::Bytes, TaskError>,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+    /// Hands a task back to the queue without counting a lost attempt.
+    fn release(
+        &self,
+        agent: &str,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+    /// Renews the agent's lease on itself and on `leases`.
+    fn renew(
+        &self,
+        info: &AgentInfo,
+        ttl: Duration,
+        leases: &[Lease],
+    ) -> impl Future<Output = Result<Renewal, BrokerError>> + Send;
+    /// Requeues the entries of dead agents; returns how many were handled.
+    fn reap(&self, me: &str) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+    /// The backstop of `reap`: requeues entries idle past `min_idle`.
+    fn autoclaim(
+        &self,
+        me: &str,
+        min_idle: Duration,
+    ) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+    /// Takes the messages waiting for a task.
+    fn take_messages(
+        &self,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>, BrokerError>> + Send;
+    /// Notifications (cancel, messages); the stream ends when the connection drops.
+    fn control(
+        &self,
+    ) -> impl Future<Output = Result<BoxStream<'static, Control>, BrokerError>> + Send;
+    /// Removes the agent (liveness key, consumer) when it stops.
+    fn leave(&self, agent: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}

@@ -1,0 +1,462 @@
+//! The submitter side: a [`Pool`] whose tasks go through a [`Broker`] to the agents.
+//!
+//! One task of the runtime applies submits, cancels and messages in order; another reads
+//! the event streams of every task in flight with one blocking read (woken by a submit
+//! through the client's own wake-up stream) and feeds each handle: started, progress,
+//! messages, then the terminal event. Every second it also checks that the broker still
+//! knows each task: one it forgot (restarted without persistence) ends `lost`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use procpool_core::{
+    Pool, PoolStatus, RemoteBackend, RemoteSubmission, Shutdown, TaskError, TaskInfo,
+};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use crate::broker::{AgentInfo, Broker, NewTask};
+use crate::errors::BrokerError;
+use crate::wire::Event;
+
+/// Settings of a broker-backed pool.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Namespace: the queue and keys it shares with its agents.
+    pub namespace: String,
+    /// Attempts lost with their agent before a task fails `lost`.
+    pub lost_budget: u32,
+    /// How long the broker keeps a result and the events after the end.
+    pub result_ttl: Duration,
+    /// Largest value read from the broker.
+    pub max_frame: usize,
+    /// Deadline per attempt of a task that sets none; `None`: the agent's.
+    pub timeout: Option<Duration>,
+    /// Crash-class retries of a task that sets none; `None`: the agent's.
+    pub retries: Option<u32>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            namespace: "procpool".into(),
+            lost_budget: 3,
+            result_ttl: Duration::from_secs(3600),
+            max_frame: procpool_proto::DEFAULT_MAX_FRAME,
+            timeout: None,
+            retries: None,
+        }
+    }
+}
+
+/// Connects to a Redis broker and returns a pool whose tasks its agents run. Fails
+/// within a few seconds when the broker cannot be reached.
+pub async fn connect(url: &str, options: ClientOptions) -> Result<Pool, BrokerError> {
+    let broker =
+        crate::redis::RedisBroker::connect(url, &options.namespace, options.max_frame).await?;
+    pool_on(Arc::new(broker), options).await
+}
+
+/// A pool on any [`Broker`]. Its [`Pool::tasks`] and [`Pool::size`] are those of the
+/// agents alive now; tasks submitted while no agent is alive wait for one.
+pub async fn pool_on<B: Broker>(
+    broker: Arc<B>,
+    options: ClientOptions,
+) -> Result<Pool, BrokerError> {
+    let agents = broker.agents().await?;
+    let (manifest, size) = summary(&agents);
+    let shared = Arc::new(Shared {
+        broker,
+        options,
+        wake: format!("wake:{}", Uuid::new_v4()),
+        state: Mutex::new(State {
+            agents,
+            agents_at: Some(Instant::now()),
+            ..State::default()
+        }),
+        changed: Notify::new(),
+    });
+    let (ops, rx) = mpsc::unbounded_channel();
+    tokio::spawn(apply_ops(shared.clone(), rx));
+    tokio::spawn(watch(shared.clone()));
+    let client = Arc::new(Client { shared, ops });
+    Pool::from_backend(client, manifest, size).map_err(|e| BrokerError::Agent(e.to_string()))
+}
+
+/// The union of the agents' tasks, and their workers in total.
+fn summary(agents: &[AgentInfo]) -> (Vec<TaskInfo>, usize) {
+    let mut tasks: Vec<TaskInfo> = Vec::new();
+    for t in agents.iter().flat_map(|a| &a.tasks) {
+        if !tasks.iter().any(|k| k.name == t.name) {
+            tasks.push(t.clone());
+        }
+    }
+    (
+        tasks,
+        agents.iter().map(|a| a.workers).sum::<usize>().max(1),
+    )
+}
+
+enum Op {
+    Submit(RemoteSubmission),
+    Cancel(Uuid),
+    Message(Uuid, Vec<u8>),
+    CancelAll,
+}
+
+struct Shared<B> {
+    broker: Arc<B>,
+    options: ClientOptions,
+    /// This client's wake-up stream: a submit adds to it, which ends the blocking read.
+    wake: String,
+    state: Mutex<State>,
+    /// Notified whenever a task ends (shutdown waits on it).
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<Uuid, Watched>,
+    agents: Vec<AgentInfo>,
+    agents_at: Option<Instant>,
+    /// The last client handle is gone: end every watch.
+    closed: bool,
+}
+
+struct Watched {
+    cursor: String,
+    subs: Vec<RemoteSubmission>,
+    /// The submit went through (until then the broker may not know the task yet).
+    submitted: bool,
+    started: bool,
+}
+
+impl<B> Shared<B> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves every handle of a task and stops watching it.
+    fn end(&self, id: Uuid, outcome: Result<bytes::Bytes, TaskError>) {
+        let watched = self.lock().tasks.remove(&id);
+        if let Some(w) = watched {
+            for sub in w.subs {
+                sub.finish(outcome.clone());
+            }
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+struct Client<B> {
+    shared: Arc<Shared<B>>,
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+impl<B> Drop for Client<B> {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_waiters();
+    }
+}
+
+impl<B: Broker> RemoteBackend for Client<B> {
+    fn submit(&self, task: RemoteSubmission) {
+        if let Err(mpsc::error::SendError(Op::Submit(task))) = self.ops.send(Op::Submit(task)) {
+            task.finish(Err(TaskError::PoolClosed));
+        }
+    }
+
+    fn cancel(&self, id: Uuid) {
+        let _ = self.ops.send(Op::Cancel(id));
+    }
+
+    fn message(&self, id: Uuid, bytes: Vec<u8>) {
+        let _ = self.ops.send(Op::Message(id, bytes));
+    }
+
+    fn status(&self) -> BoxFuture<'static, PoolStatus> {
+        let state = self.shared.lock();
+        let mut status = PoolStatus::default();
+        status.busy = state.tasks.values().filter(|w| w.started).count();
+        status.queued = state.tasks.len() - status.busy;
+        let workers: usize = state.agents.iter().map(|a| a.workers).sum();
+        status.idle = workers.saturating_sub(status.busy);
+        if state.agents.is_empty() {
+            status.unhealthy = Some("no agent is connected to the broker".into());
+        }
+        futures::future::ready(status).boxed()
+    }
+
+    fn shutdown(&self, mode: Shutdown) -> BoxFuture<'static, ()> {
+        if mode == Shutdown::Kill {
+            let _ = self.ops.send(Op::CancelAll);
+        }
+        let shared = self.shared.clone();
+        async move {
+            loop {
+                let changed = shared.changed.notified();
+                if shared.lock().tasks.is_empty() {
+                    return;
+                }
+                changed.await;
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Applies submits, cancels and messages in the order they were made.
+async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(op) = rx.recv().await {
+        match op {
+            Op::Submit(sub) => submit(&shared, sub).await,
+            Op::Cancel(id) => {
+                if let Err(e) = shared.broker.cancel(id).await {
+                    tracing::warn!(task = %id, error = %e, "cancel failed");
+                }
+            }
+            Op::Message(id, bytes) => {
+                if let Err(e) = shared.broker.send_message(id, bytes).await {
+                    tracing::warn!(task = %id, error = %e, "message to a task failed");
+                }
+            }
+            Op::CancelAll => {
+                let ids: Vec<Uuid> = shared.lock().tasks.keys().copied().collect();
+                for id in ids {
+                    if let Err(e) = shared.broker.cancel(id).await {
+                        tracing::warn!(task = %id, error = %e, "cancel failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Refuses what no live agent can run, then queues the task and starts watching it.
+async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
+    let id = sub.id();
+    let refusal = {
+        let state = shared.lock();
+        let agents = &state.agents;
+        if agents.is_empty() {
+            None
+        } else if !agents
+            .iter()
+            .any(|a| a.protocol == procpool_proto::PROTOCOL_VERSION)
+        {
+            Some(TaskError::Protocol {
+                message: format!(
+                    "no live agent speaks protocol version {} (theirs: {:?})",
+                    procpool_proto::PROTOCOL_VERSION,
+                    agents.iter().map(|a| a.protocol).collect::<Vec<_>>()
+                ),
+            })
+        } else if !agents
+            .iter()
+            .flat_map(|a| &a.tasks)
+            .any(|t| t.name == sub.name())
+        {
+            Some(TaskError::UnknownTask {
+                name: sub.name().to_owned(),
+            })
+        } else {
+            None
+        }
+    };
+    if let Some(e) = refusal {
+        sub.finish(Err(e));
+        return;
+    }
+    // Watched before the submit, so the wake-up finds it in the next read.
+    {
+        let mut state = shared.lock();
+        if let Some(w) = state.tasks.get_mut(&id) {
+            w.subs.push(sub);
+            return;
+        }
+        state.tasks.insert(
+            id,
+            Watched {
+                cursor: "0-0".into(),
+                subs: Vec::new(),
+                submitted: false,
+                started: false,
+            },
+        );
+    }
+    let new = NewTask {
+        id,
+        name: sub.name(),
+        args: sub.args(),
+        encoding: sub.encoding(),
+        timeout: sub.timeout().or(shared.options.timeout),
+        retries: sub.max_retries().or(shared.options.retries),
+        lost_budget: shared.options.lost_budget,
+        result_ttl: shared.options.result_ttl,
+    };
+    // Retried while the broker is briefly away: the script is idempotent.
+    let mut delay = Duration::from_millis(100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match shared.broker.submit(&new, &shared.wake).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(task = %id, error = %e, "submit failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                let message = format!("could not queue it on {}: {e}", shared.broker.url());
+                sub.finish(Err(TaskError::Lost { message }));
+                shared.end(id, Err(TaskError::PoolClosed));
+                return;
+            }
+        }
+    }
+    let mut state = shared.lock();
+    if let Some(w) = state.tasks.get_mut(&id) {
+        w.subs.insert(0, sub);
+        w.submitted = true;
+    }
+}
+
+/// Reads every watched task's events and feeds their handles, until the client is gone.
+async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
+    let mut wake_cursor = "0-0".to_owned();
+    let mut last_check = Instant::now();
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let cursors: Vec<(Uuid, String)> = {
+            let state = shared.lock();
+            if state.closed {
+                break;
+            }
+            state
+                .tasks
+                .iter()
+                .map(|(id, w)| (*id, w.cursor.clone()))
+                .collect()
+        };
+        let block = Duration::from_millis(1000);
+        match shared
+            .broker
+            .read_events(&cursors, &shared.wake, &mut wake_cursor, block)
+            .await
+        {
+            Ok(events) => {
+                failing_since = None;
+                for ev in events {
+                    if apply_event(&shared, ev.task, ev.cursor, ev.event) {
+                        // Taken once: the stored copy goes now that the outcome is ours.
+                        let _ = shared.broker.take_result(ev.task).await;
+                    }
+                }
+            }
+            Err(e) => {
+                if failing_since.is_none() {
+                    tracing::warn!(broker = shared.broker.url(), error = %e, "reading task events failed; retrying");
+                    failing_since = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            check_known(&shared).await;
+        }
+    }
+    // The client is gone: nobody waits for what is left.
+    let left: Vec<Uuid> = shared.lock().tasks.keys().copied().collect();
+    for id in left {
+        shared.end(id, Err(TaskError::PoolClosed));
+    }
+}
+
+/// Feeds one event to the task's handles; true when it was the terminal one.
+fn apply_event<B: Broker>(
+    shared: &Shared<B>,
+    id: Uuid,
+    cursor: String,
+    event: Result<Event, String>,
+) -> bool {
+    let done = {
+        let mut state = shared.lock();
+        let Some(w) = state.tasks.get_mut(&id) else {
+            return false;
+        };
+        w.cursor = cursor;
+        match event {
+            Ok(Event::Started { pid, .. }) => {
+                w.started = true;
+                for s in &w.subs {
+                    s.started(pid);
+                }
+                None
+            }
+            Ok(Event::Progress { fraction, message }) => {
+                for s in &w.subs {
+                    s.progress(fraction, message.clone());
+                }
+                None
+            }
+            Ok(Event::Message(bytes)) => {
+                for s in &w.subs {
+                    s.message(bytes.clone());
+                }
+                None
+            }
+            Ok(Event::Requeued { attempt }) => {
+                tracing::info!(task = %id, attempt, "its agent died; the task is queued again");
+                w.started = false;
+                None
+            }
+            Ok(Event::Queued) => None,
+            Ok(Event::Done { outcome, .. }) => Some(outcome),
+            Err(message) => Some(Err(TaskError::Protocol { message })),
+        }
+    };
+    match done {
+        Some(outcome) => {
+            shared.end(id, outcome);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Ends `lost` the tasks the broker no longer knows, and refreshes the live agents.
+async fn check_known<B: Broker>(shared: &Shared<B>) {
+    let ids: Vec<Uuid> = shared
+        .lock()
+        .tasks
+        .iter()
+        .filter(|(_, w)| w.submitted)
+        .map(|(id, _)| *id)
+        .collect();
+    if !ids.is_empty()
+        && let Ok(known) = shared.broker.known(&ids).await
+    {
+        for (id, known) in ids.into_iter().zip(known) {
+            if !known {
+                shared.end(
+                    id,
+                    Err(TaskError::Lost {
+                        message: format!(
+                            "the broker at {} no longer knows the task (restarted without persistence?)",
+                            shared.broker.url()
+                        ),
+                    }),
+                );
+            }
+        }
+    }
+    if let Ok(agents) = shared.broker.agents().await {
+        let mut state = shared.lock();
+        state.agents = agents;
+        state.agents_at = Some(Instant::now());
+    }
+}

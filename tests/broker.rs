@@ -1,0 +1,1034 @@
+//! Broker mode (issue 12) with real processes: a private `redis-server` per test, agents
+//! as `procpool agent` processes on the demo worker, and submitters through the CLI or a
+//! broker-backed `Pool`. This process is a child subreaper, so the workers of an agent
+//! the test SIGKILLs come back here to be reaped, never to PID 1.
+// Linux only: the tests read /proc and make this process a child subreaper.
+#![cfg(target_os = "linux")]
+
+#[path = "support/redis.rs"]
+mod redis_server;
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use procpool::{MetaTask, Pool, Task, TaskError};
+use procpool_broker::{
+    AgentInfo, Broker as _, ClientOptions, Encoding, Event, Lease, NewTask, RedisBroker,
+};
+use procpool_demo_tasks as demo;
+use redis_server::RedisServer;
+use serde_json::Value;
+use support::{children_of, demo_worker, proc_stat, serial};
+use uuid::Uuid;
+
+const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
+
+/// A `procpool agent` process; SIGTERMed (then SIGKILLed) and reaped with its workers
+/// when dropped.
+struct Agent {
+    child: Option<Child>,
+    pid: u32,
+}
+
+impl Agent {
+    fn start(url: &str, workers: usize) -> Agent {
+        Agent::start_with(url, workers, &[])
+    }
+
+    fn start_with(url: &str, workers: usize, flags: &[&str]) -> Agent {
+        Agent::start_logging(url, workers, flags, Stdio::null())
+    }
+
+    fn start_logging(url: &str, workers: usize, flags: &[&str], stderr: Stdio) -> Agent {
+        let child = Command::new(PROCPOOL)
+            .args(["agent", "--broker", url, "--worker", demo_worker()])
+            .args(["--workers", &workers.to_string()])
+            .args(flags)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn procpool agent");
+        let pid = child.id();
+        Agent {
+            child: Some(child),
+            pid,
+        }
+    }
+
+    fn workers(&self) -> Vec<u32> {
+        children_of(self.pid).into_iter().map(|p| p.pid).collect()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid as i32), sig).expect("signal the agent");
+    }
+
+    /// SIGKILLs the agent and reaps it and the workers it leaves (they die with it).
+    fn kill(mut self) {
+        let workers = self.workers();
+        self.signal(Signal::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        for w in workers {
+            reap_orphan(w);
+        }
+    }
+
+    /// SIGTERM and the exit code.
+    fn stop(mut self) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        let status = self.child.take()?.wait().ok()?;
+        status.code()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let workers = self.workers();
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            for w in workers {
+                reap_orphan(w);
+            }
+        }
+    }
+}
+
+/// Waits for `pid` (a worker whose agent died) to die, and reaps it if it came to us.
+fn reap_orphan(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_stat(pid).is_some_and(|s| s.state != 'Z') {
+        assert!(Instant::now() < deadline, "worker {pid} outlived its agent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if proc_stat(pid).is_some_and(|s| s.ppid == std::process::id()) {
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+    }
+}
+
+fn become_subreaper() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+}
+
+/// Gone, or a zombie nobody reaped yet (dead either way).
+fn dead(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|s| s.state == 'Z')
+}
+
+async fn wait_for(timeout: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `n` agents are alive on the broker.
+async fn wait_agents(url: &str, n: usize) {
+    let broker = RedisBroker::connect(url, "procpool", 1 << 20)
+        .await
+        .expect("connect");
+    wait_for(Duration::from_secs(30), "the agents", async || {
+        broker.agents().await.map(|a| a.len()).unwrap_or(0) == n
+    })
+    .await;
+}
+
+async fn pool(url: &str, options: ClientOptions) -> Pool {
+    procpool_broker::connect(url, options)
+        .await
+        .expect("broker pool")
+}
+
+/// The agent (of `agents`) whose worker is `pid`.
+fn owner(agents: &[Agent], pid: u32) -> usize {
+    let parent = proc_stat(pid).expect("worker alive").ppid;
+    agents
+        .iter()
+        .position(|a| a.pid == parent)
+        .expect("the worker belongs to an agent")
+}
+
+/// `(status, result, error kind)` per job id, from JSON Lines records.
+fn verdicts(out: &[u8]) -> HashMap<String, (String, Value, Value)> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).expect("a JSON record");
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                (
+                    r["status"].as_str().unwrap().to_owned(),
+                    r["result"].clone(),
+                    r["error"]["kind"].clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn demo_jobs() -> String {
+    format!("{}/scripts/demo-jobs.jsonl", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_jobs_give_the_same_verdicts_through_two_agents_as_locally() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = [Agent::start(&url, 2), Agent::start(&url, 2)];
+    wait_agents(&url, 2).await;
+    let local = Command::new(PROCPOOL)
+        .args([
+            "run",
+            "--quiet",
+            "--worker",
+            demo_worker(),
+            "--jobs",
+            &demo_jobs(),
+        ])
+        .output()
+        .expect("local run");
+    let remote = Command::new(PROCPOOL)
+        .args(["run", "--quiet", "--broker", &url, "--jobs", &demo_jobs()])
+        .output()
+        .expect("remote run");
+    assert_eq!(remote.status.code(), local.status.code());
+    let (local, remote) = (verdicts(&local.stdout), verdicts(&remote.stdout));
+    assert!(local.len() >= 10, "{local:?}");
+    assert_eq!(remote, local);
+    let [a, b] = agents;
+    assert_eq!(a.stop(), Some(143));
+    assert_eq!(b.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_batch_hands_its_tasks_to_the_other_within_5s() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut agents = vec![Agent::start(&url, 2), Agent::start(&url, 2)];
+    wait_agents(&url, 2).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let handles: Vec<_> = (0..4)
+        .map(|_| pool.submit(demo::sleep_ms::task(3000)))
+        .collect();
+    let mut pids = Vec::new();
+    for h in &handles {
+        pids.push(h.started().await.expect("started"));
+    }
+    let victim = owner(&agents, pids[0]);
+    let moved: Vec<usize> = (0..4)
+        .filter(|&i| owner(&agents, pids[i]) == victim)
+        .collect();
+    agents.remove(victim).kill();
+    let killed = Instant::now();
+    let mut requeue = Duration::ZERO;
+    for &i in &moved {
+        let h = &handles[i];
+        wait_for(Duration::from_secs(20), "the second start", async || {
+            h.attempts() >= 2
+        })
+        .await;
+        requeue = requeue.max(killed.elapsed());
+    }
+    eprintln!(
+        "requeue after SIGKILL of the agent: {requeue:?} for {} tasks",
+        moved.len()
+    );
+    assert!(
+        requeue <= Duration::from_secs(5),
+        "requeued after {requeue:?}"
+    );
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await, Ok(3000));
+        let _ = i;
+    }
+    drop(pool);
+    assert_eq!(agents.pop().unwrap().stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_cancel_kills_the_worker_on_the_agent() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let running = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = running.started().await.expect("started");
+    assert_eq!(proc_stat(pid).expect("the worker").ppid, agent.pid);
+    // Queued behind it (one worker): cancelled, it never runs.
+    let queued = pool.submit(demo::sleep_ms::task(60_000));
+    queued.cancel();
+    assert_eq!(queued.await, Err(TaskError::Cancelled));
+    let asked = Instant::now();
+    running.cancel();
+    assert_eq!(running.await, Err(TaskError::Cancelled));
+    wait_for(Duration::from_secs(10), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
+    eprintln!("worker gone {:?} after the cancel", asked.elapsed());
+    // Durable: a cancel flag set without any notification (as if the publish was
+    // missed) is read by the agent's next lease renewal.
+    let silent = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = silent.started().await.expect("started");
+    let key = format!("{{procpool}}:t:{}", silent.id());
+    assert_eq!(redis_cli(&redis, &["HSET", &key, "cancel", "1"]), "0");
+    assert_eq!(silent.await, Err(TaskError::Cancelled));
+    wait_for(Duration::from_secs(10), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_agents_keep_dying_ends_lost_after_its_budget() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut agents = vec![Agent::start(&url, 1), Agent::start(&url, 1)];
+    wait_agents(&url, 2).await;
+    let options = ClientOptions {
+        lost_budget: 2,
+        ..ClientOptions::default()
+    };
+    let pool = pool(&url, options).await;
+    let poison = pool.submit(demo::sleep_ms::task(60_000));
+    for round in 1..=2 {
+        wait_for(Duration::from_secs(20), "a start", async || {
+            poison.attempts() == round
+        })
+        .await;
+        let pid = poison.worker_pid().expect("a worker");
+        let victim = owner(&agents, pid);
+        agents.remove(victim).kill();
+        agents.push(Agent::start(&url, 1));
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(20), poison)
+        .await
+        .expect("the task ends");
+    assert!(
+        matches!(outcome, Err(TaskError::Lost { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.unwrap_err().kind(), "lost");
+    drop(pool);
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_submitters_sharing_a_dedupe_key_run_it_once() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = [Agent::start(&url, 2), Agent::start(&url, 2)];
+    wait_agents(&url, 2).await;
+    let (a, b) = (
+        pool(&url, ClientOptions::default()).await,
+        pool(&url, ClientOptions::default()).await,
+    );
+    let id = procpool_broker::dedupe_id("report-2026-12");
+    let first = a.submit(demo::sleep_ms::task(1500).with_id(id));
+    let pid = first.started().await.expect("started");
+    let second = b.submit(demo::sleep_ms::task(1500).with_id(id));
+    assert_eq!(second.started().await, Some(pid));
+    assert_eq!(first.await, Ok(1500));
+    assert_eq!(second.attempts(), 1);
+    assert_eq!(second.await, Ok(1500));
+    drop((a, b));
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
+
+#[test]
+fn an_unreachable_broker_exits_2_naming_the_url_without_its_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://user:s3cret@127.0.0.1:{port}/0");
+    let started = Instant::now();
+    let out = Command::new(PROCPOOL)
+        .args(["run", "--broker", &url, "--jobs", &demo_jobs()])
+        .output()
+        .expect("procpool run");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        stderr.contains(&format!("redis://user:***@127.0.0.1:{port}/0")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_submitters_get_lost_and_agents_carry_on() {
+    let _serial = serial().await;
+    become_subreaper();
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let running = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = running.started().await.expect("started");
+    redis.restart();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the submitter is told");
+    assert!(
+        matches!(outcome, Err(TaskError::Lost { .. })),
+        "{outcome:?}"
+    );
+    // The agent could not vouch for its lease: it killed the worker itself.
+    wait_for(
+        Duration::from_secs(10),
+        "the orphaned worker's death",
+        async || dead(pid),
+    )
+    .await;
+    // It reconnects, makes its group again and takes new tasks.
+    wait_agents(&url, 1).await;
+    let after = procpool_broker::connect(&url, ClientOptions::default())
+        .await
+        .expect("pool");
+    let sum = tokio::time::timeout(Duration::from_secs(20), after.run(demo::add::task(2, 3)))
+        .await
+        .expect("a task after the restart");
+    assert_eq!(sum, Ok(5));
+    drop((pool, after));
+    assert_eq!(agent.stop(), Some(143));
+}
+
+/// How many terminal events task `id`'s stream holds.
+fn done_events(redis: &RedisServer, id: Uuid) -> usize {
+    let events = redis_cli(
+        redis,
+        &["XRANGE", &format!("{{procpool}}:e:{id}"), "-", "+"],
+    );
+    events.lines().filter(|l| l.trim() == "done").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_past_its_lease_kills_its_worker_and_its_late_result_is_refused() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let agents: Vec<Agent> = logs
+        .iter()
+        .map(|log| {
+            let file = std::fs::File::create(log).unwrap();
+            Agent::start_logging(&url, 1, &["--log-level", "warn"], Stdio::from(file))
+        })
+        .collect();
+    wait_agents(&url, 2).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    // 1. Still running when the agent wakes up: it kills the worker itself.
+    let task = pool.submit(demo::sleep_ms::task(8000));
+    let first = task.started().await.expect("started");
+    let stopped = owner(&agents, first);
+    agents[stopped].signal(Signal::SIGSTOP);
+    wait_for(Duration::from_secs(20), "the start elsewhere", async || {
+        task.attempts() >= 2
+    })
+    .await;
+    assert_ne!(task.worker_pid(), Some(first));
+    agents[stopped].signal(Signal::SIGCONT);
+    wait_for(
+        Duration::from_secs(10),
+        "the stale worker's death",
+        async || dead(first),
+    )
+    .await;
+    let id = task.id();
+    assert_eq!(task.await, Ok(8000));
+    assert_eq!(done_events(&redis, id), 1);
+    // 2. Finished while its agent was stopped: the late result is refused when the
+    // agent wakes up (or dropped, if its renewal noticed first), and the task's one
+    // outcome is the other agent's.
+    let task = pool.submit(demo::sleep_ms::task(1500));
+    let first = task.started().await.expect("started");
+    let stopped = owner(&agents, first);
+    agents[stopped].signal(Signal::SIGSTOP);
+    wait_for(Duration::from_secs(20), "the start elsewhere", async || {
+        task.attempts() >= 2
+    })
+    .await;
+    agents[stopped].signal(Signal::SIGCONT);
+    let id = task.id();
+    assert_eq!(task.await, Ok(1500));
+    let log = &logs[stopped];
+    wait_for(
+        Duration::from_secs(10),
+        "the stale agent's verdict",
+        async || {
+            std::fs::read_to_string(log)
+                .is_ok_and(|l| l.contains("late result rejected") || l.contains("outcome dropped"))
+        },
+    )
+    .await;
+    assert_eq!(done_events(&redis, id), 1);
+    drop(pool);
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_task_combines_remote_inputs() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = [Agent::start(&url, 2), Agent::start(&url, 1)];
+    wait_agents(&url, 2).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let squares = || (1..=4).map(demo::square::task).collect::<Vec<_>>();
+    let total = MetaTask::new(squares(), |v: Vec<i64>| v.iter().sum::<i64>())
+        .run(&pool)
+        .await
+        .expect("meta task");
+    assert_eq!(total, 30);
+    let as_task = MetaTask::process_as_task(squares(), demo::sum::task)
+        .run(&pool)
+        .await
+        .expect("meta task as a task");
+    assert_eq!(as_task, 30);
+    drop(pool);
+    for a in agents {
+        assert_eq!(a.stop(), Some(143));
+    }
+}
+
+/// `redis-cli -p PORT ARGS...`, its output.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
+    let _serial = serial().await;
+    let redis = RedisServer::start();
+    let b = RedisBroker::connect(&redis.url(), "fence", 1 << 20)
+        .await
+        .expect("connect");
+    b.prepare().await.unwrap();
+    let id = Uuid::new_v4();
+    let task = NewTask {
+        id,
+        name: "add",
+        args: b"[1,2]",
+        encoding: Encoding::Json,
+        timeout: None,
+        retries: None,
+        lost_budget: 3,
+        result_ttl: Duration::from_secs(60),
+    };
+    assert_eq!(
+        b.submit(&task, "{fence}:wake").await.unwrap(),
+        procpool_broker::Submitted::New
+    );
+    // Submitting the same id again attaches (the script is idempotent).
+    assert_eq!(
+        b.submit(&task, "{fence}:wake").await.unwrap(),
+        procpool_broker::Submitted::Attached
+    );
+    let agent = |id: &str| AgentInfo {
+        id: id.into(),
+        ..AgentInfo::default()
+    };
+    // Agent x takes the task under a lease it will not renew.
+    b.renew(&agent("x"), Duration::from_millis(100), &[])
+        .await
+        .unwrap();
+    let fetched = b.fetch("x", 1, Duration::from_secs(1)).await.unwrap();
+    let entry = fetched[0].entry.clone();
+    let first = b.start("x", &entry, id).await.unwrap().expect("claimed");
+    assert_eq!(first.attempt, 1);
+    let stale = Lease {
+        id,
+        entry,
+        attempt: 1,
+    };
+    // Agent y reaps it once x's liveness key expired, and runs attempt 2.
+    b.renew(&agent("y"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the reap", async || {
+        b.reap("y").await.unwrap() == 1
+    })
+    .await;
+    let fetched = b.fetch("y", 1, Duration::from_secs(1)).await.unwrap();
+    let second = b
+        .start("y", &fetched[0].entry, id)
+        .await
+        .unwrap()
+        .expect("claimed again");
+    assert_eq!(second.attempt, 2);
+    let current = Lease {
+        id,
+        entry: fetched[0].entry.clone(),
+        attempt: 2,
+    };
+    // x's renewal reports the lease lost; its writes are refused.
+    let renewal = b
+        .renew(
+            &agent("x"),
+            Duration::from_secs(1),
+            std::slice::from_ref(&stale),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewal.lost, vec![id]);
+    let late = Event::Message(b"late".to_vec());
+    assert!(!b.emit("x", &stale, &late).await.unwrap());
+    let three = bytes::Bytes::from_static(b"3");
+    assert!(!b.complete("x", &stale, &Ok(three.clone())).await.unwrap());
+    assert!(b.complete("y", &current, &Ok(three.clone())).await.unwrap());
+    // Applied once: the same write again is refused.
+    assert!(!b.complete("y", &current, &Ok(three.clone())).await.unwrap());
+    assert_eq!(b.take_result(id).await.unwrap(), Some(Ok(three)));
+    assert_eq!(b.take_result(id).await.unwrap(), None);
+    // The queue is empty: the entry left with the terminal write.
+    assert_eq!(redis_cli(&redis, &["XLEN", "{fence}:q"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_queue_entries_do_not_stop_an_agent() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    redis_cli(&redis, &["XADD", "{procpool}:q", "*", "foo", "bar"]);
+    redis_cli(&redis, &["XADD", "{procpool}:q", "*", "id", "not-a-uuid"]);
+    redis_cli(
+        &redis,
+        &[
+            "XADD",
+            "{procpool}:q",
+            "*",
+            "id",
+            &Uuid::new_v4().to_string(),
+        ],
+    );
+    // A task hash with an unknown encoding, written before its entry (whose id is
+    // chosen): it ends with a protocol error.
+    let bad = Uuid::new_v4().to_string();
+    let entry = "9999999999999-0";
+    let key = format!("{{procpool}}:t:{bad}");
+    redis_cli(
+        &redis,
+        &[
+            "HSET", &key, "st", "queued", "entry", entry, "name", "add", "args", "[1,2]", "enc",
+            "zz", "att", "0", "proto", "2", "ttl", "60000", "cancel", "0",
+        ],
+    );
+    redis_cli(&redis, &["XADD", "{procpool}:q", entry, "id", &bad]);
+    wait_for(
+        Duration::from_secs(10),
+        "the malformed task's end",
+        async || redis_cli(&redis, &["HGET", &key, "st"]) == "done",
+    )
+    .await;
+    let result = redis_cli(&redis, &["GET", &format!("{{procpool}}:r:{bad}")]);
+    assert!(result.contains("\"kind\":\"protocol\""), "{result}");
+    // A task of another protocol version is refused, naming both versions.
+    let old = Uuid::new_v4().to_string();
+    let entry = "9999999999999-1";
+    let key = format!("{{procpool}}:t:{old}");
+    redis_cli(
+        &redis,
+        &[
+            "HSET", &key, "st", "queued", "entry", entry, "name", "add", "args", "[1,2]", "enc",
+            "j", "att", "0", "proto", "1", "ttl", "60000", "cancel", "0",
+        ],
+    );
+    redis_cli(&redis, &["XADD", "{procpool}:q", entry, "id", &old]);
+    wait_for(Duration::from_secs(10), "the old task's end", async || {
+        redis_cli(&redis, &["HGET", &key, "st"]) == "done"
+    })
+    .await;
+    let result = redis_cli(&redis, &["GET", &format!("{{procpool}}:r:{old}")]);
+    assert!(
+        result.contains("\"kind\":\"protocol\"") && result.contains("protocol version 1"),
+        "{result}"
+    );
+    let pool = pool(&url, ClientOptions::default()).await;
+    let sum = tokio::time::timeout(Duration::from_secs(20), pool.run(demo::add::task(2, 2)))
+        .await
+        .expect("a task after the garbage");
+    assert_eq!(sum, Ok(4));
+    assert!(!dead(agent.pid));
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_messages_arrive_in_order_across_a_cut_connection() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let task = demo::progress::task(10, 150).on_progress(move |p| {
+        record.lock().unwrap().push(p.fraction);
+    });
+    let handle = pool.submit(task);
+    handle.started().await.expect("started");
+    wait_for(Duration::from_secs(10), "some progress", async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    // Every client connection is cut: the agent's and this submitter's.
+    redis_cli(&redis, &["CLIENT", "KILL", "TYPE", "normal"]);
+    redis_cli(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(handle.await, Ok(()));
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<f32> = (1..=10).map(|i| i as f32 / 10.0).collect();
+    assert_eq!(seen, expected);
+    // Messages both ways: the task answers each one reversed.
+    let mut chat: procpool::TaskHandle<u64> = pool.submit(demo::chat::task());
+    chat.send(b"abc".to_vec());
+    chat.send(b"xyz".to_vec());
+    assert_eq!(chat.recv().await, Some(b"cba".to_vec()));
+    assert_eq!(chat.recv().await, Some(b"zyx".to_vec()));
+    chat.send(Vec::new());
+    assert_eq!(chat.await, Ok(2));
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_hands_its_task_back_or_drains_it() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // SIGTERM with the default --on-signal cancel: the worker dies, another agent runs
+    // the task, and the hand-back does not count as a lost attempt.
+    let first = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let task = pool.submit(demo::sleep_ms::task(1500));
+    let pid = task.started().await.expect("started");
+    let second = Agent::start_with(&url, 1, &["--on-signal", "drain"]);
+    wait_agents(&url, 2).await;
+    assert_eq!(first.stop(), Some(143));
+    assert!(dead(pid));
+    assert_eq!(task.await, Ok(1500));
+    // SIGINT with --on-signal drain: the running task finishes first.
+    let drained = pool.submit(demo::sleep_ms::task(1000));
+    drained.started().await.expect("started");
+    second.signal(Signal::SIGINT);
+    assert_eq!(drained.await, Ok(1000));
+    assert_eq!(second.stop(), Some(130));
+    // A second signal during a drain hands the running task back at once.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let draining = Agent::start_logging(
+        &url,
+        1,
+        &["--on-signal", "drain", "--log-level", "info"],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    wait_agents(&url, 1).await;
+    let long = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = long.started().await.expect("started");
+    let other = Agent::start(&url, 1);
+    wait_agents(&url, 2).await;
+    draining.signal(Signal::SIGTERM);
+    wait_for(Duration::from_secs(10), "the drain", async || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("agent stopping"))
+    })
+    .await;
+    assert_eq!(draining.stop(), Some(143));
+    assert!(dead(pid));
+    wait_for(Duration::from_secs(10), "the start elsewhere", async || {
+        long.attempts() == 2
+    })
+    .await;
+    long.cancel();
+    assert_eq!(long.await, Err(TaskError::Cancelled));
+    drop(pool);
+    assert_eq!(other.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_wait_for_an_agent_and_unknown_names_are_refused() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let pool = pool(&url, ClientOptions::default()).await;
+    // No agent yet: the task waits in the queue.
+    let waiting = pool.submit(demo::add::task(20, 22));
+    let agent = Agent::start(&url, 1);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(30), waiting).await,
+        Ok(Ok(42))
+    );
+    let unknown = pool
+        .run(Task::<Value>::json("no_such_task", serde_json::json!([])))
+        .await;
+    assert!(
+        matches!(unknown, Err(TaskError::UnknownTask { .. })),
+        "{unknown:?}"
+    );
+    let listed = Command::new(PROCPOOL)
+        .args(["tasks", "--json", "--broker", &url])
+        .output()
+        .expect("procpool tasks");
+    assert_eq!(listed.status.code(), Some(0));
+    let names: Vec<Value> = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert!(names.iter().any(|t| t["name"] == "sleep_ms"), "{names:?}");
+    // The submitter's --timeout reaches the agent.
+    let timed = Command::new(PROCPOOL)
+        .args([
+            "run",
+            "--quiet",
+            "--broker",
+            &url,
+            "--timeout",
+            "300ms",
+            "--jobs",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut run| {
+            use std::io::Write as _;
+            run.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"id\":\"s\",\"task\":\"sleep_ms\",\"args\":[20000]}\n")?;
+            run.wait_with_output()
+        })
+        .expect("procpool run");
+    assert_eq!(timed.status.code(), Some(1));
+    assert_eq!(verdicts(&timed.stdout)["s"].2, "timed_out");
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+/// `procpool serve --broker URL`: its address, and the process.
+fn serve_on(url: &str) -> (Child, String) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(PROCPOOL)
+        .args(["serve", "--broker", url, "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .env_remove("PROCPOOL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn procpool serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("procpool serve prints its address");
+    (child, format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_the_broker_submits_polls_and_cancels() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 2);
+    wait_agents(&url, 1).await;
+    let (mut serve, base) = serve_on(&url);
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let call = |method: &str, path: &str, body: Option<&str>| -> (u16, Value) {
+        let url = format!("{base}{path}");
+        let mut resp = match (method, body) {
+            ("POST", Some(b)) => http
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(b)
+                .expect("POST"),
+            ("DELETE", _) => http.delete(&url).call().expect("DELETE"),
+            _ => http.get(&url).call().expect("GET"),
+        };
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            resp.status().as_u16(),
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    };
+    let poll = |id: &str, status: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, task) = call("GET", &format!("/v1/tasks/{id}"), None);
+            if code == 200 && task["status"] == status {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never {status}: {task}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (code, created) = call("POST", "/v1/tasks", Some(r#"{"task":"add","args":[1,2]}"#));
+    assert_eq!(code, 202, "{created}");
+    let id = created["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(poll(&id, "completed")["result"], 3);
+    let (code, created) = call(
+        "POST",
+        "/v1/tasks",
+        Some(r#"{"task":"sleep_ms","args":[60000]}"#),
+    );
+    assert_eq!(code, 202, "{created}");
+    let id = created["task_id"].as_str().unwrap().to_owned();
+    let running = poll(&id, "running");
+    let pid = running["worker_pids"][0].as_u64().expect("a worker pid") as u32;
+    assert_eq!(proc_stat(pid).expect("the worker").ppid, agent.pid);
+    let (code, _) = call("DELETE", &format!("/v1/tasks/{id}"), None);
+    assert_eq!(code, 200);
+    assert_eq!(poll(&id, "cancelled")["error"]["kind"], "cancelled");
+    wait_for(Duration::from_secs(10), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
+    kill(Pid::from_raw(serve.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(serve.wait().unwrap().code(), Some(143));
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_broker_with_a_password_works_and_the_password_never_shows() {
+    let _serial = serial().await;
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_tls(dir.path(), "s3cret");
+    let url = redis.url();
+    let log = dir.path().join("agent.log");
+    let agent = Agent::start_logging(
+        &url,
+        1,
+        &["--log-level", "info"],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    wait_agents(&url, 1).await;
+    let out = Command::new(PROCPOOL)
+        .args(["run", "--quiet", "--broker", &url, "--jobs", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut run| {
+            use std::io::Write as _;
+            run.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"id\":\"a\",\"task\":\"add\",\"args\":[2,3]}\n")?;
+            run.wait_with_output()
+        })
+        .expect("procpool run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(verdicts(&out.stdout)["a"].1, 5);
+    // A wrong password: exit 2, the URL shown with its password elided.
+    let wrong = url.replace("s3cret", "wrong-pw");
+    let refused = Command::new(PROCPOOL)
+        .args(["run", "--broker", &wrong, "--jobs", &demo_jobs()])
+        .output()
+        .expect("procpool run");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("rediss://:***@127.0.0.1"), "{stderr}");
+    assert!(!stderr.contains("wrong-pw"), "{stderr}");
+    assert_eq!(agent.stop(), Some(143));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("rediss://:***@127.0.0.1"), "{logged}");
+    assert!(!logged.contains("s3cret"), "{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_the_agents_frame_cap_never_reaches_it() {
+    let _serial = serial().await;
+    let redis = RedisServer::start();
+    let b = RedisBroker::connect(&redis.url(), "cap", 1024)
+        .await
+        .expect("connect");
+    b.prepare().await.unwrap();
+    let id = Uuid::new_v4();
+    let args = vec![b'1'; 4096];
+    let task = NewTask {
+        id,
+        name: "add",
+        args: &args,
+        encoding: Encoding::Json,
+        timeout: None,
+        retries: None,
+        lost_budget: 3,
+        result_ttl: Duration::from_secs(60),
+    };
+    b.submit(&task, "{cap}:wake").await.unwrap();
+    let fetched = b.fetch("x", 1, Duration::from_secs(1)).await.unwrap();
+    assert!(b.start("x", &fetched[0].entry, id).await.unwrap().is_none());
+    let outcome = b.take_result(id).await.unwrap().expect("an outcome");
+    assert!(
+        matches!(&outcome, Err(TaskError::Protocol { message }) if message.contains("frame cap")),
+        "{outcome:?}"
+    );
+}

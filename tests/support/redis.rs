@@ -1,0 +1,134 @@
+//! A private `redis-server` per test: on a port it picked, without persistence
+//! (`--save "" --appendonly no`), stopped by pid when dropped. Include it with
+//! `#[path = "support/redis.rs"] mod redis_server;`.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server`.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    /// The arguments beside the port (TLS, password).
+    extra: Vec<String>,
+    url: String,
+}
+
+impl RedisServer {
+    /// Starts one on a free port and waits until it accepts connections. Panics with the
+    /// install command when `redis-server` is not on PATH: never a silent skip.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            extra: vec!["--port".into(), port.to_string()],
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        server.spawn();
+        server
+    }
+
+    /// One that speaks only TLS (a self-signed certificate made in `dir` with the
+    /// `openssl` command) and wants `password`; its URL skips the certificate check.
+    pub fn start_tls(dir: &std::path::Path, password: &str) -> RedisServer {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("the openssl command");
+        assert!(made.success(), "openssl could not make a certificate");
+        let port = free_port();
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&cert),
+            "--tls-key-file",
+            &path(&key),
+            "--tls-ca-cert-file",
+            &path(&cert),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ];
+        let mut server = RedisServer {
+            child: None,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            url: format!("rediss://:{password}@127.0.0.1:{port}/#insecure"),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(&self.extra)
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the broker tests need it on PATH; \
+                     install it with `apt-get install -y redis-server`"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` (or the TLS one).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Kills the server (its data is gone: no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
