@@ -69,9 +69,9 @@ async fn assert_serves(pool: &Pool, pid: u32) {
         Some(pid),
         "the task went to another worker"
     );
-    h.send("ok");
+    h.send("ok").unwrap();
     assert_eq!(recv(&mut h).await.as_deref(), Some(&b"ko"[..]));
-    h.send("");
+    h.send("").unwrap();
     assert_eq!(h.await.unwrap(), 1);
 }
 
@@ -526,13 +526,13 @@ async fn chat_round_trips_messages() {
     let pool = demo_pool(1);
     let mut h = pool.submit(demo::chat::task());
     // Sent before the task may have started: delivered when it starts.
-    h.send("abc");
+    h.send("abc").unwrap();
     assert_eq!(recv(&mut h).await.as_deref(), Some(&b"cba"[..]));
-    h.send("hello");
+    h.send("hello").unwrap();
     assert_eq!(recv(&mut h).await.as_deref(), Some(&b"olleh"[..]));
-    h.send(vec![0u8, 1, 2, 255]);
+    h.send(vec![0u8, 1, 2, 255]).unwrap();
     assert_eq!(recv(&mut h).await.as_deref(), Some(&[255u8, 2, 1, 0][..]));
-    h.send(Vec::new());
+    h.send(Vec::new()).unwrap();
     assert_eq!(recv(&mut h).await, None, "no message after the task ended");
     assert_eq!(h.await.unwrap(), 3);
     drop(pool);
@@ -640,9 +640,9 @@ fn run_blocking_works_without_a_runtime() {
         "user_error"
     );
     let mut h = pool.submit(demo::chat::task());
-    h.send("ab");
+    h.send("ab").unwrap();
     assert_eq!(h.recv_blocking().as_deref(), Some(&b"ba"[..]));
-    h.send("");
+    h.send("").unwrap();
     assert_eq!(h.wait().unwrap(), 1);
     drop(pool);
     assert_no_children();

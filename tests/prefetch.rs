@@ -132,10 +132,10 @@ async fn messages_reach_a_prefetched_chat_when_it_starts() {
     let pool = prefetch_pool(1, 2);
     let first = pool.submit(demo::sleep_ms::task(100));
     let mut chat = pool.submit(demo::chat::task());
-    chat.send("abc");
+    chat.send("abc").unwrap();
     assert_eq!(first.await.unwrap(), 100);
     assert_eq!(chat.recv().await.as_deref(), Some(&b"cba"[..]));
-    chat.send("");
+    chat.send("").unwrap();
     assert_eq!(chat.await.unwrap(), 1);
     drop(pool);
     assert_no_children();

@@ -126,10 +126,10 @@ async fn results_progress_and_messages() {
     // Messages both ways.
     let mut chat = pool.submit(demo::chat::task());
     assert!(pids.contains(&chat.started().await.unwrap()));
-    chat.send("abc");
+    chat.send("abc").unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(2), chat.recv()).await;
     assert_eq!(answer.unwrap().as_deref(), Some(&b"cba"[..]));
-    chat.send("");
+    chat.send("").unwrap();
     assert_eq!(chat.await.unwrap(), 1);
 
     // Typed errors that cost no worker.
@@ -235,7 +235,7 @@ async fn recycling_and_elastic_sizing() {
     for i in 0..4 {
         let mut h = pool.submit(demo::chat::task());
         pids.insert(h.started().await.unwrap());
-        h.send("");
+        h.send("").unwrap();
         assert_eq!((&mut h).await.unwrap(), 0, "task {i}");
     }
     assert_eq!(pids.len(), 4, "{pids:?}");
@@ -338,9 +338,9 @@ async fn blocking_waits_work_off_the_runtime_threads() {
     let p = pool.clone();
     let (answer, chatted, sum) = tokio::task::spawn_blocking(move || {
         let mut h = p.submit(demo::chat::task());
-        h.send("xy");
+        h.send("xy").unwrap();
         let answer = h.recv_blocking();
-        h.send("");
+        h.send("").unwrap();
         (answer, h.wait(), p.run_blocking(demo::add::task(3, 4)))
     })
     .await
