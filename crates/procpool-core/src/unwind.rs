@@ -28,7 +28,11 @@ pub(crate) fn signal(pgid: Pgid, sig: Signal, reason: &str) {
 pub(crate) fn user_callback(what: &str, f: impl FnOnce()) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
         let message = panic_message(panic.as_ref());
-        log!(warn!(callback = what, panic = message, "a user callback panicked"));
+        log!(warn!(
+            callback = what,
+            panic = message,
+            "a user callback panicked"
+        ));
     }
 }
 
