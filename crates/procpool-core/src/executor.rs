@@ -602,10 +602,6 @@ impl Executor {
     /// returns it with its outcome, to be answered once the dispatcher was told of the
     /// end. A retry goes to the dispatcher before the worker's `Finished` or `Exited`, so
     /// the task stays known as live.
-    #[expect(
-        clippy::type_complexity,
-        reason = "a pair used once, right at the call sites"
-    )]
     fn retry_or_answer(
         &self,
         sub: Box<Submission>,
