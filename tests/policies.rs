@@ -337,9 +337,9 @@ async fn rlimit_cpu_ends_a_spinning_task_with_limit_exceeded() {
         Some(("1".into(), "2".into()))
     );
     let t0 = Instant::now();
-    let err = pool.run(demo::spin_ms::task(5000)).await.unwrap_err();
+    let err = pool.run(demo::spin_ms::task(60_000)).await.unwrap_err();
     let took = t0.elapsed();
-    eprintln!("spin_ms(5000) under RLIMIT_CPU 1 s: {err} after {took:?}");
+    eprintln!("spin_ms(60000) under RLIMIT_CPU 1 s: {err} after {took:?}");
     match &err {
         TaskError::LimitExceeded { message } => {
             assert!(message.contains("RLIMIT_CPU"), "{message}")
@@ -347,7 +347,7 @@ async fn rlimit_cpu_ends_a_spinning_task_with_limit_exceeded() {
         other => panic!("expected limit_exceeded (SIGXCPU), got {other:?}"),
     }
     assert!(
-        took > Duration::from_millis(500) && took < Duration::from_secs(3),
+        took > Duration::from_millis(500) && took < Duration::from_secs(30),
         "{took:?}"
     );
     assert!(is_gone(pid));
@@ -787,7 +787,7 @@ async fn elastic_pool_grows_under_a_burst_and_reaps_idle_workers() {
         if pids.len() == 1 {
             break pids;
         }
-        assert!(ended.elapsed() < Duration::from_secs(3), "{pids:?}");
+        assert!(ended.elapsed() < Duration::from_secs(10), "{pids:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     for pid in all.iter().filter(|p| !left.contains(p)) {

@@ -191,7 +191,7 @@ async fn noisy_output_never_corrupts_the_protocol() {
     let t0 = Instant::now();
     assert_eq!(pool.run(demo::noisy::task(10_000)).await.unwrap(), 10_000);
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(3), "noisy(10000) took {took:?}");
+    assert!(took < Duration::from_secs(20), "noisy(10000) took {took:?}");
     // Same worker, still in sync with the supervisor.
     assert_eq!(pool.run(demo::add::task(20, 22)).await.unwrap(), 42);
     assert_eq!(pool.worker_pids().await, [pid]);
