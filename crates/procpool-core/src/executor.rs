@@ -53,17 +53,20 @@ pub(crate) fn start(
                 let pid = spawned.pid;
                 let run = Executor::new(worker, pid, settings, events.clone(), commands, groups)
                     .run(spawned);
-                // A panic in here (a bug, or a log writer that panics) must not leave the
-                // dispatcher waiting for this worker forever. Its group guard has killed
-                // the worker by then; the tasks it held were dropped and resolve as
-                // `PoolClosed`.
+                // A panic in here is a bug (foreign code runs under `unwind`), but it must
+                // not leave the dispatcher waiting for this worker forever. Its group guard
+                // has killed the worker by then; the tasks it held were dropped and
+                // resolve as `PoolClosed`. It is no start failure: the worker started.
                 if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                    let message = panic_message(panic.as_ref());
+                    log!(error!(
+                        worker_pid = pid,
+                        panic = message,
+                        "the executor of a worker panicked"
+                    ));
                     let _ = events.send(WorkerEvent::Exited {
                         worker,
-                        start_failure: Some(format!(
-                            "the supervisor task of worker {pid} panicked: {}",
-                            panic_message(panic.as_ref())
-                        )),
+                        start_failure: None,
                         unstarted: Vec::new(),
                     });
                 }
