@@ -295,6 +295,7 @@ fn tasks_json_lists_every_demo_task_with_types() {
         "noisy",
         "grandchild",
         "chat",
+        "flood",
     ];
     expected.sort_unstable();
     assert_eq!(names, expected, "sorted by name");
@@ -318,7 +319,7 @@ fn tasks_table_for_people() {
     let run = procpool(&["tasks", "--worker", DEMO], "");
     assert_eq!(run.code, 0, "{run:?}");
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 1 + 17, "{}", run.stdout);
+    assert_eq!(lines.len(), 1 + 18, "{}", run.stdout);
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["TASK", "PARAMETERS", "RESULT", "NOTES"]);
     let add = lines.iter().find(|l| l.starts_with("add ")).unwrap();
