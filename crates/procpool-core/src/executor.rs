@@ -169,8 +169,6 @@ enum End {
     Limit(String),
     /// The running task's unread messages went past the pool's bound.
     Unread(usize),
-    /// Frames could no longer be written to the worker.
-    WriteFailed(WriteFailure),
     /// The worker was told to exit and did not within the grace period.
     Unresponsive,
 }
@@ -274,6 +272,8 @@ impl Executor {
         let mut draining = false;
         // Set once Shutdown is sent: past it, a worker that has not exited is killed.
         let mut exit_by: Option<Instant> = None;
+        // Set once frames can no longer reach the worker.
+        let mut write_failed: Option<WriteFailure> = None;
         let end = loop {
             tokio::select! {
                 frame = frames.next() => match frame {
@@ -377,7 +377,18 @@ impl Executor {
                         }
                     }
                 },
-                failure = writer.failed() => break End::WriteFailed(failure),
+                // The worker cannot get its frames: kill it here (its leader is not reaped
+                // yet, so the group is still ours) and read on to the EOF, so the results
+                // it sent before dying still reach their tasks and only the task it died
+                // under gets the verdict.
+                failure = writer.failed(), if write_failed.is_none() => {
+                    match &failure {
+                        WriteFailure::Io(error) => log!(debug!(worker_pid = self.pid, %error, "write to worker failed")),
+                        WriteFailure::Encode(error) => log!(debug!(worker_pid = self.pid, %error, "frame to worker not encodable")),
+                    }
+                    unwind::signal(self.pgid, Signal::SIGKILL, "write to worker failed");
+                    write_failed = Some(failure);
+                },
                 _ = sleep_until(exit_by), if exit_by.is_some() => break End::Unresponsive,
                 _ = sleep_until(timers.deadline), if timers.deadline.is_some() => {
                     let after = inflight.front().and_then(|c| c.timeout).unwrap_or_default();
@@ -420,6 +431,14 @@ impl Executor {
         // as after a kill order, not as a crash (nor gets retried).
         let end = match end {
             End::Eof if self.groups.is_closed() => End::Killed(KillReason::PoolClosed),
+            // Killed for a frame we could not encode: the worker did nothing wrong, but
+            // the task cannot run as sent.
+            End::Eof => match write_failed {
+                Some(WriteFailure::Encode(e)) => {
+                    End::Protocol(format!("frame to worker not encodable: {e}"))
+                }
+                _ => End::Eof,
+            },
             end => end,
         };
 
@@ -432,30 +451,19 @@ impl Executor {
             End::TimedOut(_) => "task timed out: grace period over",
             End::Limit(_) => "worker went over its memory limit",
             End::Unread(_) => "task's unread messages went over their bound",
-            End::WriteFailed(_) => "write to worker failed",
             End::Unresponsive => "worker did not exit within the grace period",
         };
-        if let End::WriteFailed(WriteFailure::Io(error)) = &end {
-            log!(debug!(worker_pid = self.pid, %error, "write to worker failed"));
-        }
         let verdict = self.kill_and_reap(&mut child, &mut guard, reason).await;
         log!(debug!(worker_pid = self.pid, %verdict, reason, "worker ended"));
         // Only the front task ran; the prefetched ones never started and go back to the queue.
         let answer = inflight.pop_front().and_then(|sub| {
             let err = match end {
                 // The worker died of our SIGTERM (or on its own after it): still a timeout.
-                End::Eof | End::WriteFailed(WriteFailure::Io(_)) if timers.timed_out.is_some() => {
-                    TaskError::TimedOut {
-                        after: timers.timed_out.unwrap_or_default(),
-                    }
-                }
-                // A failed write most often means the worker died: its exit says how.
-                End::Eof | End::WriteFailed(WriteFailure::Io(_)) => {
-                    crash_error(verdict, self.output.stderr_tail())
-                }
-                End::WriteFailed(WriteFailure::Encode(e)) => TaskError::Protocol {
-                    message: format!("frame to worker not encodable: {e}"),
+                End::Eof if timers.timed_out.is_some() => TaskError::TimedOut {
+                    after: timers.timed_out.unwrap_or_default(),
                 },
+                // A failed write most often means the worker died: its exit says how.
+                End::Eof => crash_error(verdict, self.output.stderr_tail()),
                 End::Protocol(message) => TaskError::Protocol { message },
                 End::Killed(reason) => reason.error(),
                 End::TimedOut(after) => TaskError::TimedOut { after },
