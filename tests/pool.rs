@@ -82,9 +82,11 @@ async fn every_fault_has_its_kind_and_spares_the_neighbours() {
     let initial: HashSet<u32> = pool.worker_pids().await.into_iter().collect();
     assert_eq!(initial.len(), 3);
 
-    // Two well-behaved tasks on two workers; the faults all go to the third.
-    let sleeper = pool.submit(demo::sleep_ms::task(1500));
-    let spinner = pool.submit(demo::spin_ms::task(1500));
+    // Two well-behaved tasks on two workers; the faults all go to the third. They wait
+    // for a message to end, not for a clock: however slow the machine, they are still
+    // running while the faults happen.
+    let sleeper = pool.submit(demo::chat::task());
+    let spinner = pool.submit(demo::chat::task());
     let sleeper_pid = sleeper.started().await.unwrap();
     let spinner_pid = spinner.started().await.unwrap();
     assert_ne!(sleeper_pid, spinner_pid);
@@ -165,8 +167,10 @@ async fn every_fault_has_its_kind_and_spares_the_neighbours() {
         Some(spinner_pid),
         "faults took {faults_took:?}"
     );
-    assert_eq!(sleeper.await.unwrap(), 1500);
-    assert_eq!(spinner.await.unwrap(), 1500);
+    sleeper.send("").unwrap();
+    spinner.send("").unwrap();
+    assert_eq!(sleeper.await.unwrap(), 0);
+    assert_eq!(spinner.await.unwrap(), 0);
 
     // The pool keeps working at full size, crashed workers replaced.
     let handles: Vec<_> = (0..9)
