@@ -733,11 +733,11 @@ async fn progress_and_messages_arrive_in_order_across_a_cut_connection() {
     assert_eq!(seen, expected);
     // Messages both ways: the task answers each one reversed.
     let mut chat: procpool::TaskHandle<u64> = pool.submit(demo::chat::task());
-    chat.send(b"abc".to_vec());
-    chat.send(b"xyz".to_vec());
+    chat.send(b"abc".to_vec()).expect("a small message fits");
+    chat.send(b"xyz".to_vec()).expect("a small message fits");
     assert_eq!(chat.recv().await, Some(b"cba".to_vec()));
     assert_eq!(chat.recv().await, Some(b"zyx".to_vec()));
-    chat.send(Vec::new());
+    chat.send(Vec::new()).expect("a small message fits");
     assert_eq!(chat.await, Ok(2));
     drop(pool);
     assert_eq!(agent.stop(), Some(143));

@@ -1,14 +1,13 @@
 //! The pool under a process-wide `tracing` subscriber whose writer panics, as
 //! `tracing-subscriber` does by default when stderr is a closed pipe or a hung-up terminal.
-//! A panic in the supervisor's code for one worker must cost that worker, not hang the
-//! pool. Its own test binary, since the subscriber is global.
+//! A panic in the subscriber must cost nothing: not the pool, not the task's verdict (issue
+//! 14, defect 6). Its own test binary, since the subscriber is global.
 
 mod support;
 
 use std::io::Write;
 use std::time::Duration;
 
-use procpool::TaskError;
 use procpool_demo_tasks as demo;
 use support::{assert_no_children, demo_pool};
 
@@ -25,7 +24,7 @@ impl Write for PanickingWriter {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_while_logging_a_worker_death_does_not_hang_the_pool() {
+async fn issue14_a_panic_while_logging_a_worker_death_keeps_the_crash_verdict() {
     // The executor logs each worker's end at debug level, between reaping it and answering.
     tracing_subscriber::fmt()
         .with_env_filter("procpool_core::executor=debug")
@@ -37,8 +36,10 @@ async fn a_panic_while_logging_a_worker_death_does_not_hang_the_pool() {
     let crashed = tokio::time::timeout(in_time, pool.run(demo::segfault::task()))
         .await
         .expect("the crashed task resolves");
-    // Its answer was dropped with the panicking code: it resolves, just not as a crash.
-    assert_eq!(crashed.unwrap_err(), TaskError::PoolClosed);
+    // The panicking log calls are contained: the task gets its true verdict, never
+    // `pool_closed` from a pool that is open.
+    let err = crashed.unwrap_err();
+    assert_eq!(err.exit_signal(), Some(11), "{err:?}");
     // The slot is freed and refilled: the next task runs on a new worker.
     let next = tokio::time::timeout(in_time, pool.run(demo::add::task(1, 2)))
         .await

@@ -166,7 +166,7 @@ async fn timeout_with_grace_is_timed_out_and_the_worker_replaced() {
     assert!(err.is_timeout());
     assert!(took >= timeout, "verdict before the deadline: {took:?}");
     assert!(
-        took < timeout + grace + Duration::from_millis(500),
+        took < timeout + grace + Duration::from_secs(5),
         "timed_out after {took:?}"
     );
     assert!(
@@ -195,7 +195,7 @@ async fn timeout_with_zero_grace_kills_at_once() {
     eprintln!("timeout 200 ms, grace 0: timed_out after {took:?}");
     assert_eq!(err, TaskError::TimedOut { after: timeout });
     assert!(
-        took >= timeout && took < timeout + Duration::from_millis(500),
+        took >= timeout && took < timeout + Duration::from_secs(5),
         "{took:?}"
     );
     assert!(is_gone(pid));
@@ -237,7 +237,7 @@ async fn a_sigterm_ignoring_worker_is_killed_when_the_grace_ends() {
             "killed before the grace ended: {took:?}"
         );
         assert!(
-            took < timeout + grace + Duration::from_millis(500),
+            took < timeout + grace + Duration::from_secs(5),
             "timed_out after {took:?}"
         );
         assert!(is_gone(pid));
@@ -263,7 +263,7 @@ async fn pool_default_timeout_applies_and_a_task_timeout_overrides_it() {
     let took = t0.elapsed();
     assert_eq!(err, TaskError::TimedOut { after: default });
     assert!(
-        took >= default && took < default + Duration::from_millis(500),
+        took >= default && took < default + Duration::from_secs(5),
         "{took:?}"
     );
 
@@ -314,7 +314,7 @@ async fn max_rss_kills_with_limit_exceeded_and_the_slot_recovers() {
         other => panic!("expected limit_exceeded, got {other:?}"),
     }
     assert_eq!(err.kind(), "limit_exceeded");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(is_gone(pid), "{:?}", proc_stat(pid));
     assert!(group_members(pid).is_empty());
 
@@ -337,9 +337,9 @@ async fn rlimit_cpu_ends_a_spinning_task_with_limit_exceeded() {
         Some(("1".into(), "2".into()))
     );
     let t0 = Instant::now();
-    let err = pool.run(demo::spin_ms::task(5000)).await.unwrap_err();
+    let err = pool.run(demo::spin_ms::task(60_000)).await.unwrap_err();
     let took = t0.elapsed();
-    eprintln!("spin_ms(5000) under RLIMIT_CPU 1 s: {err} after {took:?}");
+    eprintln!("spin_ms(60000) under RLIMIT_CPU 1 s: {err} after {took:?}");
     match &err {
         TaskError::LimitExceeded { message } => {
             assert!(message.contains("RLIMIT_CPU"), "{message}")
@@ -347,7 +347,7 @@ async fn rlimit_cpu_ends_a_spinning_task_with_limit_exceeded() {
         other => panic!("expected limit_exceeded (SIGXCPU), got {other:?}"),
     }
     assert!(
-        took > Duration::from_millis(500) && took < Duration::from_secs(3),
+        took > Duration::from_millis(500) && took < Duration::from_secs(30),
         "{took:?}"
     );
     assert!(is_gone(pid));
@@ -448,10 +448,7 @@ async fn grandchild_timed_out_or_cancelled_leaves_no_sleep() {
         }
         let verdict = t0.elapsed();
         if !cancel {
-            assert!(
-                verdict < timeout + Duration::from_millis(300 + 500),
-                "{verdict:?}"
-            );
+            assert!(verdict < timeout + Duration::from_secs(5), "{verdict:?}");
         }
         let how = wait_dead(sleep, Duration::from_secs(2));
         eprintln!(
@@ -627,7 +624,7 @@ async fn retry_backoff_delays_are_respected() {
     assert!(gaps[0] >= Duration::from_millis(100), "{gaps:?}");
     assert!(gaps[1] >= Duration::from_millis(200), "{gaps:?}");
     assert!(took >= Duration::from_millis(300), "{took:?}");
-    assert!(took < Duration::from_millis(600 + 700), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     drop(pool);
     assert_no_children();
 }
@@ -637,10 +634,11 @@ async fn retry_backoff_delays_are_respected() {
 async fn a_cancel_during_the_backoff_ends_the_task_for_good() {
     let _serial = serial().await;
     let pool = demo(1).build().unwrap();
-    let policy = RetryPolicy::new(3).backoff(Duration::from_millis(500), Duration::from_secs(1));
+    // A backoff far longer than any bound below: "at once" cannot mean "after it".
+    let policy = RetryPolicy::new(3).backoff(Duration::from_secs(60), Duration::from_secs(60));
     let mut h = pool.submit(demo::exit::task(3).retry(policy));
     let first = h.started().await.unwrap();
-    // Wait for the crash: the task then waits out its backoff (250..=500 ms).
+    // Wait for the crash: the task then waits out its backoff (30..=60 s).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let status = pool.status().await;
@@ -657,9 +655,9 @@ async fn a_cancel_during_the_backoff_ends_the_task_for_good() {
     assert_eq!((&mut h).await.unwrap_err(), TaskError::Cancelled);
     let took = t0.elapsed();
     eprintln!("cancel during the backoff resolved in {took:?}");
-    assert!(took < Duration::from_millis(100), "{took:?}");
-    // Past any backoff it could have had: still one attempt, nothing queued or running.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Taken out of the retry list before it resolved: one attempt, nothing queued,
+    // retrying or running, and so nothing left to run it again.
     assert_eq!(h.attempts(), 1, "the cancelled task ran again");
     let status = pool.status().await;
     assert_eq!(
@@ -766,7 +764,7 @@ async fn elastic_pool_grows_under_a_burst_and_reaps_idle_workers() {
             break ended.elapsed();
         }
         assert!(
-            ended.elapsed() < Duration::from_secs(2),
+            ended.elapsed() < Duration::from_secs(5),
             "never shrank: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -779,7 +777,7 @@ async fn elastic_pool_grows_under_a_burst_and_reaps_idle_workers() {
     let reaped_after = ended.elapsed();
     eprintln!("elastic: back to 1 worker {shrunk:?} after the burst, reaped by {reaped_after:?}");
     assert!(
-        shrunk >= idle_timeout - Duration::from_millis(50) && shrunk <= Duration::from_millis(600),
+        shrunk >= idle_timeout - Duration::from_millis(50) && shrunk <= Duration::from_secs(5),
         "shrank {shrunk:?} after the burst"
     );
     // A retired worker is reaped before its executor reports the exit (it first drains
@@ -789,7 +787,7 @@ async fn elastic_pool_grows_under_a_burst_and_reaps_idle_workers() {
         if pids.len() == 1 {
             break pids;
         }
-        assert!(ended.elapsed() < Duration::from_secs(3), "{pids:?}");
+        assert!(ended.elapsed() < Duration::from_secs(10), "{pids:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     for pid in all.iter().filter(|p| !left.contains(p)) {
@@ -832,7 +830,7 @@ async fn a_crash_loop_makes_the_pool_unhealthy_instead_of_hanging() {
     assert_eq!(err.exit_code(), Some(1), "{err:?}");
 
     for h in queued {
-        let err = tokio::time::timeout(Duration::from_secs(3), h)
+        let err = tokio::time::timeout(Duration::from_secs(30), h)
             .await
             .expect("a queued task hangs in a crash loop")
             .unwrap_err();
@@ -858,7 +856,7 @@ async fn a_crash_loop_makes_the_pool_unhealthy_instead_of_hanging() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), "pool_unhealthy");
-    assert!(t0.elapsed() < Duration::from_millis(100));
+    assert!(t0.elapsed() < Duration::from_secs(5));
 
     // No busy loop: restarts keep backing off.
     let starts = status.worker_starts;
@@ -894,7 +892,7 @@ async fn a_bounded_queue_refuses_or_waits() {
     let err = pool.submit(demo::add::task(3, 3)).await.unwrap_err();
     assert_eq!(err, TaskError::QueueFull { capacity: 2 });
     assert_eq!(err.kind(), "queue_full");
-    assert!(t0.elapsed() < Duration::from_millis(50));
+    assert!(t0.elapsed() < Duration::from_secs(5));
 
     // enqueue waits for room: the busy task must end and q1 leave the queue.
     let t0 = Instant::now();
@@ -969,20 +967,25 @@ async fn shutdown_kill_during_a_drain_kills_at_once() {
     let queued = pool.submit(demo::add::task(1, 2));
 
     let draining = pool.clone();
-    let drain = tokio::spawn(async move { draining.shutdown(Shutdown::Drain).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!drain.is_finished(), "the drain must wait for the sleep");
+    let mut drain = Box::pin(async move { draining.shutdown(Shutdown::Drain).await });
+    // The first poll sends the drain order; the status query, queued behind it, comes
+    // back once the dispatcher took it in, and the drain must still wait for the sleep.
+    assert!(futures::poll!(drain.as_mut()).is_pending());
+    pool.status().await;
+    assert!(
+        futures::poll!(drain.as_mut()).is_pending(),
+        "the drain must wait for the sleep"
+    );
     assert!(!is_gone(pid));
 
     let t0 = Instant::now();
     pool.shutdown(Shutdown::Kill).await;
     let took = t0.elapsed();
-    tokio::time::timeout(Duration::from_millis(500), drain)
+    tokio::time::timeout(Duration::from_secs(5), drain)
         .await
-        .expect("the drain returns once the kill is done")
-        .unwrap();
+        .expect("the drain returns once the kill is done");
     eprintln!("Kill during a drain returned after {took:?}");
-    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(is_gone(pid));
     assert_no_children();
     assert_eq!(running.await.unwrap_err(), TaskError::PoolClosed);

@@ -32,7 +32,7 @@ fn start_failure(builder: &PoolBuilder) -> String {
     let t0 = Instant::now();
     let err = builder.build().expect_err("the pool must not start");
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(3), "build took {took:?}");
+    assert!(took < Duration::from_secs(10), "build took {took:?}");
     assert_no_children();
     match err {
         PoolError::WorkerStart { message, .. } => message,
@@ -51,14 +51,14 @@ async fn broken_answer(pool: &Pool) -> TaskError {
     let pid = pool.worker_pids().await[0];
     let t0 = Instant::now();
     let out = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         pool.run(Task::json("add", json!([1, 2]))),
     )
     .await
     .expect("a broken worker fails its task promptly");
     let err = out.expect_err("a broken worker cannot produce a result");
     let took = t0.elapsed();
-    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(
         is_gone(pid),
         "broken worker {pid} not reaped: {:?}",
@@ -311,7 +311,8 @@ fn build_fails_fast_when_one_worker_dies_while_another_hangs() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = fake("one_exits_one_hangs", 2);
     b.env("FAKE_WORKER_MARKER", dir.path().join("marker"))
-        .start_timeout(Duration::from_secs(3));
+        // Far above the bound below: a wait for it cannot pass for "at once".
+        .start_timeout(Duration::from_secs(60));
     let t0 = Instant::now();
     let err = b.build().expect_err("the pool must not start");
     let took = t0.elapsed();
@@ -321,7 +322,7 @@ fn build_fails_fast_when_one_worker_dies_while_another_hangs() {
         "{err:?}"
     );
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(10),
         "build() took {took:?} to report a worker that died at once"
     );
 }
@@ -334,7 +335,8 @@ async fn dropping_the_pool_does_not_wait_for_a_starting_worker() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = fake("crash_then_hang", 1);
     b.env("FAKE_WORKER_MARKER", dir.path().join("marker"))
-        .start_timeout(Duration::from_secs(3));
+        // Far above the bound below: a wait for it cannot pass for "at once".
+        .start_timeout(Duration::from_secs(60));
     let pool = b.build().unwrap();
     let err = pool
         .run(Task::json("add", json!([1, 2])))
@@ -354,7 +356,7 @@ async fn dropping_the_pool_does_not_wait_for_a_starting_worker() {
     let took = t0.elapsed();
     assert_no_children();
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(10),
         "dropping the pool took {took:?}: it waited for the starting worker's handshake timeout"
     );
 }

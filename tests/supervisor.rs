@@ -560,17 +560,44 @@ fn add_then_sleeps(dir: &Path, n: usize, ms: u64) -> (String, PathBuf) {
     (jobs, dir.join("out.jsonl"))
 }
 
-/// The loop reads the next job lines right after it writes a record, in microseconds;
-/// this leaves a loaded machine time for that before the test signals.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(50));
+/// `clock_nanosleep`, the system call a worker running `sleep_ms` sits in.
+#[cfg(target_arch = "x86_64")]
+const NANOSLEEP: &str = "230";
+#[cfg(target_arch = "aarch64")]
+const NANOSLEEP: &str = "115";
+
+/// How many workers of `sup` are inside a `sleep_ms` task right now: a thread of theirs
+/// is in `clock_nanosleep` (`/proc/PID/task/TID/syscall`, readable for a descendant).
+fn sleeping_workers(sup: u32) -> usize {
+    workers_of(sup)
+        .into_iter()
+        .filter(|w| {
+            std::fs::read_dir(format!("/proc/{w}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("syscall"))
+                        .is_ok_and(|s| s.split(' ').next() == Some(NANOSLEEP))
+                })
+        })
+        .count()
+}
+
+/// Waits until both workers of `sup` run one of the batch's sleeps: from then on the
+/// signal the test sends finds jobs dispatched and running.
+fn settle(sup: &Supervisor) {
+    assert!(
+        wait_until(Duration::from_secs(20), || sleeping_workers(sup.pid()) == 2),
+        "the sleeps never ran on both workers"
+    );
 }
 
 #[test]
 fn sigint_cancels_running_jobs_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let (sup, out) = start_after_the_first_record(dir.path(), 3, 20_000, &[]);
-    settle();
+    settle(&sup);
     sup.signal(Signal::SIGINT);
     let ended = sup.wait();
     assert_exit(&ended, 130);
@@ -590,7 +617,7 @@ fn sigint_cancels_running_jobs_and_exits_130() {
 fn drain_lets_every_dispatched_job_finish() {
     let dir = tempfile::tempdir().unwrap();
     let (sup, out) = start_after_the_first_record(dir.path(), 30, 300, &["--on-signal", "drain"]);
-    settle();
+    settle(&sup);
     let signalled = Instant::now();
     sup.signal(Signal::SIGINT);
     let ended = sup.wait();
@@ -613,9 +640,10 @@ fn a_second_signal_kills_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut sup, out) =
         start_after_the_first_record(dir.path(), 3, 20_000, &["--on-signal", "drain"]);
-    settle();
+    settle(&sup);
     sup.signal(Signal::SIGTERM);
-    // Draining: the 20 s sleeps keep it running.
+    // Draining: the 20 s sleeps keep it running. An absence check needs a window to look
+    // in (no event says "still not exited"); the sleeps make it long in any case.
     std::thread::sleep(Duration::from_millis(300));
     assert!(sup.is_running(), "drain must wait for the running jobs");
     let workers = workers_of(sup.pid());

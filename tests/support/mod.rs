@@ -262,3 +262,13 @@ pub async fn assert_serves_on_a_new_worker(pool: &Pool, old: u32, (a, b): (i64, 
     assert_eq!(now.len(), 1);
     assert_ne!(now[0], old, "the old worker {old} served again");
 }
+
+/// Waits until no task waits in `pool`'s queue: every submitted task was handed to a
+/// worker (running, or in its prefetch window). Fails the test after 20 s.
+pub async fn until_dispatched(pool: &Pool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.status().await.queued > 0 {
+        assert!(Instant::now() < deadline, "tasks never left the queue");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -324,7 +324,9 @@ async fn run_task<B: Broker>(
             let mut handle = agent.pool.submit(task);
             if let Ok(early) = broker.take_messages(lease.id).await {
                 for m in early {
-                    handle.send(m);
+                    if let Err(e) = handle.send(m) {
+                        tracing::warn!("message to a task dropped: {e}");
+                    }
                 }
             }
             // Until the worker starts: only control can come.
@@ -342,7 +344,12 @@ async fn run_task<B: Broker>(
                         break;
                     }
                     c = ctl.recv() => match c {
-                        Some(Ctl::Message(m)) => handle.send(m),
+                        Some(Ctl::Message(m)) => {
+                                // The submitter checked the size against its own cap.
+                                if let Err(e) = handle.send(m) {
+                                    tracing::warn!("message to a task dropped: {e}");
+                                }
+                            }
                         Some(c) => { how = c; handle.cancel(); stopping = true; break; }
                         None => break,
                     },
@@ -368,7 +375,12 @@ async fn run_task<B: Broker>(
                             }
                         }
                         c = ctl.recv() => match c {
-                            Some(Ctl::Message(m)) => handle.send(m),
+                            Some(Ctl::Message(m)) => {
+                                // The submitter checked the size against its own cap.
+                                if let Err(e) = handle.send(m) {
+                                    tracing::warn!("message to a task dropped: {e}");
+                                }
+                            }
                             Some(c) => { how = c; handle.cancel(); }
                             None => {}
                         },

@@ -404,10 +404,13 @@ fn apply_event<B: Broker>(
                 None
             }
             Ok(Event::Message(bytes)) => {
-                for s in &w.subs {
-                    s.message(bytes.clone());
-                }
-                None
+                // A handle whose reader lags past the pool's bound ends `limit_exceeded`
+                // (its inbox stays bounded); the agent's run is left to end on its own.
+                w.subs
+                    .iter()
+                    .map(|s| s.message(bytes.clone()))
+                    .find_map(Result::err)
+                    .map(Err)
             }
             Ok(Event::Requeued { attempt }) => {
                 tracing::info!(task = %id, attempt, "its agent died; the task is queued again");

@@ -154,7 +154,15 @@ pub(crate) struct Settings {
     pub(crate) rlimits: Rlimits,
     pub(crate) queue_capacity: Option<usize>,
     pub(crate) prefetch: usize,
+    pub(crate) max_unread_bytes: usize,
 }
+
+/// Default bound of a task's unread messages ([`PoolBuilder::max_unread_message_bytes`]).
+pub(crate) const DEFAULT_MAX_UNREAD_BYTES: usize = 64 << 20;
+
+/// Fewest open files a worker can run with: at start it moves its channel to descriptor
+/// 10 (`F_DUPFD_CLOEXEC`), which needs `RLIMIT_NOFILE` above 10.
+const MIN_OPEN_FILES: u64 = 11;
 
 /// Configures and starts a [`Pool`](crate::Pool). Setters take `&mut self`; [`build`](Self::build)
 /// checks the whole configuration.
@@ -176,6 +184,7 @@ pub struct PoolBuilder {
     rlimits: Rlimits,
     queue_capacity: Option<usize>,
     prefetch: usize,
+    max_unread_bytes: Option<usize>,
 }
 
 impl PoolBuilder {
@@ -243,7 +252,8 @@ impl PoolBuilder {
     }
 
     /// Time between the SIGTERM and the SIGKILL of a timed-out task. Zero kills at once.
-    /// Default 1 s.
+    /// Also how long a worker told to exit (drained, recycled, idle) may take before it
+    /// is killed. Default 1 s.
     pub fn grace(&mut self, d: Duration) -> &mut Self {
         self.grace = Some(d);
         self
@@ -287,7 +297,8 @@ impl PoolBuilder {
         self
     }
 
-    /// `RLIMIT_NOFILE` for every worker.
+    /// `RLIMIT_NOFILE` for every worker; at least 11 (the worker keeps its channel on
+    /// descriptor 10), a lower value fails the build.
     pub fn rlimit_open_files(&mut self, n: u64) -> &mut Self {
         self.rlimits.open_files = Some(n);
         self
@@ -308,6 +319,17 @@ impl PoolBuilder {
     /// cancel of a prefetched task removes it before it starts.
     pub fn prefetch(&mut self, n: usize) -> &mut Self {
         self.prefetch = n;
+        self
+    }
+
+    /// Most bytes of messages from one task (`procpool::send_message`) that its handle
+    /// has not read yet ([`TaskHandle::recv`](crate::TaskHandle::recv)). A task whose next
+    /// message would go past it is killed and fails with `limit_exceeded` (not retried):
+    /// a parent that does not keep up must not grow the supervisor without bound. One
+    /// message is always accepted whatever its size (up to the frame limit). Messages
+    /// of a task whose handle was dropped are discarded as they come. Default 64 MiB.
+    pub fn max_unread_message_bytes(&mut self, n: usize) -> &mut Self {
+        self.max_unread_bytes = Some(n);
         self
     }
 
@@ -346,6 +368,14 @@ impl PoolBuilder {
             ));
         }
         self.rlimits.check()?;
+        if let Some(n) = self.rlimits.open_files
+            && n < MIN_OPEN_FILES
+        {
+            return Err(PoolError::Config(format!(
+                "rlimit_open_files must be at least {MIN_OPEN_FILES}, not {n}: a worker keeps \
+                 its channel on descriptor 10"
+            )));
+        }
         Ok(Settings {
             worker,
             worker_args: self.worker_args.clone(),
@@ -363,6 +393,7 @@ impl PoolBuilder {
             rlimits: self.rlimits,
             queue_capacity: self.queue_capacity,
             prefetch: self.prefetch,
+            max_unread_bytes: self.max_unread_bytes.unwrap_or(DEFAULT_MAX_UNREAD_BYTES),
         })
     }
 }

@@ -14,11 +14,9 @@ use tokio::time::Instant;
 use crate::config::Settings;
 use crate::errors::TaskError;
 use crate::executor;
-use crate::internal::{
-    Command, ExecutorCommand, KillReason, Shutdown, Submission, WorkerEvent, WorkerId,
-};
-use crate::pool::PoolStatus;
+use crate::internal::{Command, ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
 use crate::spawn::Launcher;
+use crate::types::{PoolStatus, Shutdown};
 
 /// Consecutive start failures, with no worker up, after which queued tasks are failed.
 const UNHEALTHY_AFTER: u32 = 5;
@@ -75,6 +73,10 @@ pub(crate) struct Dispatcher {
     /// Ids of every queued, running or retrying task: a second live task with the same id
     /// would make cancels and messages ambiguous.
     live: HashSet<TaskId, TaskIdHash>,
+    /// Running (or prefetched) tasks whose cancel was sent to their executor and that have
+    /// not ended yet: if the executor hands one back unstarted (its worker died first) or
+    /// for a retry, the cancel still holds and the task never runs again.
+    cancelled: HashSet<TaskId, TaskIdHash>,
     /// Set until the initial workers are all ready (or one failed).
     starting: Option<(usize, StartReply)>,
     shutdown: Option<Shutdown>,
@@ -112,6 +114,7 @@ impl Dispatcher {
             running: HashMap::default(),
             retrying: HashMap::default(),
             live: HashSet::default(),
+            cancelled: HashSet::default(),
             starting: Some((initial, started)),
             shutdown: None,
             shutdown_waiters: Vec::new(),
@@ -132,15 +135,21 @@ impl Dispatcher {
                 break;
             }
             tokio::select! {
+                // Worker events first: an executor reports a task's end to us before it
+                // answers the task's handle, so a query made once a handle resolved
+                // (`status`, `worker_pids`) must find that end already applied.
+                biased;
+                Some(ev) = self.events.recv() => self.on_event(ev),
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     // Every handle is gone: nobody can observe anything any more.
                     None => self.begin_shutdown(Shutdown::Kill),
                 },
-                Some(ev) = self.events.recv() => self.on_event(ev),
             }
             self.pump();
         }
+        // Nothing runs any more: whatever still waits ends now, `started()` included.
+        self.reject_waiting(TaskError::PoolClosed);
         for w in self.shutdown_waiters.drain(..) {
             let _ = w.send(());
         }
@@ -200,6 +209,9 @@ impl Dispatcher {
 
     fn cancel(&mut self, id: TaskId) {
         if let Some(worker) = self.running.get(&id) {
+            // Recorded whether or not the executor still listens: one that already ended
+            // hands the task back in its `Exited`, where this cancel is applied.
+            self.cancelled.insert(id);
             let _ = self.workers[worker]
                 .tx
                 .send(ExecutorCommand::Kill(id, KillReason::Cancelled));
@@ -275,13 +287,21 @@ impl Dispatcher {
                 // The worker either died (its Exited follows) or lives on after a task
                 // error (its Idle follows); either way the id stays live while retrying.
                 self.running.remove(&sub.id);
+                if self.cancelled.remove(&sub.id) {
+                    // Cancelled while its failure was on its way here: no other attempt.
+                    self.live.remove(&sub.id);
+                    sub.reject(TaskError::Cancelled);
+                    return;
+                }
                 if self.shutdown == Some(Shutdown::Kill) {
                     self.live.remove(&sub.id);
                     sub.reject(error);
                     return;
                 }
                 let delay = sub.retry.delay(sub.attempt);
-                tracing::debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task");
+                log!(
+                    debug!(task_id = %uuid::Uuid::from_u128(sub.id.0), attempt = sub.attempt, ?delay, %error, "retrying task")
+                );
                 sub.attempt += 1;
                 let id = sub.id;
                 self.retrying.insert(id, sub);
@@ -304,6 +324,21 @@ impl Dispatcher {
             } => {
                 self.workers.remove(&worker);
                 self.idle.retain(|w| *w != worker);
+                // Tasks that never reached the worker go back to the head of the queue,
+                // unless they were cancelled meanwhile or the pool is being killed.
+                for sub in unstarted.into_iter().rev() {
+                    self.running.remove(&sub.id);
+                    if self.cancelled.remove(&sub.id) {
+                        self.live.remove(&sub.id);
+                        sub.reject(TaskError::Cancelled);
+                    } else if self.shutdown == Some(Shutdown::Kill) {
+                        self.live.remove(&sub.id);
+                        sub.reject(TaskError::PoolClosed);
+                    } else {
+                        self.live.insert(sub.id);
+                        self.queue.push_front(sub);
+                    }
+                }
                 let gone: Vec<TaskId> = self
                     .running
                     .iter()
@@ -313,10 +348,6 @@ impl Dispatcher {
                 for id in gone {
                     self.finished(id);
                 }
-                for sub in unstarted.into_iter().rev() {
-                    self.live.insert(sub.id);
-                    self.queue.push_front(sub);
-                }
                 if let Some(why) = start_failure {
                     if let Some((_, reply)) = self.starting.take() {
                         // The pool never came up: `build` reports it; stop everything.
@@ -324,7 +355,7 @@ impl Dispatcher {
                         self.begin_shutdown(Shutdown::Kill);
                         return;
                     }
-                    tracing::warn!(worker = %self.settings.worker.display(), "{why}");
+                    log!(warn!(worker = %self.settings.worker.display(), "{why}"));
                     self.start_failures += 1;
                     self.last_start_failure = Some(why);
                     if let Some(err) = self.unhealthy() {
@@ -350,6 +381,7 @@ impl Dispatcher {
     /// A task left its worker: it is no longer live unless it waits for a retry.
     fn finished(&mut self, id: TaskId) {
         self.running.remove(&id);
+        self.cancelled.remove(&id);
         if !self.retrying.contains_key(&id) {
             self.live.remove(&id);
         }
@@ -454,11 +486,14 @@ impl Dispatcher {
                 _ => None,
             })
             .min();
-        let Some(oldest) = oldest else { return };
+        // A timeout too long to represent never expires.
+        let Some(due) = oldest.and_then(|oldest| oldest.checked_add(timeout)) else {
+            return;
+        };
         self.idle_check_pending = true;
         let events = self.events_tx.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(oldest + timeout).await;
+            tokio::time::sleep_until(due).await;
             let _ = events.send(WorkerEvent::IdleCheck);
         });
     }
@@ -516,7 +551,7 @@ impl Dispatcher {
     /// A busy worker whose prefetch window has room (and whose recycling limit is not
     /// reached by the tasks already sent to it).
     fn with_room(&self) -> Option<WorkerId> {
-        let window = 1 + self.settings.prefetch;
+        let window = self.settings.prefetch.saturating_add(1);
         if window == 1 {
             return None;
         }
@@ -538,9 +573,8 @@ impl Dispatcher {
             let Some(worker) = self.idle.pop().or_else(|| self.with_room()) else {
                 break;
             };
-            let mut sub = self.queue.pop_front().expect("queue is not empty");
-            // Leaving the queue: give its room back to submitters.
-            sub.permit = None;
+            // It keeps its queue permit until it starts (see `Submission::permit`).
+            let sub = self.queue.pop_front().expect("queue is not empty");
             let id = sub.id;
             let slot = self
                 .workers

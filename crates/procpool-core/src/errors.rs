@@ -90,6 +90,15 @@ pub enum TaskError {
         /// The queue's capacity.
         capacity: usize,
     },
+    /// A message for the task ([`TaskHandle::send`](crate::TaskHandle::send)) does not fit
+    /// in one frame; it was not sent, and the task goes on.
+    #[error("message of {size} bytes exceeds the {max} byte frame limit")]
+    MessageTooLarge {
+        /// The message's size.
+        size: usize,
+        /// The pool's frame limit.
+        max: usize,
+    },
     /// Another queued or running task already has this id.
     #[error("a task with id {id} is already queued or running")]
     DuplicateId {
@@ -127,7 +136,8 @@ fn tail_suffix(tail: &[String]) -> String {
 impl TaskError {
     /// The kind in snake_case: `user_error`, `panicked`, `crashed`, `timed_out`,
     /// `limit_exceeded`, `cancelled`, `unknown_task`, `bad_args`, `protocol`, `codec`,
-    /// `pool_unhealthy`, `queue_full`, `duplicate_id`, `pool_closed`, `lost`.
+    /// `pool_unhealthy`, `queue_full`, `message_too_large`, `duplicate_id`, `pool_closed`,
+    /// `lost`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::User { .. } => "user_error",
@@ -142,6 +152,7 @@ impl TaskError {
             TaskError::Codec { .. } => "codec",
             TaskError::PoolUnhealthy { .. } => "pool_unhealthy",
             TaskError::QueueFull { .. } => "queue_full",
+            TaskError::MessageTooLarge { .. } => "message_too_large",
             TaskError::DuplicateId { .. } => "duplicate_id",
             TaskError::PoolClosed => "pool_closed",
             TaskError::Lost { .. } => "lost",

@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use futures::{FutureExt as _, StreamExt};
 use procpool_os::{ExitVerdict, Pgid, Signal};
 use procpool_proto::{FrameCodec, FromWorker, RunRef, TaskId, ToWorker};
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -24,7 +23,9 @@ use crate::host::{Groups, Refused};
 use crate::internal::{ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
 use crate::output::{OutputState, Stream, capture};
 use crate::spawn::{GroupGuard, Launcher, Spawned};
-use crate::task::Progress;
+use crate::types::Progress;
+use crate::unwind::{self, panic_message};
+use crate::writer::{WriteFailure, Writer};
 
 /// How often a running worker's resident memory is compared with `max_rss`.
 const RSS_CHECK_EVERY: Duration = Duration::from_millis(20);
@@ -52,17 +53,20 @@ pub(crate) fn start(
                 let pid = spawned.pid;
                 let run = Executor::new(worker, pid, settings, events.clone(), commands, groups)
                     .run(spawned);
-                // A panic in here (a bug, or a log writer that panics) must not leave the
-                // dispatcher waiting for this worker forever. Its group guard has killed
-                // the worker by then; the tasks it held were dropped and resolve as
-                // `PoolClosed`.
+                // A panic in here is a bug (foreign code runs under `unwind`), but it must
+                // not leave the dispatcher waiting for this worker forever. Its group guard
+                // has killed the worker by then; the tasks it held were dropped and
+                // resolve as `PoolClosed`. It is no start failure: the worker started.
                 if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                    let message = panic_message(panic.as_ref());
+                    log!(error!(
+                        worker_pid = pid,
+                        panic = message,
+                        "the executor of a worker panicked"
+                    ));
                     let _ = events.send(WorkerEvent::Exited {
                         worker,
-                        start_failure: Some(format!(
-                            "the supervisor task of worker {pid} panicked: {}",
-                            panic_message(panic.as_ref())
-                        )),
+                        start_failure: None,
                         unstarted: Vec::new(),
                     });
                 }
@@ -84,14 +88,6 @@ pub(crate) fn start(
         }
     });
     tx
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 struct Executor {
@@ -117,6 +113,8 @@ enum Answer {
     Skipped(TaskId),
     /// A task we asked to drop had already started.
     Running(TaskId),
+    /// The running task's unread messages went past the pool's bound.
+    InboxFull(usize),
 }
 
 /// Per-task timers of the running task.
@@ -125,6 +123,9 @@ struct Timers {
     /// Set once the deadline passed and the group got its SIGTERM.
     timed_out: Option<Duration>,
     rss_check: tokio::time::Interval,
+    /// The resident-memory read in flight: `/proc` is read on the blocking pool, never on
+    /// the runtime thread that relays the worker's frames.
+    rss_probe: Option<tokio::task::JoinHandle<Option<u64>>>,
 }
 
 impl Timers {
@@ -135,13 +136,23 @@ impl Timers {
             deadline: None,
             timed_out: None,
             rss_check,
+            rss_probe: None,
         }
     }
 
     fn clear(&mut self) {
         self.deadline = None;
         self.timed_out = None;
+        if let Some(probe) = self.rss_probe.take() {
+            probe.abort();
+        }
     }
+}
+
+/// `d` from now; `None` (never) when that is too far to represent, as for
+/// `Task::timeout(Duration::MAX)`.
+fn after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
 }
 
 /// Why the executor loop ended.
@@ -156,6 +167,10 @@ enum End {
     TimedOut(Duration),
     /// The worker went over its memory limit.
     Limit(String),
+    /// The running task's unread messages went past the pool's bound.
+    Unread(usize),
+    /// The worker was told to exit and did not within the grace period.
+    Unresponsive,
 }
 
 impl Executor {
@@ -207,7 +222,7 @@ impl Executor {
         let (rd, wr) = stream.into_split();
         let codec = FrameCodec::new(self.settings.max_frame);
         let mut frames = FramedRead::new(rd, codec);
-        let writer = Writer::spawn(wr, self.settings.max_frame, self.pgid);
+        let writer = Writer::spawn(wr, self.settings.max_frame);
 
         // Handshake. Only a stop (KillNow, Shutdown, the dispatcher gone) can reach a worker
         // that is not ready yet; it must not wait for the start timeout.
@@ -238,11 +253,11 @@ impl Executor {
             Err(why) => return self.start_failed(&mut child, &mut guard, why).await,
         };
         if hello.pid != self.pid {
-            tracing::debug!(
+            log!(debug!(
                 worker_pid = self.pid,
                 announced = hello.pid,
                 "worker announced another pid (pid namespace?)"
-            );
+            ));
         }
         let _ = self.events.send(WorkerEvent::Ready {
             worker: self.worker,
@@ -256,6 +271,10 @@ impl Executor {
         let mut timers = Timers::new();
         let mut tasks_run: u64 = 0;
         let mut draining = false;
+        // Set once Shutdown is sent: past it, a worker that has not exited is killed.
+        let mut exit_by: Option<Instant> = None;
+        // Set once frames can no longer reach the worker.
+        let mut write_failed: Option<WriteFailure> = None;
         let end = loop {
             tokio::select! {
                 frame = frames.next() => match frame {
@@ -266,16 +285,22 @@ impl Executor {
                                 let sub = inflight.pop_front().expect("Done answers the running task");
                                 let task = sub.id;
                                 tasks_run += 1;
-                                self.conclude(sub, outcome);
+                                let answer = self.retry_or_answer(sub, outcome);
                                 if self.settings.max_tasks_per_worker.is_some_and(|max| tasks_run >= max) {
                                     // Recycle: let the worker exit; the dispatcher starts a fresh one.
                                     draining = true;
                                 }
                                 if draining && inflight.is_empty() {
                                     writer.send(&ToWorker::Shutdown);
+                                    exit_by = after(self.settings.grace);
                                 }
+                                // The dispatcher hears of the end before the handle does (see
+                                // its `biased` select).
                                 let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
-                                match inflight.front() {
+                                if let Some((sub, outcome)) = answer {
+                                    finish(sub, outcome);
+                                }
+                                match inflight.front_mut() {
                                     // The worker starts its next prefetched task right away.
                                     Some(next) => self.start(next, &mut timers),
                                     None => timers.clear(),
@@ -284,10 +309,11 @@ impl Executor {
                             Answer::Skipped(task) => {
                                 if let Some(pos) = inflight.iter().position(|s| s.id == task) {
                                     let sub = inflight.remove(pos).expect("position is in range");
-                                    finish(sub, Err(TaskError::Cancelled));
                                     let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
+                                    finish(sub, Err(TaskError::Cancelled));
                                 }
                             }
+                            Answer::InboxFull(limit) => break End::Unread(limit),
                             // A cancel reached a prefetched task after it started.
                             Answer::Running(task) if inflight.front().is_some_and(|s| s.id == task) => {
                                 break End::Killed(KillReason::Cancelled);
@@ -321,7 +347,7 @@ impl Executor {
                             writer.send(&ToWorker::Message { task_id: sub.id, bytes });
                         }
                         if inflight.is_empty() {
-                            self.start(&sub, &mut timers);
+                            self.start(&mut sub, &mut timers);
                         }
                         inflight.push_back(sub);
                     }
@@ -346,26 +372,47 @@ impl Executor {
                     Some(ExecutorCommand::KillNow) | None => break End::Killed(KillReason::PoolClosed),
                     Some(ExecutorCommand::Shutdown) => {
                         draining = true;
-                        if inflight.is_empty() {
+                        if inflight.is_empty() && exit_by.is_none() {
                             writer.send(&ToWorker::Shutdown);
+                            exit_by = after(self.settings.grace);
                         }
                     }
                 },
+                // The worker cannot get its frames: kill it here (its leader is not reaped
+                // yet, so the group is still ours) and read on to the EOF, so the results
+                // it sent before dying still reach their tasks and only the task it died
+                // under gets the verdict.
+                failure = writer.failed(), if write_failed.is_none() => {
+                    match &failure {
+                        WriteFailure::Io(error) => log!(debug!(worker_pid = self.pid, %error, "write to worker failed")),
+                        WriteFailure::Encode(error) => log!(debug!(worker_pid = self.pid, %error, "frame to worker not encodable")),
+                    }
+                    unwind::signal(self.pgid, Signal::SIGKILL, "write to worker failed");
+                    write_failed = Some(failure);
+                },
+                _ = sleep_until(exit_by), if exit_by.is_some() => break End::Unresponsive,
                 _ = sleep_until(timers.deadline), if timers.deadline.is_some() => {
                     let after = inflight.front().and_then(|c| c.timeout).unwrap_or_default();
                     if timers.timed_out.is_none() && !self.settings.grace.is_zero() {
                         // Cooperative stop first: the task (or its children) may clean up.
                         timers.timed_out = Some(after);
-                        self.pgid.signal(Signal::SIGTERM, "task timed out");
-                        timers.deadline = Some(Instant::now() + self.settings.grace);
+                        unwind::signal(self.pgid, Signal::SIGTERM, "task timed out");
+                        // A grace period too long to represent: SIGTERM is all it gets.
+                        timers.deadline = self::after(self.settings.grace);
                     } else {
                         break End::TimedOut(after);
                     }
                 },
-                _ = timers.rss_check.tick(), if !inflight.is_empty() && self.settings.max_rss.is_some() => {
-                    let max = self.settings.max_rss.expect("checked by the guard");
-                    if let Some(rss) = procpool_os::group_rss_bytes(self.pgid)
+                _ = timers.rss_check.tick(), if !inflight.is_empty() && self.settings.max_rss.is_some() && timers.rss_probe.is_none() => {
+                    let pgid = self.pgid;
+                    timers.rss_probe = Some(tokio::task::spawn_blocking(move || procpool_os::group_rss_bytes(pgid)));
+                },
+                rss = probe(&mut timers.rss_probe), if timers.rss_probe.is_some() => {
+                    timers.rss_probe = None;
+                    let max = self.settings.max_rss.expect("a probe runs only with a limit");
+                    if let Some(rss) = rss
                         && rss > max
+                        && !inflight.is_empty()
                     {
                         break End::Limit(format!(
                             "worker resident memory {} MiB is above the {} MiB limit",
@@ -377,11 +424,22 @@ impl Executor {
             }
         };
         drop(writer);
+        if let Some(probe) = timers.rss_probe.take() {
+            probe.abort();
+        }
         // The pool's last drop SIGKILLs every group at once (on a caller's runtime): a
         // worker that died since then is its doing, and its task ends as `pool_closed`,
         // as after a kill order, not as a crash (nor gets retried).
         let end = match end {
             End::Eof if self.groups.is_closed() => End::Killed(KillReason::PoolClosed),
+            // Killed for a frame we could not encode: the worker did nothing wrong, but
+            // the task cannot run as sent.
+            End::Eof => match write_failed {
+                Some(WriteFailure::Encode(e)) => {
+                    End::Protocol(format!("frame to worker not encodable: {e}"))
+                }
+                _ => End::Eof,
+            },
             end => end,
         };
 
@@ -393,31 +451,53 @@ impl Executor {
             End::Killed(KillReason::PoolClosed) => "pool closed",
             End::TimedOut(_) => "task timed out: grace period over",
             End::Limit(_) => "worker went over its memory limit",
+            End::Unread(_) => "task's unread messages went over their bound",
+            End::Unresponsive => "worker did not exit within the grace period",
         };
         let verdict = self.kill_and_reap(&mut child, &mut guard, reason).await;
-        tracing::debug!(worker_pid = self.pid, %verdict, reason, "worker ended");
+        log!(debug!(worker_pid = self.pid, %verdict, reason, "worker ended"));
         // Only the front task ran; the prefetched ones never started and go back to the queue.
-        if let Some(sub) = inflight.pop_front() {
+        let answer = inflight.pop_front().and_then(|sub| {
             let err = match end {
                 // The worker died of our SIGTERM (or on its own after it): still a timeout.
                 End::Eof if timers.timed_out.is_some() => TaskError::TimedOut {
                     after: timers.timed_out.unwrap_or_default(),
                 },
+                // A failed write most often means the worker died: its exit says how.
                 End::Eof => crash_error(verdict, self.output.stderr_tail()),
                 End::Protocol(message) => TaskError::Protocol { message },
                 End::Killed(reason) => reason.error(),
                 End::TimedOut(after) => TaskError::TimedOut { after },
                 End::Limit(message) => TaskError::LimitExceeded { message },
+                // The parent's doing, not the task's: another attempt would end the same way.
+                End::Unread(limit) => {
+                    return Some((
+                        sub,
+                        Err(TaskError::LimitExceeded {
+                            message: format!(
+                                "the task's unread messages went over the {limit} byte bound \
+                                 (read them with TaskHandle::recv, or raise \
+                                 max_unread_message_bytes)"
+                            ),
+                        }),
+                    ));
+                }
+                // Shutdown is sent only to a worker with no task.
+                End::Unresponsive => TaskError::PoolClosed,
             };
-            self.conclude(sub, Err(err));
-        }
+            self.retry_or_answer(sub, Err(err))
+        });
         let mut unstarted: Vec<Box<Submission>> = inflight.into_iter().collect();
         unstarted.extend(self.unstarted());
+        // The dispatcher hears of the end before the handle does (see its `biased` select).
         let _ = self.events.send(WorkerEvent::Exited {
             worker: self.worker,
             start_failure: None,
             unstarted,
         });
+        if let Some((sub, outcome)) = answer {
+            finish(sub, outcome);
+        }
     }
 
     /// The worker never became ready: kill and reap it, and report why, with the end of
@@ -469,10 +549,10 @@ impl Executor {
                 }))
             }
             Some(_) => {
-                tracing::debug!(
+                log!(debug!(
                     worker_pid = self.pid,
                     "dropping a result for a task the worker does not own"
-                );
+                ));
                 Ok(Answer::Nothing)
             }
             None => procpool_proto::decode_message::<FromWorker>(&frame)
@@ -492,17 +572,20 @@ impl Executor {
                 message,
             } if task_id == head.id => {
                 if let Some(cb) = &head.on_progress {
-                    cb(&Progress {
+                    let progress = Progress {
                         task_id: uuid::Uuid::from_u128(task_id.0),
                         fraction,
                         message,
-                    });
+                    };
+                    unwind::user_callback("on_progress", || cb(&progress));
                 }
                 Answer::Nothing
             }
             FromWorker::Message { task_id, bytes } if task_id == head.id => {
-                head.messages.send(bytes);
-                Answer::Nothing
+                match head.messages.send(bytes, self.settings.max_unread_bytes) {
+                    Ok(()) => Answer::Nothing,
+                    Err(full) => Answer::InboxFull(full.limit),
+                }
             }
             FromWorker::Done { task_id, outcome } if task_id == head.id => Answer::Done(
                 outcome
@@ -513,22 +596,24 @@ impl Executor {
             FromWorker::Running { task_id } => Answer::Running(task_id),
             // A frame about a task this worker no longer runs (a result racing a cancel).
             other => {
-                tracing::debug!(
+                log!(debug!(
                     worker_pid = self.pid,
                     frame = ?std::mem::discriminant(&other),
                     "dropping a frame for a task the worker does not own"
-                );
+                ));
                 Answer::Nothing
             }
         }
     }
 
-    /// `sub` is now the task the worker runs: attribute output, count the attempt, arm
-    /// its deadline and the memory check.
-    fn start(&self, sub: &Submission, timers: &mut Timers) {
+    /// `sub` is now the task the worker runs: attribute output, count the attempt, give
+    /// back its queue permit, arm its deadline and the memory check.
+    fn start(&self, sub: &mut Submission, timers: &mut Timers) {
+        // The room first: whoever sees the task started may count on it.
+        sub.permit = None;
         self.output.start_task(sub.id);
         sub.shared.start(self.pid);
-        timers.deadline = sub.timeout.map(|t| Instant::now() + t);
+        timers.deadline = sub.timeout.and_then(after);
         timers.timed_out = None;
         // Resetting re-registers the interval's timer with the runtime: not on every task
         // when there is no limit to check.
@@ -537,14 +622,21 @@ impl Executor {
         }
     }
 
-    /// Delivers an outcome, or hands the task back for another attempt when its retry
-    /// policy says so.
-    fn conclude(&self, sub: Box<Submission>, outcome: Result<Bytes, TaskError>) {
+    /// Hands the task back for another attempt when its retry policy says so; otherwise
+    /// returns it with its outcome, to be answered once the dispatcher was told of the
+    /// end. A retry goes to the dispatcher before the worker's `Finished` or `Exited`, so
+    /// the task stays known as live.
+    fn retry_or_answer(
+        &self,
+        sub: Box<Submission>,
+        outcome: Result<Bytes, TaskError>,
+    ) -> Option<(Box<Submission>, Result<Bytes, TaskError>)> {
         match outcome {
             Err(error) if sub.retry.retries(&error, sub.attempt) => {
                 let _ = self.events.send(WorkerEvent::Retry { sub, error });
+                None
             }
-            outcome => finish(sub, outcome),
+            outcome => Some((sub, outcome)),
         }
     }
 
@@ -556,7 +648,7 @@ impl Executor {
         guard: &mut GroupGuard,
         reason: &str,
     ) -> ExitVerdict {
-        self.pgid.signal(Signal::SIGKILL, reason);
+        unwind::signal(self.pgid, Signal::SIGKILL, reason);
         guard.leave_pool();
         let status = child.wait().await;
         procpool_os::worker_reaped(self.pid);
@@ -570,7 +662,7 @@ impl Executor {
         match status {
             Ok(status) => ExitVerdict::from(status),
             Err(e) => {
-                tracing::warn!(worker_pid = self.pid, error = %e, "waiting for worker failed");
+                log!(warn!(worker_pid = self.pid, error = %e, "waiting for worker failed"));
                 ExitVerdict::Code(-1)
             }
         }
@@ -638,105 +730,10 @@ fn finish(sub: Box<Submission>, outcome: Result<Bytes, TaskError>) {
     let _ = sub.reply.send(outcome);
 }
 
-/// Largest write buffer kept between writes; a bigger one (a large argument) is freed.
-const KEEP_WRITE_BUFFER: usize = 64 << 10;
-
-/// The executor's side of the frame writer. Frames are encoded straight into a shared
-/// buffer, and the writer task writes everything that piled up in one `write`: a burst of
-/// prefetched `Run`s costs one system call, not one each, and no per-frame message.
-struct Writer {
-    shared: Arc<Outbox>,
-    max_frame: usize,
-    pgid: Pgid,
-}
-
-#[derive(Default)]
-struct Outbox {
-    pending: std::sync::Mutex<Pending>,
-    wake: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-struct Pending {
-    frames: Vec<u8>,
-    /// No more frames will come: the writer ends once `frames` is written.
-    closed: bool,
-}
-
-impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Writer {
-    /// Writes frames in their own task, so a large or slow write never stops the executor
-    /// from reading (a worker blocked on a full pipe while we block on another would
-    /// deadlock). The write half is shut down once the `Writer` is dropped and all is sent.
-    fn spawn(mut wr: tokio::net::unix::OwnedWriteHalf, max_frame: usize, pgid: Pgid) -> Writer {
-        let shared = Arc::new(Outbox::default());
-        let outbox = shared.clone();
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let closed = {
-                    let mut pending = outbox.lock();
-                    std::mem::swap(&mut pending.frames, &mut out);
-                    pending.closed
-                };
-                if out.is_empty() {
-                    if closed {
-                        break;
-                    }
-                    // `notify_one` leaves a permit when nobody waits yet: a frame queued
-                    // since the check still wakes us.
-                    outbox.wake.notified().await;
-                    continue;
-                }
-                if let Err(e) = wr.write_all(&out).await {
-                    // A worker we cannot write to cannot finish its task: end it, so the
-                    // executor sees EOF and gives the task a verdict instead of waiting
-                    // forever.
-                    tracing::debug!(pgid = pgid.get(), error = %e, "write to worker failed");
-                    pgid.signal(Signal::SIGKILL, "write to worker failed");
-                    break;
-                }
-                out.clear();
-                if out.capacity() > KEEP_WRITE_BUFFER {
-                    out = Vec::new();
-                }
-            }
-        });
-        Writer {
-            shared,
-            max_frame,
-            pgid,
-        }
-    }
-
-    /// Queues one frame for the worker.
-    fn send<T: serde::Serialize>(&self, msg: &T) {
-        let mut pending = self.shared.lock();
-        if pending.closed {
-            return;
-        }
-        if let Err(e) = procpool_proto::encode_frame_into(msg, &mut pending.frames, self.max_frame)
-        {
-            // As for a failed write: the worker could not run what it was sent.
-            pending.closed = true;
-            drop(pending);
-            tracing::debug!(pgid = self.pgid.get(), error = %e, "frame to worker not encodable");
-            self.pgid.signal(Signal::SIGKILL, "write to worker failed");
-            return;
-        }
-        drop(pending);
-        self.shared.wake.notify_one();
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_one();
+/// The resident memory read in flight, once it completes (`None` if the read failed).
+async fn probe(probe: &mut Option<tokio::task::JoinHandle<Option<u64>>>) -> Option<u64> {
+    match probe {
+        Some(handle) => handle.await.ok().flatten(),
+        None => std::future::pending().await,
     }
 }

@@ -19,7 +19,8 @@ use procpool_os::{Pgid, Signal};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::internal::{Command, Shutdown};
+use crate::internal::Command;
+use crate::types::Shutdown;
 
 /// The process groups of one pool's workers that are spawned and not yet reaped, so the
 /// last drop of a pool on a caller's runtime can kill them without waiting for anyone.
@@ -84,7 +85,7 @@ impl Groups {
         let mut inner = self.lock();
         inner.closed = true;
         for pgid in inner.live.drain() {
-            pgid.signal(Signal::SIGKILL, "last pool handle dropped");
+            crate::unwind::signal(pgid, Signal::SIGKILL, "last pool handle dropped");
         }
     }
 }
@@ -117,7 +118,7 @@ impl Drop for Stop {
                     && thread.thread().id() != std::thread::current().id()
                 {
                     // Every worker is killed and reaped before this returns.
-                    let _ = thread.join();
+                    join_off_runtime(thread);
                 }
             }
             Host::Runtime => {
@@ -129,6 +130,33 @@ impl Drop for Stop {
                 let _ = self.commands.send(Command::Shutdown(Shutdown::Kill, tx));
             }
         }
+    }
+}
+
+/// Joins the supervisor thread. On a thread of a multi-thread tokio runtime the join goes
+/// through `block_in_place`, so the runtime's other tasks move to another thread while
+/// this one waits (a callback they must release may be what the supervisor waits for).
+/// Elsewhere, a current-thread runtime included, it simply blocks: there is no other
+/// thread to hand the work to, and the drop promises every worker reaped when it returns.
+fn join_off_runtime(thread: JoinHandle<()>) {
+    // A panic while unwinding would abort: no block_in_place then.
+    let multi_thread = !std::thread::panicking()
+        && Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let mut thread = Some(thread);
+    if multi_thread {
+        // block_in_place refuses some threads (inside a `LocalSet`, say) by panicking
+        // before it runs the closure: then the thread is still ours to join below.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tokio::task::block_in_place(|| {
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            })
+        }));
+    }
+    if let Some(thread) = thread {
+        let _ = thread.join();
     }
 }
 

@@ -9,7 +9,7 @@ use procpool_proto::{Encoding, TaskId, TaskInfo};
 use tokio::sync::{Notify, oneshot};
 
 use crate::errors::TaskError;
-use crate::task::ProgressFn;
+use crate::types::{PoolStatus, ProgressFn, Shutdown};
 
 /// State a handle and the supervisor share about one task.
 #[derive(Default)]
@@ -28,8 +28,18 @@ pub(crate) struct TaskShared {
 #[derive(Default)]
 struct Inbox {
     items: VecDeque<Vec<u8>>,
+    /// Bytes in `items`, held against the pool's inbox bound.
+    bytes: usize,
     /// No more messages will come: the submission is gone.
     closed: bool,
+    /// The handle is gone: nobody will read, so messages are dropped as they come.
+    unread_for_good: bool,
+}
+
+/// The unread messages of a task would go past the pool's inbox bound.
+#[derive(Debug)]
+pub(crate) struct InboxFull {
+    pub(crate) limit: usize,
 }
 
 impl TaskShared {
@@ -59,10 +69,30 @@ impl TaskShared {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a message from the task for its handle.
-    pub(crate) fn push_message(&self, bytes: Vec<u8>) {
-        self.inbox().items.push_back(bytes);
+    /// Queues a message from the task for its handle, unless the messages not yet read
+    /// would then hold more than `limit` bytes (one message always fits, so any message
+    /// within the frame limit can be delivered). Without a handle the message is dropped.
+    pub(crate) fn push_message(&self, bytes: Vec<u8>, limit: usize) -> Result<(), InboxFull> {
+        let mut inbox = self.inbox();
+        if inbox.unread_for_good {
+            return Ok(());
+        }
+        if !inbox.items.is_empty() && inbox.bytes.saturating_add(bytes.len()) > limit {
+            return Err(InboxFull { limit });
+        }
+        inbox.bytes += bytes.len();
+        inbox.items.push_back(bytes);
+        drop(inbox);
         self.inbox_changed.notify_waiters();
+        Ok(())
+    }
+
+    /// The handle was dropped: free what it never read and drop what still comes.
+    pub(crate) fn drop_reader(&self) {
+        let mut inbox = self.inbox();
+        inbox.unread_for_good = true;
+        inbox.items = VecDeque::new();
+        inbox.bytes = 0;
     }
 
     /// No message will follow.
@@ -79,6 +109,7 @@ impl TaskShared {
             {
                 let mut inbox = self.inbox();
                 if let Some(m) = inbox.items.pop_front() {
+                    inbox.bytes -= m.len();
                     return Some(m);
                 }
                 if inbox.closed {
@@ -124,7 +155,9 @@ pub(crate) struct Submission {
     pub(crate) retry: crate::config::RetryPolicy,
     /// 1-based number of the attempt this submission is for.
     pub(crate) attempt: u32,
-    /// Room in a bounded queue, given back when the task leaves the queue.
+    /// Room in a bounded queue, given back when the task starts: a task waiting in a
+    /// worker's prefetch window keeps it, so when that worker dies and the task goes back
+    /// to the queue, the queue is not over its capacity.
     pub(crate) permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -137,28 +170,22 @@ impl Submission {
 }
 
 /// The sending side of a task's inbox, held by its submission: when the submission is
-/// dropped (the task ended for good), the handle's `recv` returns `None` once drained.
+/// dropped (the task ended for good), the handle's `recv` returns `None` once drained,
+/// and `started()` answers `None` if no worker ever started it, wherever the submission
+/// was dropped.
 pub(crate) struct MessagesTx(pub(crate) std::sync::Arc<TaskShared>);
 
 impl MessagesTx {
-    pub(crate) fn send(&self, bytes: Vec<u8>) {
-        self.0.push_message(bytes);
+    pub(crate) fn send(&self, bytes: Vec<u8>, limit: usize) -> Result<(), InboxFull> {
+        self.0.push_message(bytes, limit)
     }
 }
 
 impl Drop for MessagesTx {
     fn drop(&mut self) {
         self.0.close_messages();
+        self.0.end();
     }
-}
-
-/// How the pool should stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shutdown {
-    /// Stop taking tasks, finish the queued and running ones, then stop the workers.
-    Drain,
-    /// Fail queued tasks and kill running ones with [`TaskError::PoolClosed`].
-    Kill,
 }
 
 /// Handles to dispatcher.
@@ -168,7 +195,7 @@ pub(crate) enum Command {
     Cancel(TaskId),
     Message(TaskId, Vec<u8>),
     WorkerPids(oneshot::Sender<Vec<u32>>),
-    Status(oneshot::Sender<crate::pool::PoolStatus>),
+    Status(oneshot::Sender<PoolStatus>),
     Shutdown(Shutdown, oneshot::Sender<()>),
 }
 

@@ -38,6 +38,10 @@
 //!   (`start`): keep them short.
 #![deny(missing_docs)]
 
+// First: its `log!` macro is used by the modules below.
+#[macro_use]
+mod unwind;
+
 mod config;
 mod dispatcher;
 mod errors;
@@ -51,13 +55,15 @@ mod pool;
 mod remote;
 mod spawn;
 mod task;
+mod types;
+mod writer;
 
 pub use config::{PoolBuilder, RetryPolicy};
 pub use errors::{PoolError, TaskError};
-pub use internal::Shutdown;
 pub use kwargs::bind_kwargs;
 pub use orphans::OrphanReaper;
-pub use pool::{Pool, PoolStatus};
+pub use pool::Pool;
 pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use remote::{RemoteBackend, RemoteSubmission};
-pub use task::{Progress, Task, TaskHandle};
+pub use task::{Task, TaskHandle};
+pub use types::{PoolStatus, Progress, Shutdown};

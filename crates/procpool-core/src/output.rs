@@ -61,10 +61,14 @@ impl OutputState {
         let task_id = owner.map(|t| uuid::Uuid::from_u128(t.0));
         match stream {
             Stream::Stdout => {
-                tracing::info!(target: "procpool::task_output", task_id = ?task_id, worker_pid = pid, stream = "stdout", "{text}")
+                log!(
+                    info!(target: "procpool::task_output", task_id = ?task_id, worker_pid = pid, stream = "stdout", "{text}")
+                )
             }
             Stream::Stderr => {
-                tracing::info!(target: "procpool::task_output", task_id = ?task_id, worker_pid = pid, stream = "stderr", "{text}")
+                log!(
+                    info!(target: "procpool::task_output", task_id = ?task_id, worker_pid = pid, stream = "stderr", "{text}")
+                )
             }
         }
     }

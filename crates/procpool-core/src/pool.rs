@@ -10,9 +10,10 @@ use crate::config::{PoolBuilder, Settings};
 use crate::dispatcher::Dispatcher;
 use crate::errors::{PoolError, TaskError};
 use crate::host::{self, Groups, Host, Stop};
-use crate::internal::{Command, Shutdown};
+use crate::internal::Command;
 use crate::spawn::{Launcher, Spawner};
 use crate::task::{Task, TaskHandle};
+use crate::types::{PoolStatus, Shutdown};
 
 /// A process started as a worker whose `main` runs anyway never called `init` (which
 /// serves tasks and never returns, or removes the worker variable): its pool would start
@@ -179,26 +180,6 @@ fn started_manifest(
     }
 }
 
-/// A snapshot of a pool, from [`Pool::status`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PoolStatus {
-    /// Workers started but not yet through their handshake.
-    pub starting: usize,
-    /// Workers waiting for a task.
-    pub idle: usize,
-    /// Workers running a task.
-    pub busy: usize,
-    /// Tasks waiting for a worker.
-    pub queued: usize,
-    /// Failed tasks waiting out their backoff before another attempt.
-    pub retrying: usize,
-    /// Worker processes started since the pool was built (initial ones included).
-    pub worker_starts: u64,
-    /// Set while no worker can be started: the last cause.
-    pub unhealthy: Option<String>,
-}
-
 /// A pool of warm worker processes. Cheap to clone; the workers live until the last clone
 /// is dropped (which kills them, see *Caveats* in the crate docs) or [`Pool::shutdown`].
 #[derive(Clone)]
@@ -319,19 +300,28 @@ impl Pool {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> TaskHandle<R> {
         let inner = &self.inner;
-        TaskHandle::submit(task, &inner.commands, inner.runtime, early, permit)
+        TaskHandle::submit(
+            task,
+            &inner.commands,
+            inner.runtime,
+            early,
+            permit,
+            inner.settings.max_frame,
+        )
     }
 
     /// Runs a task and waits for its result. If this future is dropped before it
     /// completes, the task is cancelled (its worker killed).
     pub async fn run<R: DeserializeOwned>(&self, task: Task<R>) -> Result<R, TaskError> {
         let mut handle = self.enqueue(task).await;
-        let guard = CancelOnDrop {
+        let mut guard = CancelOnDrop {
             commands: self.inner.commands.clone(),
             id: Some(TaskId(handle.id().as_u128())),
         };
         let out = (&mut handle).await;
-        std::mem::forget(guard);
+        // Disarmed, then dropped like any value: forgetting it would leak its sender, and
+        // the dispatcher would never see every sender gone.
+        guard.id = None;
         out
     }
 

@@ -18,9 +18,10 @@ use uuid::Uuid;
 use crate::config::PoolBuilder;
 use crate::errors::{PoolError, TaskError};
 use crate::host::{Groups, Host, Stop};
-use crate::internal::{Command, Shutdown, Submission};
-use crate::pool::{Pool, PoolStatus};
-use crate::task::{Progress, Task, TaskHandle};
+use crate::internal::{Command, Submission};
+use crate::pool::Pool;
+use crate::task::{Task, TaskHandle};
+use crate::types::{PoolStatus, Progress, Shutdown};
 
 /// Where a remote [`Pool`] sends its tasks. Implemented by the broker client; every call
 /// is made from the pool's router task, so implementations should hand slow work off
@@ -45,6 +46,8 @@ pub trait RemoteBackend: Send + Sync + 'static {
 /// [`TaskError::PoolClosed`].
 pub struct RemoteSubmission {
     sub: Option<Box<Submission>>,
+    /// The pool's bound on the task's unread messages.
+    max_unread: usize,
 }
 
 impl std::fmt::Debug for RemoteSubmission {
@@ -113,9 +116,19 @@ impl RemoteSubmission {
         }
     }
 
-    /// A message from the running task, for [`TaskHandle::recv`].
-    pub fn message(&self, bytes: Vec<u8>) {
-        self.sub().messages.send(bytes);
+    /// A message from the running task, for [`TaskHandle::recv`]. Past the pool's bound
+    /// on unread messages the task is cancelled and fails `limit_exceeded`, as locally.
+    pub fn message(&self, bytes: Vec<u8>) -> Result<(), TaskError> {
+        self.sub()
+            .messages
+            .send(bytes, self.max_unread)
+            .map_err(|full| TaskError::LimitExceeded {
+                message: format!(
+                    "more than {} bytes of messages from the task were left unread \
+                     (max_unread_message_bytes)",
+                    full.limit
+                ),
+            })
     }
 
     /// Resolves the handle: the encoded result, or why there is none.
@@ -154,7 +167,7 @@ impl Pool {
         builder.workers(size.max(1)).worker("remote");
         let settings = Arc::new(builder.settings()?);
         let (commands, rx) = mpsc::unbounded_channel();
-        runtime.spawn(route(backend, rx));
+        runtime.spawn(route(backend, rx, settings.max_unread_bytes));
         let stop = Stop {
             commands: commands.clone(),
             groups: Arc::new(Groups::default()),
@@ -171,10 +184,17 @@ impl Pool {
 }
 
 /// Forwards a remote pool's commands to its backend until the last sender is gone.
-async fn route(backend: Arc<dyn RemoteBackend>, mut rx: mpsc::UnboundedReceiver<Command>) {
+async fn route(
+    backend: Arc<dyn RemoteBackend>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    max_unread: usize,
+) {
     while let Some(command) = rx.recv().await {
         match command {
-            Command::Submit(sub) => backend.submit(RemoteSubmission { sub: Some(sub) }),
+            Command::Submit(sub) => backend.submit(RemoteSubmission {
+                sub: Some(sub),
+                max_unread,
+            }),
             Command::Cancel(id) => backend.cancel(Uuid::from_u128(id.0)),
             Command::Message(id, bytes) => backend.message(Uuid::from_u128(id.0), bytes),
             Command::WorkerPids(tx) => {

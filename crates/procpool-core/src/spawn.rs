@@ -165,7 +165,7 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid.take() {
-            pgid.signal(Signal::SIGKILL, "worker dropped without being reaped");
+            crate::unwind::signal(pgid, Signal::SIGKILL, "worker dropped without being reaped");
             self.groups.forget(pgid);
             // tokio's orphan queue reaps it now; an orphan reaper may as well.
             procpool_os::worker_reaped(pgid.get());

@@ -17,19 +17,7 @@ use crate::config::RetryPolicy;
 use crate::errors::TaskError;
 use crate::host;
 use crate::internal::{Command, MessagesTx, Submission, TaskShared};
-
-/// Progress reported by a running task (`procpool::report_progress` in the worker).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Progress {
-    /// The reporting task.
-    pub task_id: Uuid,
-    /// Completed fraction, 0.0 to 1.0.
-    pub fraction: f32,
-    /// Description of the step.
-    pub message: String,
-}
-
-pub(crate) type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+use crate::types::{Progress, ProgressFn};
 
 /// One registered function with its arguments, ready to run in a worker.
 ///
@@ -222,10 +210,19 @@ pub struct TaskHandle<R> {
     /// only a waiter that is registered, so a fresh wait per poll would miss a message.
     /// In a mutex only to keep the handle `Sync`; reached through `&mut self`, never locked.
     next_message: std::sync::Mutex<Option<NextMessage>>,
+    /// The pool's frame limit, which a message to the task must fit in.
+    max_frame: usize,
     _result: PhantomData<fn() -> R>,
 }
 
 type NextMessage = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
+
+impl<R> Drop for TaskHandle<R> {
+    fn drop(&mut self) {
+        // Nobody can read the task's messages any more: they must not pile up.
+        self.shared.drop_reader();
+    }
+}
 
 impl<R> std::fmt::Debug for TaskHandle<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,6 +239,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         runtime: Option<tokio::runtime::Id>,
         early: Option<TaskError>,
         permit: Option<OwnedSemaphorePermit>,
+        max_frame: usize,
     ) -> Self {
         let (reply_tx, reply) = oneshot::channel();
         let shared = Arc::new(TaskShared::default());
@@ -272,7 +270,8 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             if let Err(mpsc::error::SendError(Command::Submit(sub))) =
                 commands.send(Command::Submit(sub))
             {
-                let _ = sub.reply.send(Err(TaskError::PoolClosed));
+                // The pool is shut down: `started()` must answer too, not only the result.
+                sub.reject(TaskError::PoolClosed);
             }
         }
         TaskHandle {
@@ -284,6 +283,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             shared,
             early,
             next_message: std::sync::Mutex::new(None),
+            max_frame,
             _result: PhantomData,
         }
     }
@@ -304,12 +304,25 @@ impl<R: DeserializeOwned> TaskHandle<R> {
 
     /// Sends a message to the running task (read there with `procpool::recv_message`).
     /// Messages sent before the task starts are delivered when it starts; messages sent
-    /// after it ended are dropped.
-    pub fn send(&self, bytes: impl Into<Vec<u8>>) {
+    /// after it ended are dropped. A message too large for one frame
+    /// ([`PoolBuilder::max_frame_bytes`](crate::PoolBuilder::max_frame_bytes), less a few
+    /// bytes of framing) is refused with [`TaskError::MessageTooLarge`] and the task is
+    /// left alone.
+    pub fn send(&self, bytes: impl Into<Vec<u8>>) -> Result<(), TaskError> {
+        let bytes = bytes.into();
+        // Frame overhead of a Message beside its bytes: tag, task id and length varints.
+        const OVERHEAD: usize = 32;
+        if bytes.len().saturating_add(OVERHEAD) > self.max_frame {
+            return Err(TaskError::MessageTooLarge {
+                size: bytes.len(),
+                max: self.max_frame,
+            });
+        }
         let _ = self.commands.send(Command::Message(
             procpool_proto::TaskId(self.id.as_u128()),
-            bytes.into(),
+            bytes,
         ));
+        Ok(())
     }
 
     /// Next message from the task (`procpool::send_message`); `None` once the task ended

@@ -197,3 +197,14 @@ pub fn chat() -> u64 {
     }
     answered
 }
+
+/// Sends `count` messages of `size` bytes each to the parent, as fast as it can; returns
+/// `count`. For the bound on messages the parent has not read.
+#[task]
+pub fn flood(count: u32, size: u64) -> u32 {
+    let message = vec![7u8; size as usize];
+    for _ in 0..count {
+        procpool::send_message(message.clone());
+    }
+    count
+}

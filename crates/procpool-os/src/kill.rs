@@ -26,12 +26,6 @@ impl Pgid {
     /// each kill in a log says why it happened. A group that is already gone is not an
     /// error: the caller wanted it dead.
     pub fn signal(self, sig: Signal, reason: &str) {
-        tracing::debug!(
-            pgid = self.0,
-            signal = sig.as_str(),
-            reason,
-            "signalling worker group"
-        );
         let Ok(raw) = i32::try_from(self.0) else {
             return;
         };
@@ -39,7 +33,16 @@ impl Pgid {
         if raw <= 1 {
             return;
         }
-        match signal::killpg(Pid::from_raw(raw), sig) {
+        // Sent before anything is logged: a log writer that panics (a closed stderr) must
+        // not keep the kill from happening.
+        let sent = signal::killpg(Pid::from_raw(raw), sig);
+        tracing::debug!(
+            pgid = self.0,
+            signal = sig.as_str(),
+            reason,
+            "signalling worker group"
+        );
+        match sent {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => tracing::warn!(pgid = self.0, error = %e, "killpg failed"),
         }

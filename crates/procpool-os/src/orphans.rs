@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -91,24 +92,44 @@ pub fn reap_adopted() -> Vec<u32> {
 /// SIGKILLs every child of this process that is not a registered worker (adopted
 /// grandchildren still running, e.g. ones that left their worker's group), then reaps
 /// them; returns their pids. For shutdown, after the pools are gone.
+///
+/// The worker list's lock is held only for short passes, never across a wait: pools
+/// spawning or reaping workers meanwhile are not held up. Each pass looks at the children
+/// again under the lock, and a pid is signalled or reaped only while it is an unreaped
+/// child that is no worker (so it cannot have been recycled).
 pub fn kill_adopted() -> Vec<u32> {
-    let live = workers();
     let mut killed = Vec::new();
-    for pid in os::own_children() {
-        if is_worker(&live, pid) {
-            continue;
+    let mut signalled = HashSet::new();
+    // A SIGKILLed process exits promptly; this bounds the wait for one stuck in the
+    // kernel (uninterruptible sleep) instead of blocking on it forever.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = {
+            let live = workers();
+            let mut left = 0;
+            for pid in os::own_children() {
+                if is_worker(&live, pid) {
+                    continue;
+                }
+                let target = Pid::from_raw(pid as i32);
+                if !os::is_zombie(pid) && signalled.insert(pid) {
+                    tracing::warn!(pid, "killing a leftover descendant of a worker");
+                    let _ = kill(target, Signal::SIGKILL);
+                }
+                match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(status) if status.pid().is_some() => killed.push(pid),
+                    Ok(_) => left += 1,
+                    // Not our child any more (reaped elsewhere): nothing to wait for.
+                    Err(_) => {}
+                }
+            }
+            left
+        };
+        if left == 0 || Instant::now() >= deadline {
+            return killed;
         }
-        let target = Pid::from_raw(pid as i32);
-        if !os::is_zombie(pid) {
-            tracing::warn!(pid, "killing a leftover descendant of a worker");
-            let _ = kill(target, Signal::SIGKILL);
-        }
-        // Blocking: a SIGKILLed process exits promptly.
-        if waitpid(target, None).is_ok() {
-            killed.push(pid);
-        }
+        std::thread::sleep(Duration::from_millis(1));
     }
-    killed
 }
 
 fn is_worker(live: &Option<HashSet<u32>>, pid: u32) -> bool {
