@@ -351,9 +351,12 @@ fn judge_remote(
     } else {
         0
     };
+    // A cancel that reaches the agent before the worker's start is reported may still
+    // lose the race to a quick task: the value comes back with no `started` event.
+    let least = u64::from(!f.cancel_requested);
     let attempts_ok = match accepted {
         Accepted::Cancelled => u64::from(f.attempts) <= most,
-        _ => (1..=most).contains(&u64::from(f.attempts)),
+        _ => (least..=most).contains(&u64::from(f.attempts)),
     };
     if !attempts_ok {
         return Err(format!(
