@@ -131,7 +131,10 @@ impl Cluster {
                 break;
             }
             if let Some(exit) = cluster.agent_exited() {
-                bail!("an agent exited at start ({exit}); see {}", cluster.logs_hint());
+                bail!(
+                    "an agent exited at start ({exit}); see {}",
+                    cluster.logs_hint()
+                );
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -165,7 +168,14 @@ impl Cluster {
     fn start_redis(&mut self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .args(["--protected-mode", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)

@@ -352,7 +352,15 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
     let left = match cluster {
         None => procs::leftovers_after(&groups, SETTLE),
         Some(mut cluster) => {
-            cluster_end(&mut cluster, &mut tally, &namespace, &args, last_verdict, stuck).await;
+            cluster_end(
+                &mut cluster,
+                &mut tally,
+                &namespace,
+                &args,
+                last_verdict,
+                stuck,
+            )
+            .await;
             groups.extend(&cluster.worker_groups);
             let left = procs::leftovers_seen_after(&cluster.seen, &groups, SETTLE * 3);
             drop(cluster);
@@ -500,10 +508,15 @@ async fn cluster_end(
                 extra.len()
             ));
             for (key, kind) in extra.iter().take(10) {
-                tally.violation(format!("broker key left after the result TTL: {key} ({kind})"));
+                tally.violation(format!(
+                    "broker key left after the result TTL: {key} ({kind})"
+                ));
             }
             if extra.len() > 10 {
-                tally.violation(format!("... and {} more broker keys left", extra.len() - 10));
+                tally.violation(format!(
+                    "... and {} more broker keys left",
+                    extra.len() - 10
+                ));
             }
         }
         Err(e) => tally.violation(format!("cannot list the broker's keys: {e:#}")),

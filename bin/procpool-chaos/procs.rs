@@ -196,7 +196,11 @@ pub(crate) fn fd_targets() -> Vec<String> {
     dir.flatten()
         .filter_map(|e| {
             let target = std::fs::read_link(e.path()).ok()?;
-            Some(format!("{}->{}", e.file_name().to_string_lossy(), target.display()))
+            Some(format!(
+                "{}->{}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            ))
         })
         .collect()
 }
