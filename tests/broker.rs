@@ -1032,3 +1032,42 @@ async fn a_task_over_the_agents_frame_cap_never_reaches_it() {
         "{outcome:?}"
     );
 }
+
+/// Found by `procpool-chaos --agents`: an agent stalled past its kill limit (lease minus
+/// half a renewal period: 2.5 s) but short of its lease (3 s) kills its running task and
+/// writes nothing, then its next renewal keeps its liveness key alive. The task's hash
+/// still says running on that live agent, so neither the reaper (the agent is alive) nor
+/// the XAUTOCLAIM backstop (it skips entries running on a live agent) requeues it: the
+/// task must not be stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stalled_just_short_of_its_lease_does_not_strand_its_task() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let task = pool.submit(demo::sleep_ms::task(5000));
+    task.started().await.expect("started");
+    // Right after a renewal (the liveness key fresh) ...
+    let key = redis_cli(&redis, &["KEYS", "{procpool}:a:*"]);
+    wait_for(Duration::from_secs(10), "a fresh renewal", async || {
+        redis_cli(&redis, &["PTTL", &key])
+            .parse::<i64>()
+            .is_ok_and(|ms| ms > 2800)
+    })
+    .await;
+    agent.signal(Signal::SIGSTOP);
+    // ... stalled for 2.7 s (the fault itself, not a wait): past the point where it
+    // kills its tasks, short of its lease.
+    tokio::time::sleep(Duration::from_millis(2700)).await;
+    agent.signal(Signal::SIGCONT);
+    // Run again (this is the only agent) well before a minute, rather than never.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the task was stranded: running on a live agent that no longer runs it");
+    assert_eq!(outcome, Ok(5000));
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}

@@ -1,7 +1,9 @@
 //! CI's short chaos configuration: the built `procpool-chaos` runs 500 tasks with 30% of
 //! faults (crashes of every kind, hangs past their timeout, memory bombs, outside SIGKILLs
 //! of workers, cancel storms) on 2 workers, and must find every verdict right and no
-//! process left. The long configuration is documented in the README.
+//! process left. The long configuration is documented in the README. With `--agents` the
+//! same runs over `procpool agent` processes on a private `redis-server`, with agent kills,
+//! an agent stopped past its lease and a broker restart.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 const CHAOS: &str = env!("CARGO_BIN_EXE_procpool-chaos");
 const DEMO: &str = env!("CARGO_BIN_EXE_procpool-demo");
+const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
 
 /// A hung run is killed and fails the test (typical: 5-10 s in debug on 2 vCPUs).
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -119,9 +122,57 @@ fn bad_flags_are_refused() {
         &["--max-rss", "lots"],
         &["--fault-percent", "101"],
         &["--workers", "0"],
+        &["--agents", "1"],
+        &["--agent-kills", "2"],
     ] {
         let (code, out, _) = chaos(args);
         assert_eq!(code, Some(2), "{args:?}: {out}");
         assert!(out.is_empty(), "{args:?}: {out}");
     }
+}
+
+/// The cells of the table row whose first cell is `name`.
+fn row<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} row:\n{out}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[test]
+fn chaos_over_two_agents_survives_agent_kills_a_stop_and_a_broker_restart() {
+    let (code, out, took) = chaos(&[
+        "--agents",
+        "2",
+        "--procpool",
+        PROCPOOL,
+        "--tasks",
+        "300",
+        "--fault-percent",
+        "30",
+        "--workers",
+        "2",
+        "--agent-kills",
+        "3",
+        "--agent-stops",
+        "1",
+        "--broker-restarts",
+        "1",
+        "--result-ttl",
+        "2s",
+    ]);
+    eprintln!("{out}took {took:?}");
+    assert_eq!(code, Some(0), "procpool-chaos found violations:\n{out}");
+    assert!(out.contains("PASS"), "{out}");
+    assert_eq!(row(&out, "total")[1], "300", "{out}");
+    assert_eq!(row(&out, "total").last(), Some(&"0"), "{out}");
+    // Every event happened, and the broker kept nothing of a task past its TTL.
+    assert!(
+        out.contains("3 SIGKILLed (and replaced), 1 SIGSTOPped"),
+        "{out}"
+    );
+    assert!(out.contains("1 restarts"), "{out}");
+    assert!(out.contains(", 0 others"), "{out}");
+    assert!(out.contains("processes left: 0"), "{out}");
 }

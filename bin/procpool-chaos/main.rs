@@ -7,10 +7,16 @@
 //! and healthy, and that no process is left. It prints a summary table and exits non-zero
 //! on any violation.
 //!
+//! With `--agents K` the same tasks go through a private `redis-server` to K `procpool
+//! agent` processes (the broker mode), submitted with the Rust broker client, and the
+//! cluster's own faults join in: whole-agent SIGKILLs, an agent SIGSTOPped past its lease,
+//! a broker restart. The cluster lives in [`agents`].
+//!
 //! `scripts/chaos` builds it in release and runs it; `tests/chaos.rs` runs a short
 //! configuration in CI. The verdict rules live in [`plan`], the process checks in
 //! [`procs`], the table in [`report`].
 
+mod agents;
 mod plan;
 mod procs;
 mod report;
@@ -33,6 +39,7 @@ use rand::seq::IndexedRandom;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use crate::agents::{AgentCommand, Cluster};
 use crate::plan::{AnyHandle, Event, Finished, Limits, Planned};
 use crate::report::Tally;
 
@@ -105,6 +112,40 @@ struct Args {
     /// Tasks submitted and not yet finished, at most. Default: 4 per worker.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     in_flight: Option<u64>,
+
+    /// Run the tasks over K `procpool agent` processes (each with --workers workers) on
+    /// a private `redis-server`, submitted through the broker client, with agent kills,
+    /// agent stops and a broker restart besides the faults above.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(2..=64))]
+    agents: Option<u32>,
+
+    /// Agents mode: whole-agent SIGKILLs, spread over the run (each dead agent is
+    /// replaced by a fresh one).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "agents")]
+    agent_kills: usize,
+
+    /// Agents mode: SIGSTOPs of an agent for 5 s (past its 3 s lease), then SIGCONT.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "agents")]
+    agent_stops: usize,
+
+    /// Agents mode: SIGKILLs of the broker, restarted on the same append-only data.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "agents")]
+    broker_restarts: usize,
+
+    /// Agents mode: how long the broker keeps a finished task's result and events; the
+    /// run waits this long past its last verdict, then checks that they are gone.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_timeout,
+          requires = "agents")]
+    result_ttl: Duration,
+
+    /// Agents mode: attempts lost with their agent before a task ends `lost`.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "agents",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    lost_budget: u32,
+
+    /// Agents mode: the `procpool` binary. Default: next to this executable.
+    #[arg(long, value_name = "PATH", requires = "agents")]
+    procpool: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -176,12 +217,26 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
         timeout: args.timeout,
         max_rss: args.max_rss,
         retries: args.retries,
+        remote: args.agents.is_some(),
+        lost_budget: args.lost_budget,
     };
-    let workers = args.workers as usize;
+    let workers = args.workers as usize * args.agents.map_or(1, |k| k as usize);
     let window = args.in_flight.map_or(workers * 4, |n| n as usize);
+    let agents_note = match args.agents {
+        Some(k) => format!(
+            " over {k} agents of {} ({} agent kills, {} agent stops, {} broker restarts, \
+             result TTL {})",
+            args.workers,
+            args.agent_kills,
+            args.agent_stops,
+            args.broker_restarts,
+            humantime::format_duration(args.result_ttl)
+        ),
+        None => String::new(),
+    };
     println!(
-        "procpool-chaos: {} tasks, {}% faults, {} workers, seed {seed}, timeout {}, grace {}, \
-         max-rss {} MiB, retries {}, {} in flight, worker {}",
+        "procpool-chaos: {} tasks, {}% faults, {} workers{agents_note}, seed {seed}, timeout {}, \
+         grace {}, max-rss {} MiB, retries {}, {} in flight, worker {}",
         args.tasks,
         args.fault_percent,
         workers,
@@ -194,18 +249,48 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
     );
 
     let fds_before = procs::open_fds();
-    let mut builder = Pool::builder();
-    builder
-        .worker(&worker)
-        .workers(workers)
-        .timeout(SAFETY_TIMEOUT)
-        .grace(args.grace)
-        .max_rss(args.max_rss)
-        .retry(RetryPolicy::new(args.retries));
-    let pool = tokio::task::spawn_blocking(move || builder.build())
-        .await
-        .context("the pool start-up thread panicked")?
-        .context("cannot start the pool")?;
+    let namespace = format!("chaos-{seed:x}");
+    let (pool, cluster) = match args.agents {
+        None => (local_pool(&args, &worker, workers).await?, None),
+        Some(k) => {
+            let procpool = match &args.procpool {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .context("cannot find this executable")?
+                    .with_file_name("procpool"),
+            };
+            if !procpool.is_file() {
+                bail!(
+                    "no procpool binary at {} (build it with `cargo build --bin procpool`, or pass --procpool)",
+                    procpool.display()
+                );
+            }
+            let command = AgentCommand {
+                procpool,
+                worker: worker.clone(),
+                workers: args.workers,
+                namespace: namespace.clone(),
+                policy: vec![
+                    format!("--timeout={}", humantime::format_duration(SAFETY_TIMEOUT)),
+                    format!("--grace={}", humantime::format_duration(args.grace)),
+                    format!("--max-rss={}", args.max_rss),
+                    format!("--retries={}", args.retries),
+                ],
+            };
+            let cluster = Cluster::start(command, k).await?;
+            let options = procpool_broker::ClientOptions {
+                namespace: namespace.clone(),
+                lost_budget: args.lost_budget,
+                result_ttl: args.result_ttl,
+                ..procpool_broker::ClientOptions::default()
+            };
+            let pool = procpool_broker::connect(&cluster.url, options)
+                .await
+                .context("cannot connect to the broker")?;
+            (pool, Some(cluster))
+        }
+    };
+    let schedule = agent_schedule(&args);
 
     let mut run = Run {
         pool,
@@ -214,6 +299,9 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
         in_flight: JoinSet::new(),
         cancels: BTreeMap::new(),
         kills: Arc::new(AtomicU64::new(0)),
+        agent_events: Arc::new(AtomicU64::new(0)),
+        cluster,
+        last_verdict: Instant::now(),
         killed: HashSet::new(),
         dying: Vec::new(),
         groups: HashSet::new(),
@@ -233,7 +321,10 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
         if stuck {
             break;
         }
-        let planned = plan::draw(&mut plan_rng, index, &limits);
+        let mut planned = plan::draw(&mut plan_rng, index, &limits);
+        if let Some(&event) = schedule.get(&index) {
+            planned.event = Some(event);
+        }
         run.submit(planned).await;
     }
     while !run.in_flight.is_empty() && !stuck {
@@ -245,7 +336,9 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
     let Run {
         pool,
         mut tally,
-        groups,
+        mut groups,
+        cluster,
+        last_verdict,
         ..
     } = run;
     let worker_starts = pool.status().await.worker_starts;
@@ -256,17 +349,41 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
     })
     .await;
     drop(pool);
-    let left = procs::leftovers_after(&groups, SETTLE);
+    let left = match cluster {
+        None => procs::leftovers_after(&groups, SETTLE),
+        Some(mut cluster) => {
+            cluster_end(
+                &mut cluster,
+                &mut tally,
+                &namespace,
+                &args,
+                last_verdict,
+                stuck,
+            )
+            .await;
+            groups.extend(&cluster.worker_groups);
+            let left = procs::leftovers_seen_after(&cluster.seen, &groups, SETTLE * 3);
+            drop(cluster);
+            left
+        }
+    };
     for p in &left {
         tally.violation(format!(
             "process left behind: pid {} ({}) state {} ppid {} group {}",
             p.pid, p.comm, p.state, p.ppid, p.pgrp
         ));
     }
-    let fds_after = procs::open_fds();
+    // The broker client's connections close from tasks of this runtime: let them run.
+    let settle_until = Instant::now() + SETTLE;
+    let mut fds_after = procs::open_fds();
+    while fds_after > fds_before && Instant::now() < settle_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        fds_after = procs::open_fds();
+    }
     if fds_after > fds_before {
         tally.violation(format!(
-            "descriptors leaked: {fds_before} open before the pool, {fds_after} after it"
+            "descriptors leaked: {fds_before} open before the pool, {fds_after} after it: {}",
+            procs::fd_targets().join(" ")
         ));
     }
 
@@ -286,9 +403,135 @@ async fn chaos(args: Args) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// The local pool of the single-host mode.
+async fn local_pool(args: &Args, worker: &std::path::Path, workers: usize) -> anyhow::Result<Pool> {
+    let mut builder = Pool::builder();
+    builder
+        .worker(worker)
+        .workers(workers)
+        .timeout(SAFETY_TIMEOUT)
+        .grace(args.grace)
+        .max_rss(args.max_rss)
+        .retry(RetryPolicy::new(args.retries));
+    tokio::task::spawn_blocking(move || builder.build())
+        .await
+        .context("the pool start-up thread panicked")?
+        .context("cannot start the pool")
+}
+
+/// Agents mode: which task's submission each agent-level event follows, spread evenly
+/// over the run (the broker restart in the middle), none in the last tenth so the run
+/// ends with every agent up.
+fn agent_schedule(args: &Args) -> BTreeMap<usize, Event> {
+    let mut schedule = BTreeMap::new();
+    if args.agents.is_none() || args.tasks < 10 {
+        return schedule;
+    }
+    let span = args.tasks * 9 / 10;
+    let mut place = |fraction: f64, event: Event| {
+        let mut at = ((span as f64 * fraction) as usize).min(span);
+        while schedule.contains_key(&at) {
+            at += 1;
+        }
+        schedule.insert(at, event);
+    };
+    let spread = |n: usize, shift: f64| (0..n).map(move |i| (i as f64 + shift) / n as f64);
+    for f in spread(args.agent_kills, 0.25) {
+        place(f, Event::KillAgent);
+    }
+    for f in spread(args.agent_stops, 0.6) {
+        place(f, Event::StopAgent);
+    }
+    for f in spread(args.broker_restarts, 0.5) {
+        place(f, Event::RestartBroker);
+    }
+    schedule
+}
+
+/// Agents mode, after the last verdict: the agents stop on SIGTERM, the broker forgets
+/// every finished task after its TTL, and what the agents logged about stale attempts.
+async fn cluster_end(
+    cluster: &mut Cluster,
+    tally: &mut Tally,
+    namespace: &str,
+    args: &Args,
+    last_verdict: Instant,
+    stuck: bool,
+) {
+    for why in cluster.stop_agents() {
+        tally.violation(why);
+    }
+    let s = &cluster.stats;
+    tally.notes.push(format!(
+        "agents: {} started, {} SIGKILLed (and replaced), {} SIGSTOPped for {:?}; broker: \
+         {} restarts, down at most {:.0} ms",
+        s.agents_started,
+        s.agent_kills,
+        s.agent_stops,
+        agents::STOP_FOR,
+        s.broker_restarts,
+        s.broker_down.as_secs_f64() * 1000.0
+    ));
+    tally.notes.push(format!(
+        "stale attempts (agents' logs): {} late results rejected, {} leases lost (worker \
+         killed, outcome dropped), {} times an agent killed its tasks for want of a renewal",
+        cluster.log_lines("late result rejected"),
+        cluster.log_lines("lease lost: worker killed"),
+        cluster.log_lines("could not renew the lease in time"),
+    ));
+    if stuck {
+        return;
+    }
+    // Past the TTL of the last task's keys (a second for the server's expiry cycle).
+    let ttl_passed = last_verdict + args.result_ttl + Duration::from_secs(1);
+    tokio::time::sleep_until(ttl_passed.into()).await;
+    match cluster.queue_depth().await {
+        Ok((0, 0)) => {}
+        Ok((len, pending)) => tally.violation(format!(
+            "the task stream still holds {len} entries ({pending} pending) after the run"
+        )),
+        Err(e) => tally.violation(format!("cannot read the task stream: {e:#}")),
+    }
+    match cluster.keys().await {
+        Ok(keys) => {
+            let (kept, extra): (Vec<_>, Vec<_>) = keys
+                .into_iter()
+                .partition(|(k, _)| agents::key_allowed(namespace, k));
+            tally.notes.push(format!(
+                "broker keys {} after the result TTL: {} kept by design ({}), {} others",
+                humantime::format_duration(args.result_ttl),
+                kept.len(),
+                kept.iter()
+                    .map(|(k, t)| format!("{k} {t}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                extra.len()
+            ));
+            for (key, kind) in extra.iter().take(10) {
+                tally.violation(format!(
+                    "broker key left after the result TTL: {key} ({kind})"
+                ));
+            }
+            if extra.len() > 10 {
+                tally.violation(format!(
+                    "... and {} more broker keys left",
+                    extra.len() - 10
+                ));
+            }
+        }
+        Err(e) => tally.violation(format!("cannot list the broker's keys: {e:#}")),
+    }
+    cluster.stop_broker();
+}
+
 /// The state of one chaos run.
 struct Run {
     pool: Pool,
+    /// Agents mode: the broker and the agents.
+    cluster: Option<Cluster>,
+    /// Agents mode: agent kills, stops (and continues) and broker restarts so far.
+    agent_events: Arc<AtomicU64>,
+    last_verdict: Instant,
     limits: Limits,
     tally: Tally,
     in_flight: JoinSet<Finished>,
@@ -322,22 +565,60 @@ impl Run {
         // count too: the pool may hand this task to such a worker before it sees the death.
         self.dying.retain(|&pid| procs::is_own_child(pid));
         let kills_at_submit = self.kills.load(Ordering::SeqCst) - self.dying.len() as u64;
-        self.in_flight.spawn(drive(
-            planned,
-            handle,
-            rx,
-            self.kills.clone(),
+        let counters = Counters {
+            kills: self.kills.clone(),
             kills_at_submit,
-        ));
+            agent_events: self.agent_events.clone(),
+            agent_events_at_submit: self.agent_events.load(Ordering::SeqCst),
+        };
+        self.in_flight.spawn(drive(planned, handle, rx, counters));
         match event {
             None => {}
             Some(Event::KillWorker) => self.kill_random_worker().await,
             Some(Event::CancelStorm(n)) => self.cancel_storm(n),
+            Some(event) => self.cluster_event(event).await,
+        }
+    }
+
+    /// An agent-level event (agents mode). Counted before it happens: a task that ends
+    /// in between is only judged more leniently.
+    async fn cluster_event(&mut self, event: Event) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        self.agent_events.fetch_add(1, Ordering::SeqCst);
+        let done = match event {
+            Event::KillAgent => cluster.kill_agent(&mut self.events),
+            Event::StopAgent => Ok(cluster.stop_agent(&mut self.events)),
+            Event::RestartBroker => cluster.restart_broker().await.map(|()| true),
+            Event::KillWorker | Event::CancelStorm(_) => Ok(true),
+        };
+        // The restarted broker or agent is there now; tasks submitted from here on may
+        // still meet the aftermath.
+        self.agent_events.fetch_add(1, Ordering::SeqCst);
+        match done {
+            Ok(true) => {}
+            Ok(false) => self
+                .tally
+                .notes
+                .push(format!("{event:?}: no agent to spare, skipped")),
+            Err(e) => self.tally.violation(format!("{event:?} failed: {e:#}")),
         }
     }
 
     /// SIGKILLs one random live worker, from outside the pool.
     async fn kill_random_worker(&mut self) {
+        if let Some(cluster) = &mut self.cluster {
+            match cluster.kill_worker(&mut self.events) {
+                Some(pid) => {
+                    self.killed.insert(pid);
+                    self.kills.fetch_add(1, Ordering::SeqCst);
+                    self.tally.kills_sent += 1;
+                }
+                None => self.tally.kills_skipped += 1,
+            }
+            return;
+        }
         let pids = self.pool.worker_pids().await;
         self.groups.extend(&pids);
         match pids.choose(&mut self.events) {
@@ -370,18 +651,33 @@ impl Run {
 
     /// Waits for one verdict and judges it; false if the run is stuck.
     async fn collect_one(&mut self) -> bool {
-        let joined = match tokio::time::timeout(STALL, self.in_flight.join_next()).await {
-            Ok(Some(joined)) => joined,
-            Ok(None) => return true,
-            Err(_) => {
-                let status = self.pool.status().await;
-                self.tally.violation(format!(
-                    "stuck: no verdict for {STALL:?} with {} tasks in flight; pool {status:?}",
-                    self.in_flight.len()
-                ));
-                return false;
+        let stall_at = Instant::now() + STALL;
+        // Agents mode: wake every tick to continue stopped agents on time.
+        let wait = if self.cluster.is_some() {
+            agents::TICK
+        } else {
+            STALL
+        };
+        let joined = loop {
+            if let Some(cluster) = &mut self.cluster {
+                let resumed = cluster.tick();
+                self.agent_events.fetch_add(resumed, Ordering::SeqCst);
+            }
+            match tokio::time::timeout(wait, self.in_flight.join_next()).await {
+                Ok(Some(joined)) => break joined,
+                Ok(None) => return true,
+                Err(_) if Instant::now() < stall_at => {}
+                Err(_) => {
+                    let status = self.pool.status().await;
+                    self.tally.violation(format!(
+                        "stuck: no verdict for {STALL:?} with {} tasks in flight; pool {status:?}",
+                        self.in_flight.len()
+                    ));
+                    return false;
+                }
             }
         };
+        self.last_verdict = Instant::now();
         let f = match joined {
             Ok(f) => f,
             Err(e) => {
@@ -392,14 +688,25 @@ impl Run {
         let index = f.planned.index;
         self.cancels.remove(&index);
         self.groups.extend(f.worker_pid);
+        let no_lost_workers = HashSet::new();
+        let lost_workers = self
+            .cluster
+            .as_ref()
+            .map_or(&no_lost_workers, |c| &c.lost_workers);
         if std::mem::replace(&mut self.seen[index], true) {
             self.tally
                 .violation(format!("task {index}: a second verdict"));
         }
-        let verdict = plan::judge(&f, &self.limits, &self.killed).map_err(|why| {
+        let verdict = plan::judge(&f, &self.limits, &self.killed, lost_workers).map_err(|why| {
             format!(
-                "task {index} ({:?}, attempts {}, worker {:?}, cancel sent: {}, kills meanwhile: {}): {why}",
-                f.planned.kind, f.attempts, f.worker_pid, f.cancel_requested, f.kills_during
+                "task {index} ({:?}, attempts {}, worker {:?}, cancel sent: {}, kills meanwhile: {}, \
+                 agent events meanwhile: {}): {why}",
+                f.planned.kind,
+                f.attempts,
+                f.worker_pid,
+                f.cancel_requested,
+                f.kills_during,
+                f.agent_events_during
             )
         });
         self.tally.task(
@@ -455,13 +762,20 @@ impl Run {
     }
 }
 
+/// The run's event counters, and their values when a task was submitted.
+struct Counters {
+    kills: Arc<AtomicU64>,
+    kills_at_submit: u64,
+    agent_events: Arc<AtomicU64>,
+    agent_events_at_submit: u64,
+}
+
 /// Waits for one task's verdict, cancelling it if a storm picks it meanwhile.
 async fn drive(
     planned: Planned,
     mut handle: AnyHandle,
     mut cancel: oneshot::Receiver<()>,
-    kills: Arc<AtomicU64>,
-    kills_at_submit: u64,
+    counters: Counters,
 ) -> Finished {
     let mut cancel_requested = false;
     let mut listening = true;
@@ -484,6 +798,8 @@ async fn drive(
         attempts: handle.attempts(),
         worker_pid: handle.worker_pid(),
         cancel_requested,
-        kills_during: kills.load(Ordering::SeqCst) - kills_at_submit,
+        kills_during: counters.kills.load(Ordering::SeqCst) - counters.kills_at_submit,
+        agent_events_during: counters.agent_events.load(Ordering::SeqCst)
+            - counters.agent_events_at_submit,
     }
 }

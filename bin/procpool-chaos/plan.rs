@@ -61,6 +61,12 @@ pub(crate) enum Event {
     KillWorker,
     /// Cancel up to this many random in-flight tasks at once.
     CancelStorm(usize),
+    /// Agents mode: SIGKILL a whole agent (its workers die with it); a fresh one starts.
+    KillAgent,
+    /// Agents mode: SIGSTOP an agent past its lease, then SIGCONT it.
+    StopAgent,
+    /// Agents mode: SIGKILL the `redis-server` and start it again on the same data.
+    RestartBroker,
 }
 
 /// One planned task: its kind, and the event that follows its submission.
@@ -111,6 +117,12 @@ pub(crate) struct Limits {
     pub(crate) timeout: Duration,
     pub(crate) max_rss: u64,
     pub(crate) retries: u32,
+    /// Agents mode: tasks run on agents through a broker. A task's attempts are then the
+    /// agents that started it (an agent's own retries do not show), and an attempt lost
+    /// with its agent counts against `lost_budget`.
+    pub(crate) remote: bool,
+    /// Agents mode: attempts lost with their agent before a task ends `lost`.
+    pub(crate) lost_budget: u32,
 }
 
 /// Draws task `index` of the plan. A fault is one of eight, evenly: six task faults and
@@ -253,6 +265,9 @@ pub(crate) struct Finished {
     pub(crate) cancel_requested: bool,
     /// Worker kills sent between its submission and its verdict.
     pub(crate) kills_during: u64,
+    /// Agents mode: agent kills, stops and broker restarts between its submission and
+    /// its verdict.
+    pub(crate) agent_events_during: u64,
 }
 
 /// Why an outcome is right.
@@ -264,17 +279,103 @@ pub(crate) enum Accepted {
     Cancelled,
     /// Its worker was SIGKILLed from outside.
     Killed,
+    /// Agents mode: its agent was killed or stopped under it (the task then ran
+    /// elsewhere, or ended `lost` at its budget).
+    AgentLost,
 }
 
 /// The verdict on one task: `Ok` with why it is right, or `Err` with what is wrong.
+/// `killed`: workers SIGKILLed from outside; `lost_workers`: agents mode, the workers of
+/// agents that were killed or stopped (known by their parent when it was hit).
 pub(crate) fn judge(
     f: &Finished,
     limits: &Limits,
     killed: &HashSet<u32>,
+    lost_workers: &HashSet<u32>,
 ) -> Result<Accepted, String> {
+    if limits.remote {
+        return judge_remote(f, limits, killed, lost_workers);
+    }
     let max_attempts = 1 + limits.retries;
     let interfered = f.cancel_requested || f.kills_during > 0;
-    let accepted = match (&f.planned.kind, &f.outcome) {
+    let accepted = outcome_verdict(f, limits, killed)?;
+    // Attempts: a crash-class fault runs 1 + retries times, anything else once, unless
+    // a cancel cut it short or an outside kill added a retry.
+    let attempts_ok = match accepted {
+        Accepted::Cancelled => f.attempts <= max_attempts,
+        _ if interfered => (1..=max_attempts).contains(&f.attempts),
+        _ if f.planned.kind.always_retried() => f.attempts == max_attempts,
+        _ => f.attempts == 1,
+    };
+    if !attempts_ok {
+        return Err(format!(
+            "{} attempts for {} (retries {})",
+            f.attempts,
+            describe(&f.outcome),
+            limits.retries
+        ));
+    }
+    Ok(accepted)
+}
+
+/// [`judge`] in agents mode. Attempts are agent attempts: one, unless an agent-level
+/// event (kill, stop, broker restart) requeued the task; `lost` is right only for a task
+/// whose last attempt ran on a killed or stopped agent, after its whole budget.
+fn judge_remote(
+    f: &Finished,
+    limits: &Limits,
+    killed: &HashSet<u32>,
+    lost_workers: &HashSet<u32>,
+) -> Result<Accepted, String> {
+    let on_lost_agent = f.worker_pid.is_some_and(|pid| lost_workers.contains(&pid));
+    let hit = f.agent_events_during > 0;
+    let accepted = match &f.outcome {
+        Err(TaskError::Lost { .. }) if hit && on_lost_agent => {
+            if f.attempts < limits.lost_budget {
+                return Err(format!(
+                    "lost after {} agent attempts, budget {}",
+                    f.attempts, limits.lost_budget
+                ));
+            }
+            Accepted::AgentLost
+        }
+        _ => match outcome_verdict(f, limits, killed)? {
+            Accepted::AsPlanned if hit && f.attempts > 1 => Accepted::AgentLost,
+            a => a,
+        },
+    };
+    // A requeue that is not counted (an entry read by a stopped agent but not started,
+    // a broker restart) adds an attempt too, at most one per agent-level event.
+    let most = 1 + if hit {
+        u64::from(limits.lost_budget) + f.agent_events_during
+    } else {
+        0
+    };
+    // A cancel that reaches the agent before the worker's start is reported may still
+    // lose the race to a quick task: the value comes back with no `started` event.
+    let least = u64::from(!f.cancel_requested);
+    let attempts_ok = match accepted {
+        Accepted::Cancelled => u64::from(f.attempts) <= most,
+        _ => (least..=most).contains(&u64::from(f.attempts)),
+    };
+    if !attempts_ok {
+        return Err(format!(
+            "{} agent attempts for {} ({} agent-level events meanwhile)",
+            f.attempts,
+            describe(&f.outcome),
+            f.agent_events_during
+        ));
+    }
+    Ok(accepted)
+}
+
+/// Whether the outcome is right for the planned kind, given cancels and worker kills.
+fn outcome_verdict(
+    f: &Finished,
+    limits: &Limits,
+    killed: &HashSet<u32>,
+) -> Result<Accepted, String> {
+    Ok(match (&f.planned.kind, &f.outcome) {
         (_, Err(TaskError::Cancelled)) if f.cancel_requested => Accepted::Cancelled,
         (
             _,
@@ -314,24 +415,7 @@ pub(crate) fn judge(
         }
         (Kind::MemoryBomb { .. }, Err(TaskError::LimitExceeded { .. })) => Accepted::AsPlanned,
         (_, outcome) => return Err(format!("unexpected outcome {}", describe(outcome))),
-    };
-    // Attempts: a crash-class fault runs 1 + retries times, anything else once, unless
-    // a cancel cut it short or an outside kill added a retry.
-    let attempts_ok = match accepted {
-        Accepted::Cancelled => f.attempts <= max_attempts,
-        _ if interfered => (1..=max_attempts).contains(&f.attempts),
-        _ if f.planned.kind.always_retried() => f.attempts == max_attempts,
-        _ => f.attempts == 1,
-    };
-    if !attempts_ok {
-        return Err(format!(
-            "{} attempts for {} (retries {})",
-            f.attempts,
-            describe(&f.outcome),
-            limits.retries
-        ));
-    }
-    Ok(accepted)
+    })
 }
 
 /// Column of the summary table for an outcome.
@@ -359,6 +443,8 @@ mod tests {
         timeout: Duration::from_millis(200),
         max_rss: 128 << 20,
         retries: 0,
+        remote: false,
+        lost_budget: 3,
     };
 
     fn finished(kind: Kind, outcome: Result<Value, TaskError>) -> Finished {
@@ -373,6 +459,7 @@ mod tests {
             worker_pid: Some(42),
             cancel_requested: false,
             kills_during: 0,
+            agent_events_during: 0,
         }
     }
 
@@ -426,7 +513,7 @@ mod tests {
     #[test]
     fn verdicts() {
         let none = HashSet::new();
-        let ok = |f: &Finished| judge(f, &LIMITS, &none);
+        let ok = |f: &Finished| judge(f, &LIMITS, &none, &none);
         assert_eq!(
             ok(&finished(Kind::Good(Good::Add(2, 3)), Ok(json!(5)))),
             Ok(Accepted::AsPlanned)
@@ -459,16 +546,16 @@ mod tests {
         assert!(ok(&f).is_err());
         let killed: HashSet<u32> = [42].into();
         f.kills_during = 1;
-        assert_eq!(judge(&f, &LIMITS, &killed), Ok(Accepted::Killed));
+        assert_eq!(judge(&f, &LIMITS, &killed, &none), Ok(Accepted::Killed));
         // Retries: crash-class faults run exactly 1 + retries times.
         let retrying = Limits {
             retries: 2,
             ..LIMITS
         };
         let mut f = finished(Kind::Abort, Err(crash(Some(6), None)));
-        assert!(judge(&f, &retrying, &none).is_err());
+        assert!(judge(&f, &retrying, &none, &none).is_err());
         f.attempts = 3;
-        assert!(judge(&f, &retrying, &none).is_ok());
+        assert!(judge(&f, &retrying, &none, &none).is_ok());
         let f = finished(
             Kind::Panic("p".into()),
             Err(TaskError::Panicked {
@@ -477,6 +564,41 @@ mod tests {
                 backtrace: None,
             }),
         );
-        assert!(judge(&f, &retrying, &none).is_ok());
+        assert!(judge(&f, &retrying, &none, &none).is_ok());
+    }
+
+    #[test]
+    fn remote_verdicts() {
+        let remote = Limits {
+            remote: true,
+            retries: 2,
+            ..LIMITS
+        };
+        let none = HashSet::new();
+        let lost_workers: HashSet<u32> = [42].into();
+        let lost = || TaskError::Lost {
+            message: "died".into(),
+        };
+        // An agent's own retries do not show: a crashing fault is one agent attempt.
+        let f = finished(Kind::Abort, Err(crash(Some(6), None)));
+        assert_eq!(judge(&f, &remote, &none, &none), Ok(Accepted::AsPlanned));
+        // Requeued after its agent died: right value, more attempts, only after an event.
+        let mut f = finished(Kind::Good(Good::Add(2, 3)), Ok(json!(5)));
+        f.attempts = 2;
+        assert!(judge(&f, &remote, &none, &none).is_err());
+        f.agent_events_during = 1;
+        assert_eq!(judge(&f, &remote, &none, &none), Ok(Accepted::AgentLost));
+        // `lost`: only on a killed or stopped agent, and only after the whole budget.
+        let mut f = finished(Kind::Good(Good::Add(2, 3)), Err(lost()));
+        f.attempts = 3;
+        assert!(judge(&f, &remote, &none, &lost_workers).is_err());
+        f.agent_events_during = 3;
+        assert!(judge(&f, &remote, &none, &none).is_err());
+        assert_eq!(
+            judge(&f, &remote, &none, &lost_workers),
+            Ok(Accepted::AgentLost)
+        );
+        f.attempts = 2;
+        assert!(judge(&f, &remote, &none, &lost_workers).is_err());
     }
 }

@@ -41,7 +41,7 @@ pub(crate) fn stat(pid: u32) -> Option<Proc> {
 }
 
 /// Every process visible in `/proc`.
-fn all() -> Vec<Proc> {
+pub(crate) fn all() -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -140,9 +140,69 @@ pub(crate) fn leftovers_after(groups: &HashSet<u32>, settle: Duration) -> Vec<Pr
     }
 }
 
+/// Agents mode: besides [`leftovers`] (our descendants, which the agents and their live
+/// workers are), every process in `seen` (pid -> start time: agents, workers, the broker)
+/// still there, and members of the worker groups seen (a worker orphaned by a killed
+/// agent, or what it started), in our session and started after us. Workers of an agent
+/// carry the agent's mark, not ours, so the marks cannot find them.
+pub(crate) fn leftovers_seen(seen: &HashMap<u32, u64>, groups: &HashSet<u32>) -> Vec<Proc> {
+    let me = std::process::id();
+    let Some(own) = stat(me) else {
+        return Vec::new();
+    };
+    let mut left = leftovers(groups);
+    let known: HashSet<u32> = left.iter().map(|p| p.pid).collect();
+    left.extend(
+        all()
+            .into_iter()
+            .filter(|p| p.pid != me && !known.contains(&p.pid))
+            .filter(|p| !(matches!(p.state, 'Z' | 'X') && p.ppid != me))
+            .filter(|p| {
+                seen.get(&p.pid) == Some(&p.start)
+                    || (groups.contains(&p.pgrp)
+                        && p.session == own.session
+                        && p.start >= own.start)
+            }),
+    );
+    left
+}
+
+/// [`leftovers_seen`], given up to `settle` to go away.
+pub(crate) fn leftovers_seen_after(
+    seen: &HashMap<u32, u64>,
+    groups: &HashSet<u32>,
+    settle: Duration,
+) -> Vec<Proc> {
+    let end = Instant::now() + settle;
+    loop {
+        let left = leftovers_seen(seen, groups);
+        if left.is_empty() || Instant::now() >= end {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Open descriptors of this process.
 pub(crate) fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// What each open descriptor points at (`socket:[..]`, a path), for a leak's report.
+pub(crate) fn fd_targets() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some(format!(
+                "{}->{}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

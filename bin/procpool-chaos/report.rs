@@ -9,13 +9,14 @@ use std::time::Duration;
 use crate::plan::{Accepted, KIND_NAMES};
 
 /// Columns of the table: the outcomes a chaos task can legitimately have, then the rest.
-const OUTCOMES: [&str; 7] = [
+const OUTCOMES: [&str; 8] = [
     "completed",
     "crashed",
     "panicked",
     "timed_out",
     "limit_exceeded",
     "cancelled",
+    "lost",
     "other",
 ];
 
@@ -27,6 +28,8 @@ pub(crate) struct Tally {
     /// planned kind -> tasks whose verdict was right because of a cancel / a kill.
     cancelled: BTreeMap<&'static str, u64>,
     killed: BTreeMap<&'static str, u64>,
+    /// planned kind -> tasks whose agent was killed or stopped under them (agents mode).
+    agent_lost: BTreeMap<&'static str, u64>,
     /// planned kind -> violations.
     wrong: BTreeMap<&'static str, u64>,
     /// Every violation, in the order found (only the first ones are printed).
@@ -36,6 +39,8 @@ pub(crate) struct Tally {
     pub(crate) storms: u64,
     pub(crate) cancels_sent: u64,
     pub(crate) max_attempts: u32,
+    /// Lines printed under the table before the timing (agents mode: agent events).
+    pub(crate) notes: Vec<String>,
 }
 
 /// Violations printed in full; the rest are only counted.
@@ -61,6 +66,7 @@ impl Tally {
             Ok(Accepted::AsPlanned) => {}
             Ok(Accepted::Cancelled) => *self.cancelled.entry(kind).or_default() += 1,
             Ok(Accepted::Killed) => *self.killed.entry(kind).or_default() += 1,
+            Ok(Accepted::AgentLost) => *self.agent_lost.entry(kind).or_default() += 1,
             Err(why) => {
                 *self.wrong.entry(kind).or_default() += 1;
                 self.violations.push(why);
@@ -79,7 +85,7 @@ impl Tally {
         let header: Vec<&str> = ["planned", "tasks"]
             .into_iter()
             .chain(OUTCOMES)
-            .chain(["by_cancel", "by_kill", "wrong"])
+            .chain(["by_cancel", "by_kill", "by_agent", "wrong"])
             .collect();
         let mut rows: Vec<Vec<String>> = Vec::new();
         let mut totals = vec![0u64; header.len() - 1];
@@ -94,7 +100,7 @@ impl Tally {
             for o in OUTCOMES {
                 nums.push(self.cells.get(&(kind, o)).copied().unwrap_or(0));
             }
-            for map in [&self.cancelled, &self.killed, &self.wrong] {
+            for map in [&self.cancelled, &self.killed, &self.agent_lost, &self.wrong] {
                 nums.push(map.get(kind).copied().unwrap_or(0));
             }
             for (t, n) in totals.iter_mut().zip(&nums) {
@@ -144,6 +150,9 @@ impl Tally {
             "workers started: {worker_starts}; most attempts of one task: {}",
             self.max_attempts
         );
+        for note in &self.notes {
+            let _ = writeln!(out, "{note}");
+        }
         let _ = writeln!(
             out,
             "time: {secs:.2} s, {:.0} tasks/s",
@@ -183,13 +192,13 @@ mod tests {
         assert_eq!(
             rows[1],
             [
-                "good", "2", "1", "0", "0", "0", "0", "1", "0", "1", "0", "0"
+                "good", "2", "1", "0", "0", "0", "0", "1", "0", "0", "1", "0", "0", "0"
             ]
         );
         let hang = rows.iter().find(|r| r[0] == "hang").unwrap();
         assert_eq!(hang[1], "1");
-        assert_eq!(hang[8], "1", "pool_closed lands in other");
-        assert_eq!(hang[11], "1", "and is wrong");
+        assert_eq!(hang[9], "1", "pool_closed lands in other");
+        assert_eq!(hang[13], "1", "and is wrong");
         let total = rows.iter().find(|r| r[0] == "total").unwrap();
         assert_eq!(total[1], "4");
         assert!(text.contains("2 tasks/s"), "{text}");

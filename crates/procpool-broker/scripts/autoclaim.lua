@@ -1,6 +1,8 @@
--- autoclaim: the backstop of reap. Entries idle past min_idle (their owner stopped
--- renewing without its agent id being in P:agents) are requeued unless their task runs
--- on a live agent at that entry (whose next renewal takes the entry back).
+-- autoclaim: the backstop of reap. Entries idle past min_idle are requeued: their owner
+-- stopped renewing them, whether it is gone without its agent id being in P:agents, or
+-- alive but no longer running the task (it killed it after missing renewals, and its
+-- renewals no longer name it). A live agent's running lease never gets that idle: every
+-- renewal resets it.
 -- KEYS[1] P:q
 -- ARGV[1] P  [2] consumer name of the reaper  [3] min idle (ms)
 -- Returns the number of entries requeued or dropped.
@@ -14,15 +16,13 @@ for _, entry in ipairs(r[2]) do
     redis.call('XACK', KEYS[1], 'agents', entry)
     n = n + 1
   else
-    local h = redis.call('HMGET', P .. ':t:' .. id, 'st', 'entry', 'agent')
-    local live = h[3] and h[3] ~= '' and redis.call('EXISTS', P .. ':a:' .. h[3]) == 1
+    local h = redis.call('HMGET', P .. ':t:' .. id, 'st', 'entry')
     if not h[1] or h[1] == 'done' or h[2] ~= entry then
       drop_entry(P, entry)
-      n = n + 1
-    elseif not (h[1] == 'running' and live) then
+    else
       requeue(P, id, entry, h[1] == 'running')
-      n = n + 1
     end
+    n = n + 1
   end
 end
 return n
