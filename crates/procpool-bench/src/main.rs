@@ -325,7 +325,7 @@ fn run(cli: Cli) -> Result<()> {
                     .broker_url
                     .clone()
                     .context("procpool_broker needs --broker-url")?;
-                System::Broker(broker::BrokerSystem::new(&worker, &url))
+                System::Broker(broker::BrokerSystem::new(&worker, &exe, &url))
             }
             "celery" => {
                 let script = cli
