@@ -11,6 +11,7 @@ mod floor_pipe;
 mod floor_tokio;
 mod params;
 mod peers;
+mod broker;
 mod pp;
 mod report;
 mod sys;
@@ -126,6 +127,20 @@ struct Cli {
     /// The Python interpreter for --python-script.
     #[arg(long, default_value = "python3")]
     python: PathBuf,
+
+    /// The broker set (`scripts/bench --broker` starts a private redis-server and passes
+    /// its URL): systems procpool, procpool_broker and celery, metrics rtt_us,
+    /// tput_strict_per_s and the broker_* ones.
+    #[arg(long)]
+    broker_url: Option<String>,
+
+    /// The Celery peer script (scripts/bench-peers/celery_peer.py).
+    #[arg(long)]
+    celery_script: Option<PathBuf>,
+
+    /// The Python interpreter of the Celery peer's virtual environment.
+    #[arg(long, default_value = "python3")]
+    celery_python: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -149,14 +164,19 @@ enum ChildMode {
     QueuedProcpoolBuild,
 }
 
-const ALL_SYSTEMS: [&str; 6] = [
+const ALL_SYSTEMS: [&str; 8] = [
     "floor_pipe",
     "floor_tokio",
     "procpool",
     "procpool_build",
     "procspawn",
     "python_ppe",
+    "procpool_broker",
+    "celery",
 ];
+
+/// The systems of a `--broker` run.
+const BROKER_SYSTEMS: [&str; 3] = ["procpool", "procpool_broker", "celery"];
 
 fn main() {
     // Lets this binary serve as the procpool worker when procpool-demo is not built.
@@ -192,6 +212,7 @@ enum System {
     Pipe(floor_pipe::FloorPipe),
     Tokio(floor_tokio::FloorTokio),
     Procpool(pp::Procpool),
+    Broker(broker::BrokerSystem),
     Peer(peers::Peer),
 }
 
@@ -201,6 +222,7 @@ impl System {
             System::Pipe(s) => s.measure(g, p),
             System::Tokio(s) => s.measure(rt, g, p),
             System::Procpool(s) => s.measure(rt, g, p),
+            System::Broker(s) => s.measure(rt, g, p),
             System::Peer(s) => s.measure(g, p),
         }
     }
@@ -236,8 +258,10 @@ fn run(cli: Cli) -> Result<()> {
     };
     sys::disable_core_dumps();
 
+    let broker = cli.broker_url.is_some();
     let groups: Vec<Group> = match &cli.metrics {
-        None => Group::ALL.to_vec(),
+        None if broker => Group::BROKER.to_vec(),
+        None => Group::LOCAL.to_vec(),
         Some(list) => {
             let mut gs = Vec::new();
             for m in list {
@@ -251,6 +275,11 @@ fn run(cli: Cli) -> Result<()> {
     };
     let wanted: Vec<String> = match &cli.systems {
         Some(list) => list.clone(),
+        None if broker => BROKER_SYSTEMS
+            .iter()
+            .filter(|s| **s != "celery" || cli.celery_script.is_some())
+            .map(|s| s.to_string())
+            .collect(),
         None => ALL_SYSTEMS
             .iter()
             .filter(|s| match **s {
@@ -258,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
                 "procpool_build" => false,
                 "procspawn" => cli.procspawn_peer.is_some(),
                 "python_ppe" => cli.python_script.is_some(),
+                "procpool_broker" | "celery" => false,
                 _ => true,
             })
             .map(|s| s.to_string())
@@ -289,6 +319,31 @@ fn run(cli: Cli) -> Result<()> {
                     OsString::from("-u"),
                     script.into_os_string(),
                 ]))
+            }
+            "procpool_broker" => {
+                let url = cli
+                    .broker_url
+                    .clone()
+                    .context("procpool_broker needs --broker-url")?;
+                System::Broker(broker::BrokerSystem::new(&worker, &exe, &url))
+            }
+            "celery" => {
+                let script = cli
+                    .celery_script
+                    .clone()
+                    .context("celery needs --celery-script")?;
+                let url = cli
+                    .broker_url
+                    .clone()
+                    .context("celery needs --broker-url")?;
+                System::Peer(
+                    peers::Peer::new(vec![
+                        cli.celery_python.clone().into_os_string(),
+                        OsString::from("-u"),
+                        script.into_os_string(),
+                    ])
+                    .with_options(vec!["--redis-url".into(), url]),
+                )
             }
             other => bail!("unknown system {other} (one of {})", ALL_SYSTEMS.join(", ")),
         };
@@ -419,6 +474,7 @@ fn run(cli: Cli) -> Result<()> {
             "groups": groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
             "params": params,
             "params_python_ppe": params.for_system("python_ppe", scale),
+            "params_celery": params.for_system("celery", scale),
             "worker": worker,
             "definitions": definitions(&params, scale),
             "seconds_spent": timing
@@ -436,6 +492,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn definitions(p: &Params, scale: Scale) -> Vec<String> {
     let py = p.for_system("python_ppe", scale);
+    let cel = p.for_system("celery", scale);
     vec![
         "all systems: 2 workers; units: us, ms, tasks/s, MiB/s, MiB, bytes".into(),
         "procpool: PoolBuilder::start, the pool on the bench's current-thread runtime (procpool_build, on request: PoolBuilder::build, its own supervisor thread)".into(),
@@ -480,6 +537,18 @@ fn definitions(p: &Params, scale: Scale) -> Vec<String> {
         format!(
             "queued_task_bytes: supervisor RSS growth per task with {} queued behind 2 busy workers, handles kept (python: {})",
             p.queued_n, py.queued_n
+        ),
+        format!(
+            "broker_rtt_us (--broker): {} sequential no-op tasks through a private redis-server, submit -> result in the submitter, median of 10 chunk means; procpool_broker: 2 `procpool agent`s x 1 worker; celery: prefork concurrency 2, acks_late, Redis broker and result backend (celery: {})",
+            p.broker_rtt_n, cel.broker_rtt_n
+        ),
+        format!(
+            "broker_tput_per_s (--broker): {} no-op tasks submitted at once, every result collected (celery: {})",
+            p.broker_tput_n, cel.broker_tput_n
+        ),
+        format!(
+            "requeue_after_kill_ms (--broker): SIGKILL of the agent running a long task -> that task started by the other agent, mean of {}",
+            p.requeue_k
         ),
     ]
 }

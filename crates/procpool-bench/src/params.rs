@@ -16,10 +16,17 @@ pub enum Group {
     Blob,
     IdleRss,
     Queued,
+    /// Broker mode: one no-op task at a time, submit -> result in the submitter.
+    BrokerRtt,
+    /// Broker mode: many no-op tasks submitted at once, every result collected.
+    BrokerTput,
+    /// Broker mode: SIGKILL of the agent running a long task -> it starts elsewhere.
+    RequeueAfterKill,
 }
 
 impl Group {
-    pub const ALL: [Group; 10] = [
+    /// The groups of a run without `--broker`: the local pool against its floors and peers.
+    pub const LOCAL: [Group; 10] = [
         Group::Rtt,
         Group::TputStrict,
         Group::TputWindow,
@@ -31,6 +38,40 @@ impl Group {
         Group::IdleRss,
         Group::Queued,
     ];
+
+    /// The groups of `--broker`: the local pool's round trip and strict throughput for
+    /// the ratios, then the broker set.
+    pub const BROKER: [Group; 5] = [
+        Group::Rtt,
+        Group::TputStrict,
+        Group::BrokerRtt,
+        Group::BrokerTput,
+        Group::RequeueAfterKill,
+    ];
+
+    pub const ALL: [Group; 13] = [
+        Group::Rtt,
+        Group::TputStrict,
+        Group::TputWindow,
+        Group::SpawnReady,
+        Group::FreshProcess,
+        Group::Cancel,
+        Group::Crash,
+        Group::Blob,
+        Group::IdleRss,
+        Group::Queued,
+        Group::BrokerRtt,
+        Group::BrokerTput,
+        Group::RequeueAfterKill,
+    ];
+
+    /// Whether this group measures a broker (the local systems have no such feature).
+    pub fn is_broker(self) -> bool {
+        matches!(
+            self,
+            Group::BrokerRtt | Group::BrokerTput | Group::RequeueAfterKill
+        )
+    }
 
     /// The name peers are called with.
     pub fn name(self) -> &'static str {
@@ -45,6 +86,9 @@ impl Group {
             Group::Blob => "blob",
             Group::IdleRss => "idle_rss",
             Group::Queued => "queued",
+            Group::BrokerRtt => "broker_rtt",
+            Group::BrokerTput => "broker_tput",
+            Group::RequeueAfterKill => "requeue_after_kill",
         }
     }
 
@@ -61,6 +105,9 @@ impl Group {
             Group::Blob => &["blob_mb_per_s"],
             Group::IdleRss => &["idle_worker_rss_mb"],
             Group::Queued => &["queued_task_bytes"],
+            Group::BrokerRtt => &["broker_rtt_us"],
+            Group::BrokerTput => &["broker_tput_per_s"],
+            Group::RequeueAfterKill => &["requeue_after_kill_ms"],
         }
     }
 
@@ -111,6 +158,12 @@ pub struct Params {
     pub blob_k: u64,
     /// Tasks queued behind busy workers in `queued`.
     pub queued_n: u64,
+    /// Round trips per `broker_rtt` sample.
+    pub broker_rtt_n: u64,
+    /// No-op tasks submitted at once per `broker_tput` sample.
+    pub broker_tput_n: u64,
+    /// Agent kills per `requeue_after_kill` sample.
+    pub requeue_k: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -138,6 +191,9 @@ impl Params {
                 blob_bytes: 10 << 20,
                 blob_k: 20,
                 queued_n: 1_000_000,
+                broker_rtt_n: 2_000,
+                broker_tput_n: 10_000,
+                requeue_k: 2,
             },
             Scale::Quick => Params {
                 rtt_n: 1_000,
@@ -152,6 +208,9 @@ impl Params {
                 blob_k: 5,
                 // As in the full run: the figure is defined with a million queued.
                 queued_n: 1_000_000,
+                broker_rtt_n: 300,
+                broker_tput_n: 3_000,
+                requeue_k: 1,
             },
             Scale::Tiny => Params {
                 rtt_n: 50,
@@ -165,6 +224,9 @@ impl Params {
                 blob_bytes: 1 << 20,
                 blob_k: 1,
                 queued_n: 5_000,
+                broker_rtt_n: 20,
+                broker_tput_n: 200,
+                requeue_k: 1,
             },
         }
     }
@@ -181,6 +243,11 @@ impl Params {
             p.fresh_n = 12;
             p.blob_k = 3;
             p.queued_n = 20_000;
+        }
+        // Celery runs a few hundred tasks a second: fewer per sample, same definitions.
+        if system == "celery" {
+            p.broker_rtt_n = p.broker_rtt_n.min(if scale == Scale::Full { 500 } else { 100 });
+            p.broker_tput_n = p.broker_tput_n.min(if scale == Scale::Full { 10_000 } else { 600 });
         }
         if system == "python_ppe" && scale == Scale::Full {
             p.window_n = 20_000;

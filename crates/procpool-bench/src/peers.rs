@@ -16,11 +16,22 @@ use crate::sys;
 
 pub struct Peer {
     argv: Vec<OsString>,
+    /// Options appended to every measurement (the broker's URL).
+    extra: Vec<String>,
 }
 
 impl Peer {
     pub fn new(argv: Vec<OsString>) -> Peer {
-        Peer { argv }
+        Peer {
+            argv,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The same peer, given these options after the group's own.
+    pub fn with_options(mut self, extra: Vec<String>) -> Peer {
+        self.extra = extra;
+        self
     }
 
     fn command(&self) -> Command {
@@ -46,7 +57,7 @@ impl Peer {
     }
 
     pub fn measure(&mut self, g: Group, p: &Params) -> Result<Outcome> {
-        let args = vec![
+        let mut args = vec![
             g.name().to_owned(),
             "--n".into(),
             match g {
@@ -60,6 +71,9 @@ impl Peer {
                 Group::Blob => p.blob_k,
                 Group::IdleRss => 1,
                 Group::Queued => p.queued_n,
+                Group::BrokerRtt => p.broker_rtt_n,
+                Group::BrokerTput => p.broker_tput_n,
+                Group::RequeueAfterKill => p.requeue_k,
             }
             .to_string(),
             "--window".into(),
@@ -67,7 +81,9 @@ impl Peer {
             "--bytes".into(),
             p.blob_bytes.to_string(),
         ];
-        let v = self.call(&args, Duration::from_secs(300))?;
+        args.extend(self.extra.iter().cloned());
+        // A Celery throughput sample of 10 000 tasks takes about a minute here.
+        let v = self.call(&args, Duration::from_secs(600))?;
         if let Some(why) = v["unsupported"].as_str() {
             return Ok(Outcome::unsupported(why));
         }

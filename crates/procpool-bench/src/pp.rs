@@ -246,6 +246,11 @@ impl Procpool {
                 Ok(Outcome::one("idle_worker_rss_mb", rss))
             }
             Group::Queued => unreachable!("measured in a child process"),
+            Group::BrokerRtt | Group::BrokerTput | Group::RequeueAfterKill => {
+                Ok(Outcome::unsupported(
+                    "the local pool has no broker (see procpool_broker)",
+                ))
+            }
         }
     }
 

@@ -55,17 +55,33 @@ pub fn fmt_num(x: f64) -> String {
     }
 }
 
-/// One target of issue 5.
+/// One target: of issue 5 for the local pool, of issue 13 for the broker mode.
 struct Target {
+    /// The system the target is about.
+    subject: &'static str,
     metric: &'static str,
     /// Compared with another system's same-repetition figure, or absolute.
     against: Option<&'static str>,
+    /// The other system's metric when it is not `metric` (the broker's throughput against
+    /// the local pool's strict throughput).
+    against_metric: Option<&'static str>,
     /// The bound on the ratio (or on the value when absolute).
     bound: f64,
     /// `true`: the ratio or value must be at most `bound`; `false`: at least.
     at_most: bool,
     goal: &'static str,
 }
+
+/// The fields most targets share: about the local pool, against the same metric.
+const LOCAL: Target = Target {
+    subject: "procpool",
+    metric: "",
+    against: None,
+    against_metric: None,
+    bound: 0.0,
+    at_most: true,
+    goal: "",
+};
 
 const TARGETS: &[Target] = &[
     Target {
@@ -74,6 +90,7 @@ const TARGETS: &[Target] = &[
         bound: 1.5,
         at_most: true,
         goal: "<= 1.5x floor_tokio",
+        ..LOCAL
     },
     Target {
         metric: "rtt_us",
@@ -81,6 +98,7 @@ const TARGETS: &[Target] = &[
         bound: 1.0 / 3.0,
         at_most: true,
         goal: "<= 1/3 of procspawn",
+        ..LOCAL
     },
     Target {
         metric: "tput_strict_per_s",
@@ -88,6 +106,7 @@ const TARGETS: &[Target] = &[
         bound: 0.7,
         at_most: false,
         goal: ">= 70% of floor_tokio",
+        ..LOCAL
     },
     Target {
         metric: "tput_strict_per_s",
@@ -95,6 +114,7 @@ const TARGETS: &[Target] = &[
         bound: 4.0,
         at_most: false,
         goal: ">= 4x procspawn",
+        ..LOCAL
     },
     Target {
         metric: "tput_window_per_s",
@@ -102,6 +122,7 @@ const TARGETS: &[Target] = &[
         bound: 500_000.0,
         at_most: false,
         goal: ">= 500k/s",
+        ..LOCAL
     },
     Target {
         metric: "spawn_ready_ms",
@@ -109,6 +130,7 @@ const TARGETS: &[Target] = &[
         bound: 1.5,
         at_most: true,
         goal: "<= 1.5 ms",
+        ..LOCAL
     },
     Target {
         metric: "fresh_process_per_s",
@@ -116,6 +138,7 @@ const TARGETS: &[Target] = &[
         bound: 1000.0,
         at_most: false,
         goal: ">= 1000/s",
+        ..LOCAL
     },
     Target {
         metric: "cancel_resolve_ms",
@@ -123,6 +146,7 @@ const TARGETS: &[Target] = &[
         bound: 0.5,
         at_most: true,
         goal: "<= 0.5 ms",
+        ..LOCAL
     },
     Target {
         metric: "cancel_replace_ms",
@@ -130,6 +154,7 @@ const TARGETS: &[Target] = &[
         bound: 2.0,
         at_most: true,
         goal: "<= 2 ms",
+        ..LOCAL
     },
     Target {
         metric: "crash_detect_ms",
@@ -137,6 +162,7 @@ const TARGETS: &[Target] = &[
         bound: 1.0,
         at_most: true,
         goal: "<= 1 ms",
+        ..LOCAL
     },
     Target {
         metric: "blob_mb_per_s",
@@ -144,6 +170,7 @@ const TARGETS: &[Target] = &[
         bound: 0.5,
         at_most: false,
         goal: ">= 50% of the raw-frame floor (floor_pipe)",
+        ..LOCAL
     },
     Target {
         metric: "blob_mb_per_s",
@@ -151,6 +178,7 @@ const TARGETS: &[Target] = &[
         bound: 2.0,
         at_most: false,
         goal: ">= 2x procspawn",
+        ..LOCAL
     },
     Target {
         metric: "idle_worker_rss_mb",
@@ -158,6 +186,7 @@ const TARGETS: &[Target] = &[
         bound: 5.0,
         at_most: true,
         goal: "<= 5 MiB",
+        ..LOCAL
     },
     Target {
         metric: "queued_task_bytes",
@@ -165,10 +194,47 @@ const TARGETS: &[Target] = &[
         bound: 1024.0,
         at_most: true,
         goal: "<= 1024 B",
+        ..LOCAL
+    },
+    Target {
+        subject: "procpool_broker",
+        metric: "broker_rtt_us",
+        against: Some("celery"),
+        bound: 0.2,
+        at_most: true,
+        goal: "<= 1/5 of celery",
+        ..LOCAL
+    },
+    Target {
+        subject: "procpool_broker",
+        metric: "broker_tput_per_s",
+        against: Some("celery"),
+        bound: 5.0,
+        at_most: false,
+        goal: ">= 5x celery",
+        ..LOCAL
+    },
+    Target {
+        subject: "procpool_broker",
+        metric: "broker_tput_per_s",
+        against: Some("procpool"),
+        against_metric: Some("tput_strict_per_s"),
+        bound: 0.25,
+        at_most: false,
+        goal: ">= 25% of procpool's tput_strict_per_s",
+    },
+    Target {
+        subject: "procpool_broker",
+        metric: "requeue_after_kill_ms",
+        against: None,
+        bound: 5000.0,
+        at_most: true,
+        goal: "<= 5000 ms",
+        ..LOCAL
     },
 ];
 
-/// The system the targets are about.
+/// The local pool: the subject of the start/build comparison.
 const SUBJECT: &str = "procpool";
 
 impl Results {
@@ -213,8 +279,15 @@ impl Results {
 
     /// Ratios of `a` to `b` taken within each repetition.
     fn paired(&self, metric: &str, a: &str, b: &str) -> Option<Stat> {
-        let key = |s: &str| (metric.to_owned(), s.to_owned());
-        let (va, vb) = (self.samples.get(&key(a))?, self.samples.get(&key(b))?);
+        self.paired_across(metric, a, metric, b)
+    }
+
+    /// Ratios of `a`'s `metric_a` to `b`'s `metric_b` taken within each repetition.
+    fn paired_across(&self, metric_a: &str, a: &str, metric_b: &str, b: &str) -> Option<Stat> {
+        let (va, vb) = (
+            self.samples.get(&(metric_a.to_owned(), a.to_owned()))?,
+            self.samples.get(&(metric_b.to_owned(), b.to_owned()))?,
+        );
         let ratios: Vec<f64> = va
             .iter()
             .zip(vb)
@@ -288,13 +361,14 @@ impl Results {
 
     fn target_rows(&self) -> Vec<Value> {
         let mut rows = Vec::new();
-        for t in TARGETS {
+        for t in TARGETS.iter().filter(|t| self.systems.iter().any(|s| s == t.subject)) {
+            let other_metric = t.against_metric.unwrap_or(t.metric);
             let (figure, range) = match t.against {
-                Some(other) => match self.paired(t.metric, SUBJECT, other) {
+                Some(other) => match self.paired_across(t.metric, t.subject, other_metric, other) {
                     Some(st) => (Some(st.median), Some((st.min, st.max))),
                     None => (None, None),
                 },
-                None => match self.stat(t.metric, SUBJECT) {
+                None => match self.stat(t.metric, t.subject) {
                     Some(st) => (Some(st.median), Some((st.min, st.max))),
                     None => (None, None),
                 },
@@ -312,9 +386,11 @@ impl Results {
                 Some(_) => None,
             };
             rows.push(json!({
+                "system": t.subject,
                 "metric": t.metric,
                 "goal": t.goal,
                 "against": t.against,
+                "against_metric": other_metric,
                 "figure": figure,
                 "figure_min": range.map(|r| r.0),
                 "figure_max": range.map(|r| r.1),
@@ -331,9 +407,10 @@ impl Results {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "procpool against the targets (ratios: median of same-repetition ratios [min–max]):"
+            "the targets (ratios: median of same-repetition ratios [min–max]):"
         );
         for r in self.target_rows() {
+            let system = r["system"].as_str().unwrap_or_default();
             let metric = r["metric"].as_str().unwrap_or_default();
             let goal = r["goal"].as_str().unwrap_or_default();
             let ratio = !r["against"].is_null();
@@ -361,7 +438,7 @@ impl Results {
             };
             let _ = writeln!(
                 out,
-                "  {verdict:<6} {metric:<20} {goal:<44} {figure}{context}"
+                "  {verdict:<6} {system:<15} {metric:<21} {goal:<44} {figure}{context}"
             );
         }
         out
