@@ -31,17 +31,22 @@
 //!   [`TaskHandle::recv_blocking`] must not be called on that runtime's own threads: on
 //!   the thread of a current-thread runtime they panic instead of deadlocking.
 //! - Dropping a [`TaskHandle`] detaches the task (it runs on); dropping the future of
-//!   [`Pool::run`] cancels it.
+//!   [`Pool::run`] cancels it, and so does dropping a [`CancelOnDropHandle`]
+//!   ([`TaskHandle::cancel_on_drop`]) or a [`MapStream`] / [`MapIter`] of
+//!   [`Pool::map`] before the task ended.
 //! - Cancel kills the worker's whole process group; a grandchild that left the group
 //!   (`setsid`, its own `setpgid`) escapes the kill.
 //! - Progress callbacks run on the supervisor thread (`build`) or on the runtime's threads
 //!   (`start`): keep them short.
 #![deny(missing_docs)]
 
+mod batch;
+mod blocking;
 mod config;
 mod dispatcher;
 mod errors;
 mod executor;
+mod guard;
 mod host;
 mod internal;
 mod kwargs;
@@ -51,8 +56,10 @@ mod pool;
 mod spawn;
 mod task;
 
+pub use batch::{MapItem, MapIter, MapStream};
 pub use config::{PoolBuilder, RetryPolicy};
 pub use errors::{PoolError, TaskError};
+pub use guard::CancelOnDropHandle;
 pub use internal::Shutdown;
 pub use kwargs::bind_kwargs;
 pub use orphans::OrphanReaper;

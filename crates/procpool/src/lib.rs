@@ -66,6 +66,15 @@
 //! }
 //! ```
 //!
+//! # Many tasks, and a plain `main`
+//! [`Pool::map`] runs an iterator of tasks with a bounded number in flight and yields
+//! `(task id, result)` as they end ([`Pool::map_ordered`]: in input order); dropping the
+//! stream cancels the rest. Every async call has a blocking twin for code without a
+//! runtime: [`Pool::map_blocking`], [`Pool::status_blocking`],
+//! [`Pool::worker_pids_blocking`], [`Pool::shutdown_blocking`],
+//! [`TaskHandle::started_blocking`], [`MetaTask::run_blocking`], and [`Pool::block_on`]
+//! for any other future.
+//!
 //! # The re-exec contract
 //! By default the pool starts `std::env::current_exe()` as its workers, with the
 //! environment variable [`worker::WORKER_ENV`] set. [`init`] (or `#[procpool::main]` on
@@ -77,7 +86,9 @@
 //! - **Linking**: tasks defined in a library crate are registered only if the binary links
 //!   that crate; if nothing else references it, write `extern crate that_crate as _;`.
 //! - **Dropping**: the last [`Pool`] clone kills and reaps every worker; dropping a
-//!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future cancels it. A pool
+//!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future, a
+//!   [`CancelOnDropHandle`] ([`TaskHandle::cancel_on_drop`]) or the stream of
+//!   [`Pool::map`] cancels what has not finished. A pool
 //!   from [`PoolBuilder::start`] cannot block its runtime: its last drop SIGKILLs every
 //!   worker's group before it returns and leaves the reaping to the runtime; await
 //!   [`Pool::shutdown`] to know every worker is reaped.
@@ -133,6 +144,7 @@ pub use serde_bytes::ByteBuf as Bytes;
 /// how busy it is, and reaping the grandchildren its kills leave behind.
 pub mod pool {
     pub use procpool_core::OrphanReaper;
+    pub use procpool_core::{CancelOnDropHandle, MapItem, MapIter, MapStream};
     pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
     pub use procpool_os::signal_name;
 }
