@@ -367,11 +367,7 @@ impl Executor {
                     if let Some(rss) = procpool_os::group_rss_bytes(self.pgid)
                         && rss > max
                     {
-                        break End::Limit(format!(
-                            "worker resident memory {} MiB is above the {} MiB limit",
-                            rss >> 20,
-                            max >> 20
-                        ));
+                        break End::Limit(crate::limits::rss_above_limit(rss, max));
                     }
                 },
             }

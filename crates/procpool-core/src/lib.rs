@@ -50,6 +50,7 @@ mod guard;
 mod host;
 mod internal;
 mod kwargs;
+mod limits;
 mod orphans;
 mod output;
 mod pool;

@@ -139,6 +139,8 @@ pub use procpool_macros::{main, task};
 pub use procpool_manager::{MetaError, MetaTask, TaskEvent, TaskManager};
 pub use procpool_worker::{current_task_id, init, recv_message, report_progress, send_message};
 pub use serde_bytes::ByteBuf as Bytes;
+/// Task ids ([`Task::id`], [`TaskHandle::id`], [`current_task_id`]).
+pub use uuid::Uuid;
 
 /// A [`Pool`]'s status and introspection beyond running tasks: what its workers serve,
 /// how busy it is, and reaping the grandchildren its kills leave behind.
