@@ -297,6 +297,7 @@ fn tasks_json_lists_every_demo_task_with_types() {
         "messages",
         "chat",
         "greet",
+        "environ",
     ];
     expected.sort_unstable();
     assert_eq!(names, expected, "sorted by name");

@@ -59,3 +59,55 @@ async fn retry_by_kind_leaves_limit_exceeded_out() {
     drop(pool);
     assert_no_children();
 }
+
+#[tokio::test]
+async fn worker_environment_cleared_removed_and_directory_set() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let names = || {
+        vec![
+            "HOME".to_owned(),
+            "PATH".to_owned(),
+            "ISSUE15_SET".to_owned(),
+        ]
+    };
+
+    // Inherited by default, with `env` on top.
+    let pool = demo(1).env("ISSUE15_SET", "yes").build().unwrap();
+    let (values, cwd) = pool.run(demo::environ::task(names())).await.unwrap();
+    assert_eq!(values[1], std::env::var("PATH").ok());
+    assert_eq!(values[2].as_deref(), Some("yes"));
+    assert_eq!(cwd, std::env::current_dir().unwrap().display().to_string());
+    drop(pool);
+
+    // Removed and cleared; `env` still reaches the worker; its own directory.
+    let pool = demo(1)
+        .env_remove("PATH")
+        .env("ISSUE15_SET", "yes")
+        .current_dir(dir.path())
+        .build()
+        .unwrap();
+    let (values, cwd) = pool.run(demo::environ::task(names())).await.unwrap();
+    assert_eq!(values[1], None, "PATH removed");
+    assert_eq!(
+        values[0],
+        std::env::var("HOME").ok(),
+        "HOME still inherited"
+    );
+    assert_eq!(values[2].as_deref(), Some("yes"));
+    assert_eq!(
+        cwd,
+        dir.path().canonicalize().unwrap().display().to_string()
+    );
+    drop(pool);
+
+    let pool = demo(1)
+        .env_clear()
+        .env("ISSUE15_SET", "yes")
+        .build()
+        .unwrap();
+    let (values, _) = pool.run(demo::environ::task(names())).await.unwrap();
+    assert_eq!(values, [None, None, Some("yes".to_owned())]);
+    drop(pool);
+    assert_no_children();
+}

@@ -178,6 +178,7 @@ pub(crate) struct Settings {
     pub(crate) worker: PathBuf,
     pub(crate) worker_args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) worker_env: crate::worker_env::WorkerEnv,
     pub(crate) max_workers: usize,
     pub(crate) min_workers: usize,
     pub(crate) idle_timeout: Option<Duration>,
@@ -200,6 +201,8 @@ pub struct PoolBuilder {
     worker: Option<PathBuf>,
     worker_args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    /// Clearing, removals and working directory (`worker_env.rs`).
+    pub(crate) worker_env: crate::worker_env::WorkerEnv,
     workers: Option<usize>,
     min_workers: Option<usize>,
     idle_timeout: Option<Duration>,
@@ -355,6 +358,7 @@ impl PoolBuilder {
                 PoolError::Config(format!("cannot find the current executable: {e}"))
             })?,
         };
+        let worker = self.worker_env.resolve_worker(worker)?;
         let max_workers = match self.workers {
             Some(0) => return Err(PoolError::Config("a pool needs at least one worker".into())),
             Some(n) => n,
@@ -387,6 +391,7 @@ impl PoolBuilder {
             worker,
             worker_args: self.worker_args.clone(),
             env: self.env.clone(),
+            worker_env: self.worker_env.clone(),
             max_workers,
             min_workers,
             idle_timeout: self.idle_timeout,

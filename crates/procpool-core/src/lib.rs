@@ -56,6 +56,7 @@ mod output;
 mod pool;
 mod spawn;
 mod task;
+mod worker_env;
 
 pub use batch::{MapItem, MapIter, MapStream};
 pub use config::{PoolBuilder, RetryPolicy};

@@ -197,3 +197,13 @@ pub fn chat() -> u64 {
     }
     answered
 }
+
+/// The values of the environment variables `names` in the worker, and its working
+/// directory: what `PoolBuilder::env_clear`, `env_remove` and `current_dir` decide.
+#[task]
+pub fn environ(names: Vec<String>) -> (Vec<Option<String>>, String) {
+    let values = names.iter().map(|n| std::env::var(n).ok()).collect();
+    let cwd =
+        std::env::current_dir().map_or_else(|e| format!("error: {e}"), |d| d.display().to_string());
+    (values, cwd)
+}
