@@ -111,3 +111,83 @@ async fn worker_environment_cleared_removed_and_directory_set() {
     drop(pool);
     assert_no_children();
 }
+
+/// The supervisor side of [`task_output_inherit_prefixes_each_line_with_its_task`], run by
+/// it in a child process whose stdout and stderr it reads: runs `noisy` with
+/// `TaskOutput::Inherit`, prints the task id, then keeps the pool until stdin closes.
+#[test]
+#[ignore = "run by task_output_inherit_prefixes_each_line_with_its_task"]
+fn inherit_child() {
+    assert!(
+        std::env::var_os("ISSUE15_INHERIT_CHILD").is_some(),
+        "only meaningful as the child of task_output_inherit_prefixes_each_line_with_its_task"
+    );
+    let pool = demo(1)
+        .task_output(procpool::TaskOutput::Inherit)
+        .build()
+        .unwrap();
+    let task = demo::noisy::task(3);
+    println!("task id: {}", task.id().simple());
+    assert_eq!(pool.run_blocking(task), Ok(3));
+    // Wait for the parent to have seen the lines: the output readers run until then.
+    let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
+    drop(pool);
+}
+
+#[test]
+fn task_output_inherit_prefixes_each_line_with_its_task() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    let _serial = support::serial_blocking();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "inherit_child", "--ignored", "--nocapture"])
+        .env("ISSUE15_INHERIT_CHILD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|r| {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                let mut seen = seen.lock().unwrap();
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        })
+    })
+    .collect();
+    let wanted = |text: &str| -> Option<Vec<String>> {
+        let id = text.lines().find_map(|l| l.strip_prefix("task id: "))?;
+        let prefix = format!("[task {}] ", &id[..8]);
+        Some(vec![
+            format!("{prefix}noisy stdout line 1"),
+            format!("{prefix}noisy stdout line 2"),
+            format!("{prefix}noisy stderr line 2"),
+        ])
+    };
+    let found = support::wait_until(Duration::from_secs(20), || {
+        let text = seen.lock().unwrap();
+        wanted(&text).is_some_and(|w| w.iter().all(|l| text.lines().any(|t| t == l)))
+    });
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let text = seen.lock().unwrap().clone();
+    assert!(
+        found,
+        "prefixed task lines in the supervisor's output:\n{text}"
+    );
+    assert!(status.success(), "{status}\n{text}");
+}

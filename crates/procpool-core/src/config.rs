@@ -179,6 +179,7 @@ pub(crate) struct Settings {
     pub(crate) worker_args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) worker_env: crate::worker_env::WorkerEnv,
+    pub(crate) task_output: crate::output::TaskOutput,
     pub(crate) max_workers: usize,
     pub(crate) min_workers: usize,
     pub(crate) idle_timeout: Option<Duration>,
@@ -203,6 +204,8 @@ pub struct PoolBuilder {
     env: Vec<(OsString, OsString)>,
     /// Clearing, removals and working directory (`worker_env.rs`).
     pub(crate) worker_env: crate::worker_env::WorkerEnv,
+    /// Where task output goes (`worker_env.rs` sets it).
+    pub(crate) task_output: crate::output::TaskOutput,
     workers: Option<usize>,
     min_workers: Option<usize>,
     idle_timeout: Option<Duration>,
@@ -392,6 +395,7 @@ impl PoolBuilder {
             worker_args: self.worker_args.clone(),
             env: self.env.clone(),
             worker_env: self.worker_env.clone(),
+            task_output: self.task_output,
             max_workers,
             min_workers,
             idle_timeout: self.idle_timeout,

@@ -171,11 +171,11 @@ impl Executor {
             worker,
             pid,
             pgid: Pgid::of_leader(pid),
+            output: Arc::new(OutputState::new(settings.task_output)),
             settings,
             events,
             commands,
             groups,
-            output: Arc::new(OutputState::default()),
             stdout: None,
             stderr: None,
         }

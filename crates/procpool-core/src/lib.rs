@@ -65,6 +65,7 @@ pub use guard::CancelOnDropHandle;
 pub use internal::Shutdown;
 pub use kwargs::bind_kwargs;
 pub use orphans::OrphanReaper;
+pub use output::TaskOutput;
 pub use pool::{Pool, PoolStatus};
 pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use task::{Progress, Task, TaskHandle};

@@ -1,5 +1,6 @@
 //! The environment and working directory workers start with (`PoolBuilder::env_clear`,
-//! `env_remove`, `current_dir`; `env` adds variables on top).
+//! `env_remove`, `current_dir`; `env` adds variables on top), and where their output goes
+//! (`PoolBuilder::task_output`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -71,6 +72,13 @@ impl PoolBuilder {
     /// ([`worker`](Self::worker)) is still found from the supervisor's directory.
     pub fn current_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.worker_env.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Where the lines tasks write to stdout and stderr go: `tracing` events (the
+    /// default) or the supervisor's own streams with a task prefix.
+    pub fn task_output(&mut self, output: crate::output::TaskOutput) -> &mut Self {
+        self.task_output = output;
         self
     }
 }

@@ -146,7 +146,7 @@ pub use uuid::Uuid;
 /// how busy it is, and reaping the grandchildren its kills leave behind.
 pub mod pool {
     pub use procpool_core::OrphanReaper;
-    pub use procpool_core::{CancelOnDropHandle, MapItem, MapIter, MapStream};
+    pub use procpool_core::{CancelOnDropHandle, MapItem, MapIter, MapStream, TaskOutput};
     pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
     pub use procpool_os::signal_name;
 }
