@@ -75,6 +75,16 @@
 //! [`TaskHandle::started_blocking`], [`MetaTask::run_blocking`], and [`Pool::block_on`]
 //! for any other future.
 //!
+//! # Examples
+//! Runnable programs in `crates/procpool/examples/` (`cargo run -p procpool --example
+//! NAME`; the test command runs them all):
+//! - `batch_files`: a crash-isolated batch over files from a plain `main`
+//!   ([`Pool::map_ordered_blocking`], a retry policy, a crash reported per file).
+//! - `tokio_service`: a tokio service with [`PoolBuilder::start`], concurrent requests, a
+//!   streamed batch ([`Pool::map`]) and a cancel by drop ([`CancelOnDropHandle`]).
+//! - `two_consumers`: a [`TaskManager`] with two consumers sharing one run by cache key,
+//!   each with its own event channel.
+//!
 //! # The re-exec contract
 //! By default the pool starts `std::env::current_exe()` as its workers, with the
 //! environment variable [`worker::WORKER_ENV`] set. [`init`] (or `#[procpool::main]` on
