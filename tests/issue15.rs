@@ -123,7 +123,7 @@ fn inherit_child() {
         "only meaningful as the child of task_output_inherit_prefixes_each_line_with_its_task"
     );
     let pool = demo(1)
-        .task_output(procpool::TaskOutput::Inherit)
+        .task_output(procpool::pool::TaskOutput::Inherit)
         .build()
         .unwrap();
     let task = demo::noisy::task(3);

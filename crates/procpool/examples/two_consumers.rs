@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo run -p procpool --example two_consumers`
 
-use procpool::{Cached, Pool, TaskEvent, TaskManager};
+use procpool::manager::Cached;
+use procpool::{Pool, TaskEvent, TaskManager};
 
 /// An expensive report, computed in a worker process with progress.
 #[procpool::task]
