@@ -40,7 +40,15 @@ impl Agent {
     fn start(cli: &Path, worker: &Path, url: &str, namespace: &str) -> Result<Agent> {
         use std::os::unix::process::CommandExt as _;
         let child = Command::new(cli)
-            .args(["agent", "--broker", url, "--namespace", namespace, "--workers", "1"])
+            .args([
+                "agent",
+                "--broker",
+                url,
+                "--namespace",
+                namespace,
+                "--workers",
+                "1",
+            ])
             .arg("--worker")
             .arg(worker)
             .args(["--log-level", "warn"])
@@ -141,7 +149,10 @@ impl BrokerSystem {
                     bail!("agent {} exited at start: {status}", a.pid());
                 }
             }
-            ensure!(Instant::now() < deadline, "the agents did not register in 30 s");
+            ensure!(
+                Instant::now() < deadline,
+                "the agents did not register in 30 s"
+            );
             pool.shutdown(Shutdown::Kill).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -167,7 +178,7 @@ impl BrokerSystem {
     async fn measure_on(
         &self,
         pool: &Pool,
-        agents: &mut Vec<Agent>,
+        agents: &mut [Agent],
         namespace: &str,
         g: Group,
         p: &Params,

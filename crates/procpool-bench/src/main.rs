@@ -7,11 +7,11 @@
 //! [min–max] over the repetitions) and the ratios against the targets; `--json FILE`
 //! writes the same as a JSON document.
 
+mod broker;
 mod floor_pipe;
 mod floor_tokio;
 mod params;
 mod peers;
-mod broker;
 mod pp;
 mod report;
 mod sys;

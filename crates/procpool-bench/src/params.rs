@@ -246,8 +246,12 @@ impl Params {
         }
         // Celery runs a few hundred tasks a second: fewer per sample, same definitions.
         if system == "celery" {
-            p.broker_rtt_n = p.broker_rtt_n.min(if scale == Scale::Full { 500 } else { 100 });
-            p.broker_tput_n = p.broker_tput_n.min(if scale == Scale::Full { 10_000 } else { 600 });
+            p.broker_rtt_n = p
+                .broker_rtt_n
+                .min(if scale == Scale::Full { 500 } else { 100 });
+            p.broker_tput_n = p
+                .broker_tput_n
+                .min(if scale == Scale::Full { 10_000 } else { 600 });
         }
         if system == "python_ppe" && scale == Scale::Full {
             p.window_n = 20_000;

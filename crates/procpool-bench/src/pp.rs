@@ -246,11 +246,9 @@ impl Procpool {
                 Ok(Outcome::one("idle_worker_rss_mb", rss))
             }
             Group::Queued => unreachable!("measured in a child process"),
-            Group::BrokerRtt | Group::BrokerTput | Group::RequeueAfterKill => {
-                Ok(Outcome::unsupported(
-                    "the local pool has no broker (see procpool_broker)",
-                ))
-            }
+            Group::BrokerRtt | Group::BrokerTput | Group::RequeueAfterKill => Ok(
+                Outcome::unsupported("the local pool has no broker (see procpool_broker)"),
+            ),
         }
     }
 

@@ -361,7 +361,10 @@ impl Results {
 
     fn target_rows(&self) -> Vec<Value> {
         let mut rows = Vec::new();
-        for t in TARGETS.iter().filter(|t| self.systems.iter().any(|s| s == t.subject)) {
+        for t in TARGETS
+            .iter()
+            .filter(|t| self.systems.iter().any(|s| s == t.subject))
+        {
             let other_metric = t.against_metric.unwrap_or(t.metric);
             let (figure, range) = match t.against {
                 Some(other) => match self.paired_across(t.metric, t.subject, other_metric, other) {

@@ -15,13 +15,27 @@ use crate::errors::{PoolError, TaskError};
 ///
 /// By default only crash-class failures are retried (`crashed`, `timed_out`,
 /// `limit_exceeded`, `protocol`): a user error or a panic would most likely fail the same
-/// way again. [`RetryPolicy::also_task_errors`] retries those too.
+/// way again. [`RetryPolicy::also_task_errors`] retries those too;
+/// [`retry_crashed`](RetryPolicy::retry_crashed),
+/// [`retry_timed_out`](RetryPolicy::retry_timed_out) and
+/// [`retry_limit_exceeded`](RetryPolicy::retry_limit_exceeded) leave a kind out:
+///
+/// ```
+/// use procpool_core::RetryPolicy;
+/// // A crash is retried twice; a hanging input fails after its first timeout.
+/// let policy = RetryPolicy::new(2).retry_timed_out(false);
+/// # let _ = policy;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_retries: u32,
     base_delay: Duration,
     max_delay: Duration,
     task_errors: bool,
+    /// Which crash-class kinds are retried (all by default).
+    crashed: bool,
+    timed_out: bool,
+    limit_exceeded: bool,
 }
 
 impl RetryPolicy {
@@ -36,7 +50,30 @@ impl RetryPolicy {
             base_delay: Duration::from_millis(50),
             max_delay: Duration::from_secs(5),
             task_errors: false,
+            crashed: true,
+            timed_out: true,
+            limit_exceeded: true,
         }
+    }
+
+    /// Whether a `crashed` task (signal or exit code) is retried (yes by default).
+    pub const fn retry_crashed(mut self, retry: bool) -> Self {
+        self.crashed = retry;
+        self
+    }
+
+    /// Whether a `timed_out` task is retried (yes by default). An input that always hangs
+    /// costs (retries + 1) x the timeout when it is; `retry_timed_out(false)` fails it
+    /// after one timeout.
+    pub const fn retry_timed_out(mut self, retry: bool) -> Self {
+        self.timed_out = retry;
+        self
+    }
+
+    /// Whether a `limit_exceeded` task (memory or rlimit) is retried (yes by default).
+    pub const fn retry_limit_exceeded(mut self, retry: bool) -> Self {
+        self.limit_exceeded = retry;
+        self
     }
 
     /// Backoff before the first retry, doubling after each (capped at `max`).
@@ -63,10 +100,10 @@ impl RetryPolicy {
             return false;
         }
         match err {
-            TaskError::Crashed { .. }
-            | TaskError::TimedOut { .. }
-            | TaskError::LimitExceeded { .. }
-            | TaskError::Protocol { .. } => true,
+            TaskError::Crashed { .. } => self.crashed,
+            TaskError::TimedOut { .. } => self.timed_out,
+            TaskError::LimitExceeded { .. } => self.limit_exceeded,
+            TaskError::Protocol { .. } => true,
             TaskError::User { .. } | TaskError::Panicked { .. } => self.task_errors,
             _ => false,
         }
@@ -141,6 +178,8 @@ pub(crate) struct Settings {
     pub(crate) worker: PathBuf,
     pub(crate) worker_args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) worker_env: crate::worker_env::WorkerEnv,
+    pub(crate) task_output: crate::output::TaskOutput,
     pub(crate) max_workers: usize,
     pub(crate) min_workers: usize,
     pub(crate) idle_timeout: Option<Duration>,
@@ -171,6 +210,10 @@ pub struct PoolBuilder {
     worker: Option<PathBuf>,
     worker_args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    /// Clearing, removals and working directory (`worker_env.rs`).
+    pub(crate) worker_env: crate::worker_env::WorkerEnv,
+    /// Where task output goes (`worker_env.rs` sets it).
+    pub(crate) task_output: crate::output::TaskOutput,
     workers: Option<usize>,
     min_workers: Option<usize>,
     idle_timeout: Option<Duration>,
@@ -340,6 +383,7 @@ impl PoolBuilder {
                 PoolError::Config(format!("cannot find the current executable: {e}"))
             })?,
         };
+        let worker = self.worker_env.resolve_worker(worker)?;
         let max_workers = match self.workers {
             Some(0) => return Err(PoolError::Config("a pool needs at least one worker".into())),
             Some(n) => n,
@@ -380,6 +424,8 @@ impl PoolBuilder {
             worker,
             worker_args: self.worker_args.clone(),
             env: self.env.clone(),
+            worker_env: self.worker_env.clone(),
+            task_output: self.task_output,
             max_workers,
             min_workers,
             idle_timeout: self.idle_timeout,

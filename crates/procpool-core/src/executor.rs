@@ -186,11 +186,11 @@ impl Executor {
             worker,
             pid,
             pgid: Pgid::of_leader(pid),
+            output: Arc::new(OutputState::new(settings.task_output)),
             settings,
             events,
             commands,
             groups,
-            output: Arc::new(OutputState::default()),
             stdout: None,
             stderr: None,
         }
@@ -414,11 +414,7 @@ impl Executor {
                         && rss > max
                         && !inflight.is_empty()
                     {
-                        break End::Limit(format!(
-                            "worker resident memory {} MiB is above the {} MiB limit",
-                            rss >> 20,
-                            max >> 20
-                        ));
+                        break End::Limit(crate::limits::rss_above_limit(rss, max));
                     }
                 },
             }

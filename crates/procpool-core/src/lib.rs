@@ -31,7 +31,9 @@
 //!   [`TaskHandle::recv_blocking`] must not be called on that runtime's own threads: on
 //!   the thread of a current-thread runtime they panic instead of deadlocking.
 //! - Dropping a [`TaskHandle`] detaches the task (it runs on); dropping the future of
-//!   [`Pool::run`] cancels it.
+//!   [`Pool::run`] cancels it, and so does dropping a [`CancelOnDropHandle`]
+//!   ([`TaskHandle::cancel_on_drop`]) or a [`MapStream`] / [`MapIter`] of
+//!   [`Pool::map`] before the task ended.
 //! - Cancel kills the worker's whole process group; a grandchild that left the group
 //!   (`setsid`, its own `setpgid`) escapes the kill.
 //! - Progress callbacks run on the supervisor thread (`build`) or on the runtime's threads
@@ -42,13 +44,17 @@
 #[macro_use]
 mod unwind;
 
+mod batch;
+mod blocking;
 mod config;
 mod dispatcher;
 mod errors;
 mod executor;
+mod guard;
 mod host;
 mod internal;
 mod kwargs;
+mod limits;
 mod orphans;
 mod output;
 mod pool;
@@ -56,12 +62,16 @@ mod remote;
 mod spawn;
 mod task;
 mod types;
+mod worker_env;
 mod writer;
 
+pub use batch::{MapItem, MapIter, MapStream};
 pub use config::{PoolBuilder, RetryPolicy};
 pub use errors::{PoolError, TaskError};
+pub use guard::CancelOnDropHandle;
 pub use kwargs::bind_kwargs;
 pub use orphans::OrphanReaper;
+pub use output::TaskOutput;
 pub use pool::Pool;
 pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use remote::{RemoteBackend, RemoteSubmission};

@@ -12,10 +12,26 @@ const MAX_LINE: usize = 8 * 1024;
 /// Stderr lines kept for a crash report.
 const TAIL_LINES: usize = 20;
 
+/// Where the lines a task writes to its stdout and stderr go
+/// ([`PoolBuilder::task_output`](crate::PoolBuilder::task_output)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskOutput {
+    /// One `tracing` event per line (target `procpool::task_output`, with the task id,
+    /// the worker pid and the stream): seen only where a subscriber is installed.
+    #[default]
+    Tracing,
+    /// Written to the supervisor's own stdout or stderr (the same stream the task used),
+    /// each line prefixed with `[task <first 8 hex digits of its id>] `, so a task's
+    /// `println!` shows even without a tracing subscriber.
+    Inherit,
+}
+
 /// What the output readers of one worker share with its executor.
 #[derive(Default)]
 pub(crate) struct OutputState {
     inner: Mutex<Inner>,
+    mode: TaskOutput,
 }
 
 #[derive(Default)]
@@ -25,6 +41,13 @@ struct Inner {
 }
 
 impl OutputState {
+    pub(crate) fn new(mode: TaskOutput) -> Self {
+        OutputState {
+            inner: Mutex::default(),
+            mode,
+        }
+    }
+
     /// Attributes the following output to `task` and starts a fresh stderr tail.
     pub(crate) fn start_task(&self, task: TaskId) {
         let mut inner = self.lock();
@@ -59,6 +82,10 @@ impl OutputState {
             }
         }
         let task_id = owner.map(|t| uuid::Uuid::from_u128(t.0));
+        if self.mode == TaskOutput::Inherit {
+            inherit_line(stream, task_id, text);
+            return;
+        }
         match stream {
             Stream::Stdout => {
                 log!(
@@ -72,6 +99,22 @@ impl OutputState {
             }
         }
     }
+}
+
+/// Writes one task line to the supervisor's stream of the same name, whole: a locked
+/// write of the prefixed line, so lines of concurrent tasks never interleave mid-line.
+fn inherit_line(stream: Stream, task_id: Option<uuid::Uuid>, text: &str) {
+    use std::io::Write;
+    let prefix = match task_id {
+        Some(id) => format!("[task {}] ", &id.simple().to_string()[..8]),
+        None => "[worker] ".to_owned(),
+    };
+    let line = format!("{prefix}{text}\n");
+    // A closed supervisor stream loses task output, never the supervisor.
+    let _ = match stream {
+        Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+        Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+    };
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -248,6 +248,11 @@ impl Pool {
         pool
     }
 
+    /// The runtime of a pool started with `start`, for blocking waits (`host::block_on`).
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Id> {
+        self.inner.runtime
+    }
+
     /// A builder with default settings.
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()

@@ -103,6 +103,7 @@ impl Launcher {
 fn spawn_process(settings: &Settings, groups: &Arc<Groups>) -> Result<Spawned, Refused> {
     let (ours, theirs) = procpool_os::channel_pair().map_err(|e| Refused::Failed(e.to_string()))?;
     let mut cmd = tokio::process::Command::new(&settings.worker);
+    settings.worker_env.apply(&mut cmd);
     cmd.args(&settings.worker_args)
         .envs(settings.env.iter().map(|(k, v)| (k, v)))
         .env(ENV_WORKER, "1")

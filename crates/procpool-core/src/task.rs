@@ -232,6 +232,16 @@ impl<R> std::fmt::Debug for TaskHandle<R> {
     }
 }
 
+impl<R> TaskHandle<R> {
+    /// Sends the cancel order of [`cancel`](Self::cancel), for code that has no bound on
+    /// the result type (a `Drop` impl).
+    pub(crate) fn send_cancel(&self) {
+        let _ = self
+            .commands
+            .send(Command::Cancel(procpool_proto::TaskId(self.id.as_u128())));
+    }
+}
+
 impl<R: DeserializeOwned> TaskHandle<R> {
     pub(crate) fn submit(
         task: Task<R>,
@@ -293,13 +303,16 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         self.id
     }
 
+    /// The runtime of a pool started with `start`, for blocking waits (`host::block_on`).
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Id> {
+        self.runtime
+    }
+
     /// Cancels the task: a queued task is removed and never runs; a running task's worker
     /// process group is killed and reaped before the handle resolves with
     /// [`TaskError::Cancelled`]. No effect on a task that already finished.
     pub fn cancel(&self) {
-        let _ = self
-            .commands
-            .send(Command::Cancel(procpool_proto::TaskId(self.id.as_u128())));
+        self.send_cancel();
     }
 
     /// Sends a message to the running task (read there with `procpool::recv_message`).

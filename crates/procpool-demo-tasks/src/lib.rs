@@ -208,3 +208,13 @@ pub fn flood(count: u32, size: u64) -> u32 {
     }
     count
 }
+
+/// The values of the environment variables `names` in the worker, and its working
+/// directory: what `PoolBuilder::env_clear`, `env_remove` and `current_dir` decide.
+#[task]
+pub fn environ(names: Vec<String>) -> (Vec<Option<String>>, String) {
+    let values = names.iter().map(|n| std::env::var(n).ok()).collect();
+    let cwd =
+        std::env::current_dir().map_or_else(|e| format!("error: {e}"), |d| d.display().to_string());
+    (values, cwd)
+}

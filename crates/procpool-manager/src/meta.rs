@@ -268,6 +268,11 @@ impl<R: Send + 'static> MetaTask<R> {
     pub async fn run(self, pool: &Pool) -> Result<R, MetaError> {
         self.submit(pool).await
     }
+
+    /// Blocking [`run`](Self::run), for a plain `main` (see [`Pool::block_on`]).
+    pub fn run_blocking(self, pool: &Pool) -> Result<R, MetaError> {
+        pool.block_on(self.submit(pool))
+    }
 }
 
 impl<R: Send + 'static> Inputs for MetaTask<R> {

@@ -160,7 +160,11 @@ pub fn recv_message() -> Option<Vec<u8>> {
     ch.recv_for(task_id)
 }
 
-/// The id of the task running in this worker, if any.
-pub fn current_task_id() -> Option<u128> {
-    CHANNEL.get()?.current().map(|id| id.0)
+/// The id of the task running in this worker (the [`Uuid`] of its `Task` and handle in
+/// the parent), if any.
+pub fn current_task_id() -> Option<uuid::Uuid> {
+    CHANNEL
+        .get()?
+        .current()
+        .map(|id| uuid::Uuid::from_u128(id.0))
 }

@@ -66,6 +66,25 @@
 //! }
 //! ```
 //!
+//! # Many tasks, and a plain `main`
+//! [`Pool::map`] runs an iterator of tasks with a bounded number in flight and yields
+//! `(task id, result)` as they end ([`Pool::map_ordered`]: in input order); dropping the
+//! stream cancels the rest. Every async call has a blocking twin for code without a
+//! runtime: [`Pool::map_blocking`], [`Pool::status_blocking`],
+//! [`Pool::worker_pids_blocking`], [`Pool::shutdown_blocking`],
+//! [`TaskHandle::started_blocking`], [`MetaTask::run_blocking`], and [`Pool::block_on`]
+//! for any other future.
+//!
+//! # Examples
+//! Runnable programs in `crates/procpool/examples/` (`cargo run -p procpool --example
+//! NAME`; the test command runs them all):
+//! - `batch_files`: a crash-isolated batch over files from a plain `main`
+//!   ([`Pool::map_ordered_blocking`], a retry policy, a crash reported per file).
+//! - `tokio_service`: a tokio service with [`PoolBuilder::start`], concurrent requests, a
+//!   streamed batch ([`Pool::map`]) and a cancel by drop ([`CancelOnDropHandle`]).
+//! - `two_consumers`: a [`TaskManager`] with two consumers sharing one run by cache key,
+//!   each with its own event channel.
+//!
 //! # The re-exec contract
 //! By default the pool starts `std::env::current_exe()` as its workers, with the
 //! environment variable [`worker::WORKER_ENV`] set. [`init`] (or `#[procpool::main]` on
@@ -77,7 +96,9 @@
 //! - **Linking**: tasks defined in a library crate are registered only if the binary links
 //!   that crate; if nothing else references it, write `extern crate that_crate as _;`.
 //! - **Dropping**: the last [`Pool`] clone kills and reaps every worker; dropping a
-//!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future cancels it. A pool
+//!   [`TaskHandle`] detaches its task; dropping a [`Pool::run`] future, a
+//!   [`CancelOnDropHandle`] ([`TaskHandle::cancel_on_drop`]) or the stream of
+//!   [`Pool::map`] cancels what has not finished. A pool
 //!   from [`PoolBuilder::start`] cannot block its runtime: its last drop SIGKILLs every
 //!   worker's group before it returns and leaves the reaping to the runtime; await
 //!   [`Pool::shutdown`] to know every worker is reaped.
@@ -128,11 +149,14 @@ pub use procpool_macros::{main, task};
 pub use procpool_manager::{MetaError, MetaTask, TaskEvent, TaskManager};
 pub use procpool_worker::{current_task_id, init, recv_message, report_progress, send_message};
 pub use serde_bytes::ByteBuf as Bytes;
+/// Task ids ([`Task::id`], [`TaskHandle::id`], [`current_task_id`]).
+pub use uuid::Uuid;
 
 /// A [`Pool`]'s status and introspection beyond running tasks: what its workers serve,
 /// how busy it is, and reaping the grandchildren its kills leave behind.
 pub mod pool {
     pub use procpool_core::OrphanReaper;
+    pub use procpool_core::{CancelOnDropHandle, MapItem, MapIter, MapStream, TaskOutput};
     pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
     pub use procpool_os::signal_name;
 }

@@ -110,7 +110,7 @@ fn touch(path: String) {
 
 /// The task context as the worker sees it: its task id, whether it is a worker, its pid.
 #[procpool::task]
-fn whoami() -> (Option<u128>, bool, u32) {
+fn whoami() -> (Option<procpool::Uuid>, bool, u32) {
     (
         procpool::current_task_id(),
         procpool::worker::is_worker(),
@@ -297,7 +297,7 @@ async fn task_context(pool: &Pool) -> Outcome {
             .await
             .map_err(|_| "whoami: no result within 10 s".to_owned())?
             .map_err(|e| format!("whoami failed: {e:?}"))?;
-        ensure_eq!(task_id, Some(id.as_u128()));
+        ensure_eq!(task_id, Some(id));
         ensure!(in_worker, "is_worker() is false inside the worker");
         ensure!(pids.contains(&pid), "pid {pid} is not a worker of {pids:?}");
         seen_pids.push(pid);
@@ -312,7 +312,7 @@ async fn task_context(pool: &Pool) -> Outcome {
     // A fresh UUID from a task that is never run.
     let chosen = answer::task().id();
     let (task_id, _, _) = ok(pool, whoami::task().with_id(chosen)).await?;
-    ensure_eq!(task_id, Some(chosen.as_u128()));
+    ensure_eq!(task_id, Some(chosen));
     ensure!(
         !procpool::worker::is_worker(),
         "is_worker() is true in the parent"
@@ -389,7 +389,13 @@ async fn manifest(pool: &Pool) -> Outcome {
             false,
             false,
         ),
-        ("whoami", &[], "(Option<u128>, bool, u32)", false, false),
+        (
+            "whoami",
+            &[],
+            "(Option<procpool::Uuid>, bool, u32)",
+            false,
+            false,
+        ),
     ];
     let got = pool.tasks();
     let names: Vec<&str> = got.iter().map(|t| t.name.as_str()).collect();

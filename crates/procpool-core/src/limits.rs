@@ -1,0 +1,40 @@
+//! Messages of the limits a worker can break, with figures that show the difference.
+
+/// The `limit_exceeded` message for a worker whose resident memory `rss` went above
+/// `max` (both in bytes). In MiB when the rounded figures differ; with the exact bytes
+/// too when rounding would read "256 MiB is above the 256 MiB limit".
+pub(crate) fn rss_above_limit(rss: u64, max: u64) -> String {
+    let (rss_mib, max_mib) = (rss >> 20, max >> 20);
+    if rss_mib != max_mib {
+        format!("worker resident memory {rss_mib} MiB is above the {max_mib} MiB limit")
+    } else {
+        format!("worker resident memory {rss} bytes is above the {max_mib} MiB limit ({max} bytes)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rss_above_limit;
+
+    #[test]
+    fn figures_in_mib_when_they_differ() {
+        assert_eq!(
+            rss_above_limit(300 << 20, 256 << 20),
+            "worker resident memory 300 MiB is above the 256 MiB limit"
+        );
+    }
+
+    #[test]
+    fn exact_bytes_when_rounding_hides_the_difference() {
+        let msg = rss_above_limit((256 << 20) + 4096, 256 << 20);
+        assert_eq!(
+            msg,
+            "worker resident memory 268439552 bytes is above the 256 MiB limit \
+             (268435456 bytes)"
+        );
+        // A limit that is not a whole number of MiB.
+        let msg = rss_above_limit(1_000_000_001, 1_000_000_000);
+        assert!(msg.contains("1000000001 bytes"), "{msg}");
+        assert!(msg.contains("(1000000000 bytes)"), "{msg}");
+    }
+}
