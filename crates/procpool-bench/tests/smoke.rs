@@ -1,6 +1,13 @@
 //! The harness must not rot: run the engine at its tiny scale on the floors and procpool
 //! in both of its modes (no peer is built or needed) and check the JSON document `scripts/bench --json` relies on.
 
+#[path = "../../../tests/support/redis.rs"]
+#[expect(
+    dead_code,
+    reason = "the TLS and restart helpers serve the broker tests"
+)]
+mod redis_server;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,7 +54,7 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
-    assert!(stdout.contains("procpool against the targets"), "{stdout}");
+    assert!(stdout.contains("the targets (ratios"), "{stdout}");
     assert!(stdout.contains("rtt_us"), "{stdout}");
     // The pool on the bench's runtime against the same on its own thread.
     assert!(stdout.contains("procpool_build (build)"), "{stdout}");
@@ -100,6 +107,66 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
         // procspawn have none without it.
         let against_peer = t["against"] == "procspawn";
         assert_eq!(t["met"].is_boolean(), !against_peer, "{t}");
+    }
+    assert!(
+        doc["notes"].as_array().is_some_and(|n| n.is_empty()),
+        "{}",
+        doc["notes"]
+    );
+}
+
+/// The broker set at tiny scale on a private redis-server: two `procpool agent`s (the
+/// `procpool` binary built beside this one) serving this bench binary's demo tasks, one
+/// agent SIGKILLed under a running task. Celery is not needed for it.
+#[test]
+fn tiny_broker_run_measures_procpool_broker_beside_the_local_pool() {
+    let cli = PathBuf::from(BENCH).with_file_name("procpool");
+    assert!(
+        cli.is_file(),
+        "{} not built (cargo build --bin procpool)",
+        cli.display()
+    );
+    let redis = redis_server::RedisServer::start();
+    let json = out_path("broker");
+    let out = Command::new(BENCH)
+        .args(["--scale", "tiny", "--reps", "1", "--broker-url"])
+        .arg(redis.url())
+        .args(["--worker", BENCH, "--json"])
+        .arg(&json)
+        .output()
+        .expect("run procpool-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(
+        doc["config"]["systems"],
+        serde_json::json!(["procpool", "procpool_broker"])
+    );
+    let value = |m: &str, s: &str| doc["metrics"][m][s].as_f64();
+    for m in [
+        "broker_rtt_us",
+        "broker_tput_per_s",
+        "requeue_after_kill_ms",
+    ] {
+        let v = value(m, "procpool_broker");
+        assert!(v.is_some_and(|v| v.is_finite() && v > 0.0), "{m}: {v:?}");
+        assert!(doc["unsupported"][m]["procpool"].is_string(), "{m}");
+    }
+    for m in ["rtt_us", "tput_strict_per_s"] {
+        assert!(value(m, "procpool").is_some_and(|v| v > 0.0), "{m}");
+    }
+    // Against Celery: no verdict without it; against the local pool and absolute: one.
+    let targets = doc["targets"].as_array().expect("targets");
+    let broker: Vec<_> = targets
+        .iter()
+        .filter(|t| t["system"] == "procpool_broker")
+        .collect();
+    assert_eq!(broker.len(), 4, "{targets:?}");
+    for t in broker {
+        assert_eq!(t["met"].is_boolean(), t["against"] != "celery", "{t}");
     }
     assert!(
         doc["notes"].as_array().is_some_and(|n| n.is_empty()),
