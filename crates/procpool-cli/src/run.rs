@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 use tokio::task::JoinSet;
 
-use crate::cli::{OnSignal, PolicyArgs, RunArgs, WorkerArgs};
+use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RunArgs, WorkerArgs};
 use crate::exit::{Exit, Failure};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
 use crate::ledger::Ledger;
@@ -87,17 +87,13 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let mut signals = Signals::install()
         .context("cannot install the signal handlers")
         .map_err(Failure::Runtime)?;
-    let pool = match &args.broker.broker {
-        Some(url) => crate::agent::connect(url, &args.broker.namespace, Some(&args.policy)).await?,
-        None => {
-            start_pool(
-                &args.worker,
-                args.workers.map(|n| n as usize),
-                Some(&args.policy),
-            )
-            .await?
-        }
-    };
+    let pool = open_pool(
+        &args.broker,
+        &args.worker,
+        args.workers.map(|n| n as usize),
+        Some(&args.policy),
+    )
+    .await?;
     // Opened only once the pool is up, so a bad worker leaves an existing file untouched.
     let keep = previous.as_ref().map(|p| p.keep_len);
     let mut out = open_output(args.out.as_deref(), keep).map_err(Failure::Setup)?;
@@ -178,6 +174,20 @@ pub(crate) fn worker_path(args: &WorkerArgs) -> Result<PathBuf, Failure> {
     std::env::current_exe()
         .context("cannot find this executable to use it as the worker")
         .map_err(Failure::Setup)
+}
+
+/// The pool of `run`, `serve` and `tasks`: the broker's agents with `--broker`, else local
+/// workers of `--worker`.
+pub(crate) async fn open_pool(
+    broker: &BrokerArgs,
+    worker: &WorkerArgs,
+    workers: Option<usize>,
+    policy: Option<&PolicyArgs>,
+) -> Result<Pool, Failure> {
+    match &broker.broker {
+        Some(url) => crate::agent::connect(url, &broker.namespace, policy).await,
+        None => start_pool(worker, workers, policy).await,
+    }
 }
 
 /// Builds a pool off the async threads (`build` blocks until every worker said hello).

@@ -6,7 +6,7 @@ use procpool_serve::{OnSignal, ServeSettings, Server};
 
 use crate::cli::ServeArgs;
 use crate::exit::{Exit, Failure};
-use crate::run::start_pool;
+use crate::run::open_pool;
 use crate::signals::{Signals, Stop};
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
@@ -40,17 +40,13 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         let stop = s.recv().await;
         Some((stop, s))
     }));
-    let pool = match &args.broker.broker {
-        Some(url) => crate::agent::connect(url, &args.broker.namespace, Some(&args.policy)).await?,
-        None => {
-            start_pool(
-                &args.worker,
-                args.workers.map(|n| n as usize),
-                Some(&args.policy),
-            )
-            .await?
-        }
-    };
+    let pool = open_pool(
+        &args.broker,
+        &args.worker,
+        args.workers.map(|n| n as usize),
+        Some(&args.policy),
+    )
+    .await?;
     let server = Server::bind(pool, settings)
         .await
         .map_err(|e| Failure::Setup(e.into()))?;
