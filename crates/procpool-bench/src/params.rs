@@ -49,21 +49,12 @@ impl Group {
         Group::RequeueAfterKill,
     ];
 
-    pub const ALL: [Group; 13] = [
-        Group::Rtt,
-        Group::TputStrict,
-        Group::TputWindow,
-        Group::SpawnReady,
-        Group::FreshProcess,
-        Group::Cancel,
-        Group::Crash,
-        Group::Blob,
-        Group::IdleRss,
-        Group::Queued,
-        Group::BrokerRtt,
-        Group::BrokerTput,
-        Group::RequeueAfterKill,
-    ];
+    /// Every group once, in table order: the local set, then the broker's own groups.
+    pub fn all() -> impl Iterator<Item = Group> {
+        Group::LOCAL
+            .into_iter()
+            .chain(Group::BROKER.into_iter().filter(|g| g.is_broker()))
+    }
 
     /// Whether this group measures a broker (the local systems have no such feature).
     pub fn is_broker(self) -> bool {
@@ -113,16 +104,13 @@ impl Group {
 
     /// Accepts a group name or the name of one of its metrics.
     pub fn parse(s: &str) -> Option<Group> {
-        Group::ALL
-            .into_iter()
-            .find(|g| g.name() == s || g.metrics().contains(&s))
+        Group::all().find(|g| g.name() == s || g.metrics().contains(&s))
     }
 }
 
 /// Every metric in table order.
 pub fn all_metrics() -> Vec<&'static str> {
-    Group::ALL
-        .iter()
+    Group::all()
         .flat_map(|g| g.metrics().iter().copied())
         .collect()
 }

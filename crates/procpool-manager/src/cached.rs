@@ -65,11 +65,7 @@ impl<I> Cached<I> {
         mut self,
         channels: impl IntoIterator<Item = S>,
     ) -> Self {
-        self.notify_channels = crate::registry::distinct(
-            std::mem::take(&mut self.notify_channels)
-                .into_iter()
-                .chain(channels.into_iter().map(Into::into)),
-        );
+        crate::registry::add_distinct(&mut self.notify_channels, channels);
         self
     }
 

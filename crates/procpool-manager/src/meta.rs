@@ -205,11 +205,7 @@ impl<R: Send + 'static> MetaTask<R> {
         mut self,
         channels: impl IntoIterator<Item = S>,
     ) -> Self {
-        self.notify_channels = crate::registry::distinct(
-            std::mem::take(&mut self.notify_channels)
-                .into_iter()
-                .chain(channels.into_iter().map(Into::into)),
-        );
+        crate::registry::add_distinct(&mut self.notify_channels, channels);
         self
     }
 

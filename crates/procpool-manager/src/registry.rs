@@ -43,12 +43,22 @@ where
 /// `run_task` and the task's own `notify_channels` may name the same channel.
 pub(crate) fn distinct(channels: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    add_distinct(&mut out, channels);
+    out
+}
+
+/// Appends the channels `set` does not hold yet, in order (a builder's
+/// `notify_channels`).
+pub(crate) fn add_distinct<S: Into<String>>(
+    set: &mut Vec<String>,
+    channels: impl IntoIterator<Item = S>,
+) {
     for channel in channels {
-        if !out.contains(&channel) {
-            out.push(channel);
+        let channel = channel.into();
+        if !set.contains(&channel) {
+            set.push(channel);
         }
     }
-    out
 }
 
 /// A request to run something as a node, or to attach to the node already running it.
