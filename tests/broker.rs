@@ -564,12 +564,12 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
         result_ttl: Duration::from_secs(60),
     };
     assert_eq!(
-        b.submit(&task, "{fence}:wake").await.unwrap(),
+        b.submit(&task, "submitter").await.unwrap(),
         procpool_broker::Submitted::New
     );
     // Submitting the same id again attaches (the script is idempotent).
     assert_eq!(
-        b.submit(&task, "{fence}:wake").await.unwrap(),
+        b.submit(&task, "submitter").await.unwrap(),
         procpool_broker::Submitted::Attached
     );
     let agent = |id: &str| AgentInfo {
@@ -626,8 +626,8 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     assert!(b.complete("y", &current, &Ok(three.clone())).await.unwrap());
     // Applied once: the same write again is refused.
     assert!(!b.complete("y", &current, &Ok(three.clone())).await.unwrap());
-    assert_eq!(b.take_result(id).await.unwrap(), Some(Ok(three)));
-    assert_eq!(b.take_result(id).await.unwrap(), None);
+    assert_eq!(b.take_results(&[id]).await.unwrap(), [Some(Ok(three))]);
+    assert_eq!(b.take_results(&[id]).await.unwrap(), [None]);
     // The queue is empty: the entry left with the terminal write.
     assert_eq!(redis_cli(&redis, &["XLEN", "{fence}:q"]), "0");
 }
@@ -1023,10 +1023,13 @@ async fn a_task_over_the_agents_frame_cap_never_reaches_it() {
         lost_budget: 3,
         result_ttl: Duration::from_secs(60),
     };
-    b.submit(&task, "{cap}:wake").await.unwrap();
+    b.submit(&task, "submitter").await.unwrap();
     let fetched = b.fetch("x", 1, Duration::from_secs(1)).await.unwrap();
     assert!(b.start("x", &fetched[0].entry, id).await.unwrap().is_none());
-    let outcome = b.take_result(id).await.unwrap().expect("an outcome");
+    let [outcome] = &b.take_results(&[id]).await.unwrap()[..] else {
+        panic!("one result")
+    };
+    let outcome = outcome.clone().expect("an outcome");
     assert!(
         matches!(&outcome, Err(TaskError::Protocol { message }) if message.contains("frame cap")),
         "{outcome:?}"
@@ -1068,6 +1071,52 @@ async fn an_agent_stalled_just_short_of_its_lease_does_not_strand_its_task() {
         .await
         .expect("the task was stranded: running on a live agent that no longer runs it");
     assert_eq!(outcome, Ok(5000));
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetching_agent_claims_ahead_and_a_prefetched_cancel_never_runs() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start_with(&url, 1, &["--prefetch-tasks", "2"]);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let running = pool.submit(demo::sleep_ms::task(60_000));
+    let pid = running.started().await.expect("started");
+    let ahead: Vec<_> = (0..2).map(|i| pool.submit(demo::add::task(i, 1))).collect();
+    let behind = pool.submit(demo::add::task(10, 1));
+    // One worker, two claimed ahead of it: on the broker those two run on this agent
+    // while the worker is busy, and the fourth task waits in the queue.
+    let state = |id: Uuid| {
+        let key = format!("{{procpool}}:t:{id}");
+        redis_cli(&redis, &["HGET", &key, "st"])
+    };
+    wait_for(Duration::from_secs(10), "the prefetch", async || {
+        ahead.iter().all(|h| state(h.id()) == "running")
+    })
+    .await;
+    assert_eq!(state(behind.id()), "queued");
+    assert!(
+        ahead.iter().all(|h| h.worker_pid().is_none()),
+        "not started yet"
+    );
+    // A prefetched task cancelled before its start never runs.
+    let mut ahead = ahead.into_iter();
+    let cancelled = ahead.next().unwrap();
+    cancelled.cancel();
+    assert_eq!(cancelled.await, Err(TaskError::Cancelled));
+    running.cancel();
+    assert_eq!(running.await, Err(TaskError::Cancelled));
+    wait_for(Duration::from_secs(10), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
+    // The rest run, each exactly once, in a replacement worker.
+    assert_eq!(ahead.next().unwrap().await, Ok(2));
+    assert_eq!(behind.await, Ok(11));
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
 }

@@ -523,12 +523,11 @@ fn start_time(pid: u32) -> u64 {
 ///
 /// - `{ns}:q`, the task stream with the consumer group `agents`: the design keeps it
 ///   for good (the group's read position lives in it), but it must be empty: every entry
-///   of a finished task is acked and deleted;
-/// - `wake:<uuid>`: a submitter's wake-up stream (at most 16 entries, 10 min TTL after
-///   its last submit): it belongs to the submitter, not to a task.
+///   of a finished task is acked and deleted.
 ///
-/// Everything else (`t:`, `e:`, `r:`, `in:` of a task, agents' liveness keys, the agent
-/// set once every agent has left) must be gone after the result TTL.
+/// Everything else (`t:`, `e:`, `r:`, `in:`, `w:` of a task, a submitter's inbox `n:`,
+/// agents' liveness keys, the agent set once every agent has left) must be gone after the
+/// result TTL.
 pub(crate) fn key_allowed(ns: &str, key: &str) -> bool {
-    key == format!("{{{ns}}}:q") || key.starts_with("wake:")
+    key == format!("{{{ns}}}:q")
 }

@@ -22,6 +22,10 @@ use crate::{Outcome, median, ms, rtt_chunks, us};
 /// other system has).
 const AGENTS: usize = 2;
 
+/// Tasks each agent takes ahead of its worker: 4, as Celery's default prefetch
+/// multiplier (4 per process) gives its two-process worker 8 in all.
+const PREFETCH: &str = "4";
+
 pub struct BrokerSystem {
     worker: PathBuf,
     /// The `procpool` CLI, whose `agent` subcommand runs an agent.
@@ -48,6 +52,8 @@ impl Agent {
                 namespace,
                 "--workers",
                 "1",
+                "--prefetch-tasks",
+                PREFETCH,
             ])
             .arg("--worker")
             .arg(worker)

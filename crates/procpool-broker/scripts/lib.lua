@@ -8,6 +8,9 @@
 --   P:r:<id>     result ("ok:" .. bytes or "err:" .. error JSON), with a TTL
 --   P:a:<agent>  agent liveness key with a short TTL; P:agents the set of agent ids
 --   P:in:<id>    messages to a running task; P:ctl the notification channel
+--   P:w:<id>     the inboxes of the submitters watching a task
+--   P:n:<client> a submitter's inbox: one entry (t = task id) per event of a task it
+--                watches, so it reads only the event streams that moved
 local function drop_entry(P, entry)
   redis.call('XACK', P .. ':q', 'agents', entry)
   redis.call('XDEL', P .. ':q', entry)
@@ -15,6 +18,14 @@ end
 
 local function event(P, id, ...)
   redis.call('XADD', P .. ':e:' .. id, 'MAXLEN', '~', 1000, '*', ...)
+  local inboxes = redis.call('SMEMBERS', P .. ':w:' .. id)
+  if #inboxes == 0 then return end
+  -- An inbox lives as long as the results of its tasks (a dead submitter's goes too).
+  local ttl = redis.call('HGET', P .. ':t:' .. id, 'ttl') or 3600000
+  for _, inbox in ipairs(inboxes) do
+    redis.call('XADD', inbox, 'MAXLEN', '~', 100000, '*', 't', id)
+    redis.call('PEXPIRE', inbox, ttl)
+  end
 end
 
 -- Ends a task for good: state, result with its TTL, terminal event, queue entry acked
@@ -28,6 +39,7 @@ local function finish(P, id, att, status, value)
   redis.call('SET', P .. ':r:' .. id, status .. ':' .. value, 'PX', ttl)
   event(P, id, 'k', 'done', 'a', att, 's', status, 'v', value)
   redis.call('PEXPIRE', P .. ':e:' .. id, ttl)
+  redis.call('PEXPIRE', P .. ':w:' .. id, ttl)
   if h[1] and h[1] ~= '' then drop_entry(P, h[1]) end
   redis.call('DEL', P .. ':in:' .. id)
 end

@@ -12,7 +12,9 @@ local lost, cancelled = {}, {}
 for i = 5, #ARGV, 3 do
   local id, entry, att = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local h = redis.call('HMGET', P .. ':t:' .. id, 'st', 'agent', 'att', 'entry', 'cancel')
-  if h[1] ~= 'running' or h[2] ~= agent or h[3] ~= att or h[4] ~= entry then
+  if h[1] == 'done' and h[2] == agent and h[3] == att then
+    -- Finished by this very attempt while the renewal was on its way: nothing lost.
+  elseif h[1] ~= 'running' or h[2] ~= agent or h[3] ~= att or h[4] ~= entry then
     lost[#lost + 1] = id
   else
     redis.call('XCLAIM', KEYS[3], 'agents', agent, 0, entry, 'JUSTID')

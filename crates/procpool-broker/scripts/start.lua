@@ -2,7 +2,8 @@
 -- that is stale (task finished, vanished, requeued under another entry) or cancelled.
 -- KEYS[1] P:q  KEYS[2] P:t:<id>
 -- ARGV[1] P  [2] id  [3] entry  [4] agent  [5] the agent's frame cap (bytes)
--- Returns {} (nothing to run) or {attempt, name, args, enc, timeout, retries, proto}.
+-- Returns {} (nothing to run) or {attempt, name, args, enc, timeout, retries, proto,
+-- messages}: the messages sent before the start are taken with it.
 -- A task too large for the agent ends with a protocol error here: its bytes never
 -- reach the agent.
 local P, id, entry, agent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -26,4 +27,11 @@ if redis.call('HSTRLEN', KEYS[2], 'args') > tonumber(ARGV[5])
   return {}
 end
 redis.call('HSET', KEYS[2], 'st', 'running', 'agent', agent, 'att', att)
-return {att, h[5], h[6], h[7], h[8], h[9], h[10]}
+local inbox = P .. ':in:' .. id
+local messages = {}
+for _, m in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
+  -- As take_messages: one above the frame cap never reaches the agent.
+  if #m <= tonumber(ARGV[5]) then messages[#messages + 1] = m end
+end
+redis.call('DEL', inbox)
+return {att, h[5], h[6], h[7], h[8], h[9], h[10], messages}

@@ -33,6 +33,10 @@ pub struct AgentOptions {
     pub reap_every: Duration,
     /// Idle time after which the XAUTOCLAIM backstop requeues an entry.
     pub autoclaim_idle: Duration,
+    /// Tasks claimed beyond the free worker slots, queued on the agent so a worker
+    /// never waits for the broker between two tasks. 0: claim only for a free slot
+    /// (a long task never holds another one back from an idle agent).
+    pub prefetch: usize,
 }
 
 impl Default for AgentOptions {
@@ -42,6 +46,7 @@ impl Default for AgentOptions {
             renew_every: Duration::from_secs(1),
             reap_every: Duration::from_millis(500),
             autoclaim_idle: Duration::from_secs(30),
+            prefetch: 0,
         }
     }
 }
@@ -136,7 +141,7 @@ pub async fn run_agent<B: Broker>(
         tokio::spawn(reap_loop(agent.clone())),
         tokio::spawn(control_loop(agent.clone())),
     ];
-    let free = Arc::new(Semaphore::new(slots));
+    let free = Arc::new(Semaphore::new(slots + agent.options.prefetch));
     tokio::pin!(stop);
     let mode = tokio::select! {
         mode = &mut stop => mode,
@@ -177,7 +182,7 @@ pub async fn run_agent<B: Broker>(
     Ok(me)
 }
 
-/// Reads as many entries as there are free slots and starts each.
+/// Reads as many entries as there are free slots (plus the prefetch) and starts each.
 async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
     let mut down_since: Option<Instant> = None;
     let mut delay = Duration::from_millis(100);
@@ -214,6 +219,7 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
             delay = Duration::from_millis(100);
         }
         let mut first = Some(first);
+        let mut claims = Vec::new();
         for Fetched { entry, task } in fetched {
             let permit = match first.take() {
                 Some(p) => p,
@@ -224,15 +230,23 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
                     Err(_) => break,
                 },
             };
-            let id = match task {
-                Ok(id) => id,
+            match task {
+                Ok(id) => claims.push((entry, id, permit)),
                 Err(message) => {
                     tracing::warn!(entry, message, "dropping an unreadable queue entry");
                     let _ = agent.broker.discard(&entry).await;
-                    continue;
                 }
-            };
-            match agent.broker.start(&agent.info.id, &entry, id).await {
+            }
+        }
+        // Claimed together: the starts share the connection's pipeline.
+        let started = futures::future::join_all(
+            claims
+                .iter()
+                .map(|(entry, id, _)| agent.broker.start(&agent.info.id, entry, *id)),
+        )
+        .await;
+        for ((entry, id, permit), started) in claims.into_iter().zip(started) {
+            match started {
                 Ok(Some(claimed)) => {
                     let lease = Lease {
                         id,
@@ -322,11 +336,9 @@ async fn run_task<B: Broker>(
                 task = task.retry(procpool_core::RetryPolicy::new(n));
             }
             let mut handle = agent.pool.submit(task);
-            if let Ok(early) = broker.take_messages(lease.id).await {
-                for m in early {
-                    if let Err(e) = handle.send(m) {
-                        tracing::warn!("message to a task dropped: {e}");
-                    }
+            for m in claimed.messages {
+                if let Err(e) = handle.send(m) {
+                    tracing::warn!("message to a task dropped: {e}");
                 }
             }
             // Until the worker starts: only control can come.

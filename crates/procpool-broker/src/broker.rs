@@ -13,6 +13,9 @@ use uuid::Uuid;
 use crate::errors::BrokerError;
 use crate::wire::Event;
 
+/// [`Broker::take_results`]: per task, its stored outcome if it was still there.
+pub type TakenResults = Result<Vec<Option<Result<bytes::Bytes, TaskError>>>, BrokerError>;
+
 /// A task to queue.
 #[derive(Debug)]
 pub struct NewTask<'a> {
@@ -63,6 +66,8 @@ pub struct Claimed {
     /// Set when the stored task is malformed: the attempt must end with this protocol
     /// error instead of running.
     pub problem: Option<String>,
+    /// Messages the submitter sent before the start, taken with the claim.
+    pub messages: Vec<Vec<u8>>,
 }
 
 /// A task an agent runs: what its renewals and writes name.
@@ -135,11 +140,12 @@ pub trait Broker: Send + Sync + 'static {
 
     // Submitter side.
 
-    /// Queues a task (or attaches to a live one of the same id) and wakes `wake`'s reader.
+    /// Queues a task (or attaches to a live one of the same id); every event of the task
+    /// from now on is announced in the submitter's `inbox` (see [`Broker::read_notices`]).
     fn submit(
         &self,
         task: &NewTask<'_>,
-        wake: &str,
+        inbox: &str,
     ) -> impl Future<Output = Result<Submitted, BrokerError>> + Send;
     /// Cancels a task (durable flag plus notification).
     fn cancel(&self, id: Uuid) -> impl Future<Output = Result<(), BrokerError>> + Send;
@@ -149,22 +155,26 @@ pub trait Broker: Send + Sync + 'static {
         id: Uuid,
         bytes: Vec<u8>,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
-    /// Blocks up to `block` for events after each cursor, or for a submit on `wake`
-    /// (whose cursor is updated). Uses a connection of its own.
+    /// The tasks with new events announced in `inbox` after `cursor` (which is moved on),
+    /// waiting up to `block` for one (`None`: not at all). Announcements are a hint:
+    /// one trimmed or lost only delays the read of that task's events. Uses a
+    /// connection of its own.
+    fn read_notices(
+        &self,
+        inbox: &str,
+        cursor: &mut String,
+        block: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<Uuid>, BrokerError>> + Send;
+    /// Up to `count` events of each task after its cursor, without waiting.
     fn read_events(
         &self,
         cursors: &[(Uuid, String)],
-        wake: &str,
-        wake_cursor: &mut String,
-        block: Duration,
+        count: usize,
     ) -> impl Future<Output = Result<Vec<ReadEvent>, BrokerError>> + Send;
     /// Which of `ids` the broker still knows.
     fn known(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<bool>, BrokerError>> + Send;
-    /// Takes a task's result (once: a second take gets `None`).
-    fn take_result(
-        &self,
-        id: Uuid,
-    ) -> impl Future<Output = Result<Option<Result<bytes::Bytes, TaskError>>, BrokerError>> + Send;
+    /// Takes the stored results of tasks, in order (once: a second take gets `None`).
+    fn take_results(&self, ids: &[Uuid]) -> impl Future<Output = TakenResults> + Send;
     /// The live agents.
     fn agents(&self) -> impl Future<Output = Result<Vec<AgentInfo>, BrokerError>> + Send;
 

@@ -1,12 +1,14 @@
 //! The submitter side: a [`Pool`] whose tasks go through a [`Broker`] to the agents.
 //!
-//! One task of the runtime applies submits, cancels and messages in order; another reads
-//! the event streams of every task in flight with one blocking read (woken by a submit
-//! through the client's own wake-up stream) and feeds each handle: started, progress,
-//! messages, then the terminal event. Every second it also checks that the broker still
-//! knows each task: one it forgot (restarted without persistence) ends `lost`.
+//! One task of the runtime applies submits, cancels and messages in order (consecutive
+//! submits together, pipelined); another waits on the client's inbox, where the broker
+//! announces each event of a task the client watches, reads the event streams of just
+//! those tasks and feeds each handle: started, progress, messages, then the terminal
+//! event. Every second it also reads every watched stream (so a lost announcement costs
+//! at most a second) and checks that the broker still knows each task: one it forgot
+//! (restarted without persistence) ends `lost`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,7 +73,7 @@ pub async fn pool_on<B: Broker>(
     let shared = Arc::new(Shared {
         broker,
         options,
-        wake: format!("wake:{}", Uuid::new_v4()),
+        inbox: Uuid::new_v4().to_string(),
         state: Mutex::new(State {
             agents,
             agents_at: Some(Instant::now()),
@@ -110,8 +112,8 @@ enum Op {
 struct Shared<B> {
     broker: Arc<B>,
     options: ClientOptions,
-    /// This client's wake-up stream: a submit adds to it, which ends the blocking read.
-    wake: String,
+    /// This client's inbox, where the broker announces its tasks' events.
+    inbox: String,
     state: Mutex<State>,
     /// Notified whenever a task ends (shutdown waits on it).
     changed: Notify,
@@ -209,11 +211,36 @@ impl<B: Broker> RemoteBackend for Client<B> {
     }
 }
 
+/// Submits applied concurrently at most: their commands go out in order on one
+/// connection, so a cancel or message made after a submit still follows it.
+const SUBMIT_BATCH: usize = 256;
+
 /// Applies submits, cancels and messages in the order they were made.
 async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedReceiver<Op>) {
-    while let Some(op) = rx.recv().await {
+    let mut next = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => return,
+            },
+        };
         match op {
-            Op::Submit(sub) => submit(&shared, sub).await,
+            Op::Submit(sub) => {
+                let mut batch = vec![sub];
+                while batch.len() < SUBMIT_BATCH {
+                    match rx.try_recv() {
+                        Ok(Op::Submit(sub)) => batch.push(sub),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                futures::future::join_all(batch.into_iter().map(|sub| submit(&shared, sub))).await;
+            }
             Op::Cancel(id) => {
                 if let Err(e) = shared.broker.cancel(id).await {
                     tracing::warn!(task = %id, error = %e, "cancel failed");
@@ -271,7 +298,7 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
         sub.finish(Err(e));
         return;
     }
-    // Watched before the submit, so the wake-up finds it in the next read.
+    // Watched before the submit, so its first announced event finds it.
     {
         let mut state = shared.lock();
         if let Some(w) = state.tasks.get_mut(&id) {
@@ -302,7 +329,7 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
     let mut delay = Duration::from_millis(100);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match shared.broker.submit(&new, &shared.wake).await {
+        match shared.broker.submit(&new, &shared.inbox).await {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(task = %id, error = %e, "submit failed; retrying");
@@ -324,38 +351,71 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
     }
 }
 
-/// Reads every watched task's events and feeds their handles, until the client is gone.
+/// Events read per task and call; a task with more is read again at once.
+const EVENTS_PER_READ: usize = 256;
+/// Streams named in one read.
+const STREAMS_PER_READ: usize = 1024;
+
+/// Reads the events of the watched tasks the inbox names (every watched task once a
+/// second) and feeds their handles, until the client is gone.
 async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
-    let mut wake_cursor = "0-0".to_owned();
-    let mut last_check = Instant::now();
+    let mut inbox_cursor = "0-0".to_owned();
+    let mut last_sweep = Instant::now();
     let mut failing_since: Option<Instant> = None;
+    // Tasks to read now: announced, or read short of all their events.
+    let mut due: HashSet<Uuid> = HashSet::new();
     loop {
-        let cursors: Vec<(Uuid, String)> = {
-            let state = shared.lock();
-            if state.closed {
-                break;
-            }
-            state
-                .tasks
-                .iter()
-                .map(|(id, w)| (*id, w.cursor.clone()))
-                .collect()
-        };
-        let block = Duration::from_millis(1000);
-        match shared
-            .broker
-            .read_events(&cursors, &shared.wake, &mut wake_cursor, block)
-            .await
-        {
-            Ok(events) => {
-                failing_since = None;
+        if shared.lock().closed {
+            break;
+        }
+        let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
+        if sweep {
+            last_sweep = Instant::now();
+            due.extend(shared.lock().tasks.keys().copied());
+        }
+        let block = due.is_empty().then_some(Duration::from_secs(1));
+        let read = async {
+            let announced = shared
+                .broker
+                .read_notices(&shared.inbox, &mut inbox_cursor, block)
+                .await?;
+            due.extend(announced);
+            let cursors: Vec<(Uuid, String)> = {
+                let state = shared.lock();
+                due.drain()
+                    .filter_map(|id| Some((id, state.tasks.get(&id)?.cursor.clone())))
+                    .collect()
+            };
+            let mut ended = Vec::new();
+            for chunk in cursors.chunks(STREAMS_PER_READ) {
+                let events = match shared.broker.read_events(chunk, EVENTS_PER_READ).await {
+                    Ok(events) => events,
+                    Err(e) => {
+                        // Read again once the broker answers.
+                        due.extend(chunk.iter().map(|(id, _)| *id));
+                        return Err(e);
+                    }
+                };
+                let mut per_task: HashMap<Uuid, usize> = HashMap::new();
                 for ev in events {
+                    *per_task.entry(ev.task).or_default() += 1;
                     if apply_event(&shared, ev.task, ev.cursor, ev.event) {
-                        // Taken once: the stored copy goes now that the outcome is ours.
-                        let _ = shared.broker.take_result(ev.task).await;
+                        ended.push(ev.task);
                     }
                 }
+                due.extend(
+                    per_task
+                        .into_iter()
+                        .filter(|(_, n)| *n >= EVENTS_PER_READ)
+                        .map(|(id, _)| id),
+                );
             }
+            // Taken once: the stored copies go now that the outcomes are ours.
+            let _ = shared.broker.take_results(&ended).await;
+            Ok::<(), BrokerError>(())
+        };
+        match read.await {
+            Ok(()) => failing_since = None,
             Err(e) => {
                 if failing_since.is_none() {
                     tracing::warn!(broker = shared.broker.url(), error = %e, "reading task events failed; retrying");
@@ -364,8 +424,7 @@ async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        if last_check.elapsed() >= Duration::from_secs(1) {
-            last_check = Instant::now();
+        if sweep {
             check_known(&shared).await;
         }
     }

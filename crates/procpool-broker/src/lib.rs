@@ -37,6 +37,7 @@ mod wire;
 pub use agent::{AgentOptions, StopMode, run_agent};
 pub use broker::{
     AgentInfo, Broker, Claimed, Control, Fetched, Lease, NewTask, ReadEvent, Renewal, Submitted,
+    TakenResults,
 };
 pub use client::{ClientOptions, connect, pool_on};
 pub use errors::BrokerError;

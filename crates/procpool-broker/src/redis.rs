@@ -13,12 +13,16 @@ use uuid::Uuid;
 
 use crate::broker::{
     AgentInfo, Broker, Claimed, Control, Fetched, Lease, NewTask, ReadEvent, Renewal, Submitted,
+    TakenResults,
 };
 use crate::errors::BrokerError;
 use crate::url::elide_password;
 use crate::wire::{self, Event};
 
 const GROUP: &str = "agents";
+
+/// Inbox entries read at most per call.
+const NOTICES_PER_READ: usize = 4096;
 
 /// The scripts, each with the shared helpers prepended, hashed once.
 struct Scripts {
@@ -269,7 +273,7 @@ impl Broker for RedisBroker {
         &self.url
     }
 
-    async fn submit(&self, task: &NewTask<'_>, wake: &str) -> Result<Submitted, BrokerError> {
+    async fn submit(&self, task: &NewTask<'_>, inbox: &str) -> Result<Submitted, BrokerError> {
         let id = task.id.to_string();
         let reply: String = self
             .scripts
@@ -278,7 +282,8 @@ impl Broker for RedisBroker {
             .key(self.key("t", &id))
             .key(self.queue())
             .key(self.key("e", &id))
-            .key(wake)
+            .key(self.key("n", inbox))
+            .key(self.key("w", &id))
             .arg(&self.prefix)
             .arg(&id)
             .arg(task.name)
@@ -324,37 +329,55 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn read_notices(
+        &self,
+        inbox: &str,
+        cursor: &mut String,
+        block: Option<Duration>,
+    ) -> Result<Vec<Uuid>, BrokerError> {
+        let inbox = self.key("n", inbox);
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(NOTICES_PER_READ);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&inbox).arg(&*cursor);
+        let reply = self
+            .blocking(&self.events_conn, cmd, block.unwrap_or_default())
+            .await?;
+        let mut ids = Vec::new();
+        for (_, entries) in streams(&reply) {
+            if let Some((last, _)) = entries.last() {
+                cursor.clone_from(last);
+            }
+            ids.extend(entries.iter().filter_map(|(_, fields)| {
+                let (_, id) = fields.iter().find(|(k, _)| k == b"t")?;
+                Uuid::parse_str(std::str::from_utf8(id).ok()?).ok()
+            }));
+        }
+        Ok(ids)
+    }
+
     async fn read_events(
         &self,
         cursors: &[(Uuid, String)],
-        wake: &str,
-        wake_cursor: &mut String,
-        block: Duration,
+        count: usize,
     ) -> Result<Vec<ReadEvent>, BrokerError> {
+        if cursors.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(256)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(wake);
+        cmd.arg("COUNT").arg(count).arg("STREAMS");
         for (id, _) in cursors {
             cmd.arg(self.key("e", id));
         }
-        cmd.arg(&*wake_cursor);
         for (_, cursor) in cursors {
             cmd.arg(cursor);
         }
-        let reply = self.blocking(&self.events_conn, cmd, block).await?;
+        let reply: Value = cmd.query_async(&mut self.conn()).await?;
         let event_prefix = format!("{}:e:", self.prefix);
         let mut out = Vec::new();
         for (key, entries) in streams(&reply) {
-            if key == wake {
-                if let Some((last, _)) = entries.last() {
-                    *wake_cursor = last.clone();
-                }
-                continue;
-            }
             let Some(task) = key
                 .strip_prefix(&event_prefix)
                 .and_then(|id| Uuid::parse_str(id).ok())
@@ -380,23 +403,32 @@ impl Broker for RedisBroker {
         Ok(pipe.query_async(&mut self.conn()).await?)
     }
 
-    async fn take_result(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<Result<bytes::Bytes, TaskError>>, BrokerError> {
-        let stored: Option<Vec<u8>> = redis::cmd("GETDEL")
-            .arg(self.key("r", id))
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(stored.map(|s| {
-            if s.len() > self.max_frame + 4 {
-                Err(TaskError::Protocol {
-                    message: format!("a stored result of {} bytes exceeds the frame cap", s.len()),
+    async fn take_results(&self, ids: &[Uuid]) -> TakenResults {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("GETDEL").arg(self.key("r", id));
+        }
+        let stored: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(stored
+            .into_iter()
+            .map(|s| {
+                s.map(|s| {
+                    if s.len() > self.max_frame + 4 {
+                        Err(TaskError::Protocol {
+                            message: format!(
+                                "a stored result of {} bytes exceeds the frame cap",
+                                s.len()
+                            ),
+                        })
+                    } else {
+                        wire::decode_result(&s)
+                    }
                 })
-            } else {
-                wire::decode_result(&s)
-            }
-        }))
+            })
+            .collect())
     }
 
     async fn agents(&self) -> Result<Vec<AgentInfo>, BrokerError> {
@@ -496,7 +528,7 @@ impl Broker for RedisBroker {
             .invoke_async(&mut self.conn())
             .await?;
         let fields = array(&reply);
-        let [att, name, args, enc, tmo, rty, proto] = fields else {
+        let [att, name, args, enc, tmo, rty, proto, messages] = fields else {
             return Ok(None);
         };
         let Some(attempt) = int(att).and_then(|n| u32::try_from(n).ok()) else {
@@ -511,6 +543,12 @@ impl Broker for RedisBroker {
             retries: int(rty).and_then(|n| u32::try_from(n).ok()),
             protocol: int(proto).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
             problem: None,
+            messages: array(messages)
+                .iter()
+                .filter_map(bulk)
+                .filter(|m| m.len() <= self.max_frame)
+                .map(<[u8]>::to_vec)
+                .collect(),
         };
         // A malformed task still holds its attempt: it ends with a protocol error.
         let problem = (|| {

@@ -80,7 +80,10 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
     let outcome = procpool_broker::run_agent(
         std::sync::Arc::new(broker),
         pool.clone(),
-        AgentOptions::default(),
+        AgentOptions {
+            prefetch: args.prefetch_tasks as usize,
+            ..AgentOptions::default()
+        },
         stop,
         force,
     )

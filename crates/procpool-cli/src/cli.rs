@@ -81,6 +81,12 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) workers: Option<u32>,
 
+    /// Tasks taken beyond the free workers, queued on the agent so a worker never waits
+    /// for the broker between two short tasks. 0: a task is taken only for a free worker,
+    /// so a long task never holds another back from an idle agent.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) prefetch_tasks: u32,
+
     /// What the first SIGINT or SIGTERM does to the running tasks: `drain` lets them
     /// finish, `cancel` kills their workers and hands the tasks back to the queue (another
     /// agent runs them). Either way no new task is taken; exit 130 or 143.
