@@ -22,9 +22,9 @@ use crate::{Outcome, median, ms, rtt_chunks, us};
 /// other system has).
 const AGENTS: usize = 2;
 
-/// Tasks each agent takes ahead of its worker: 4, as Celery's default prefetch
-/// multiplier (4 per process) gives its two-process worker 8 in all.
-const PREFETCH: &str = "4";
+/// Tasks each agent takes ahead of its worker: 1, as the Celery peer's prefetch
+/// multiplier 1 reserves one task ahead per process.
+const PREFETCH: &str = "1";
 
 pub struct BrokerSystem {
     worker: PathBuf,

@@ -539,7 +539,7 @@ fn definitions(p: &Params, scale: Scale) -> Vec<String> {
             p.queued_n, py.queued_n
         ),
         format!(
-            "broker_rtt_us (--broker): {} sequential no-op tasks through a private redis-server, submit -> result in the submitter, median of 10 chunk means; procpool_broker: 2 `procpool agent`s x 1 worker; celery: prefork concurrency 2, acks_late, Redis broker and result backend (celery: {})",
+            "broker_rtt_us (--broker): {} sequential no-op tasks through a private redis-server, submit -> result in the submitter, median of 10 chunk means; procpool_broker: 2 `procpool agent`s x 1 worker, --prefetch-tasks 1 each; celery: prefork concurrency 2, acks_late, prefetch multiplier 1 (one task ahead per process), Redis broker and result backend (celery: {})",
             p.broker_rtt_n, cel.broker_rtt_n
         ),
         format!(
