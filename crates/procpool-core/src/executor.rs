@@ -147,6 +147,14 @@ impl Timers {
             probe.abort();
         }
     }
+
+    /// Arms the timers for a task that starts now. A memory reading still on its way
+    /// measured the task before (a prefetched task starts the moment the last one ends),
+    /// so it is dropped: it must not be held against this one.
+    fn begin(&mut self, timeout: Option<Duration>) {
+        self.clear();
+        self.deadline = timeout.and_then(after);
+    }
 }
 
 /// `d` from now; `None` (never) when that is too far to represent, as for
@@ -609,8 +617,7 @@ impl Executor {
         sub.permit = None;
         self.output.start_task(sub.id);
         sub.shared.start(self.pid);
-        timers.deadline = sub.timeout.and_then(after);
-        timers.timed_out = None;
+        timers.begin(sub.timeout);
         // Resetting re-registers the interval's timer with the runtime: not on every task
         // when there is no limit to check.
         if self.settings.max_rss.is_some() {
@@ -731,5 +738,22 @@ async fn probe(probe: &mut Option<tokio::task::JoinHandle<Option<u64>>>) -> Opti
     match probe {
         Some(handle) => handle.await.ok().flatten(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the chaos runner across agents: a reading taken while a memory-hungry
+    /// task ran, and answered after it ended, was held against the prefetched task that
+    /// started next (`limit_exceeded` for a task that allocated nothing).
+    #[tokio::test]
+    async fn a_memory_reading_of_the_task_before_is_dropped_when_the_next_starts() {
+        let mut timers = Timers::new();
+        timers.rss_probe = Some(tokio::task::spawn_blocking(|| Some(u64::MAX)));
+        timers.begin(Some(Duration::from_secs(1)));
+        assert!(timers.rss_probe.is_none(), "the reading is dropped");
+        assert!(timers.deadline.is_some());
     }
 }
