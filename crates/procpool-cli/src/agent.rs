@@ -45,10 +45,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         prefetch: args.prefetch_tasks as usize,
         ..AgentOptions::default()
     };
-    options
-        .check()
-        .context("--lease")
-        .map_err(Failure::Setup)?;
+    options.check().context("--lease").map_err(Failure::Setup)?;
     let mut signals = Signals::install()
         .context("cannot install the signal handlers")
         .map_err(Failure::Setup)?;

@@ -440,7 +440,11 @@ fn has_nested(job: &Job) -> bool {
 ///
 /// Names and keyword arguments are matched against what the workers serve: on a remote
 /// pool with no agent up yet, the job waits for one (until `killed`: then `cancelled`).
-async fn finish_nested(pool: Pool, job: Job, mut killed: tokio::sync::watch::Receiver<bool>) -> Record {
+async fn finish_nested(
+    pool: Pool,
+    job: Job,
+    mut killed: tokio::sync::watch::Receiver<bool>,
+) -> Record {
     let began = Instant::now();
     let tasks = tokio::select! {
         tasks = pool.wait_for_tasks() => tasks,

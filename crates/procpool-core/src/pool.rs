@@ -448,7 +448,13 @@ impl Pool {
 
     fn check<R>(&self, task: &Task<R>) -> Option<TaskError> {
         if !self.inner.remote
-            && !self.inner.served.borrow().tasks.iter().any(|t| t.name == task.name)
+            && !self
+                .inner
+                .served
+                .borrow()
+                .tasks
+                .iter()
+                .any(|t| t.name == task.name)
         {
             return Some(TaskError::UnknownTask {
                 name: task.name.clone(),

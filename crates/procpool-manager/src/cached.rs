@@ -129,6 +129,13 @@ where
         .boxed()
     }
 
+    fn with_shared_id(self, id: Uuid) -> Self {
+        Cached {
+            inputs: self.inputs.with_shared_id(id),
+            ..self
+        }
+    }
+
     fn identity(&self) -> Identity {
         let inner = self.inputs.identity();
         Identity {
