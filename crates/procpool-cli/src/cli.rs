@@ -187,9 +187,6 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
 
-    #[command(flatten)]
-    pub(crate) submit: SubmitArgs,
-
     /// JSON Lines job file; `-` reads the jobs from stdin. Read as a stream, not loaded
     /// whole.
     #[arg(long, value_name = "FILE|-")]
@@ -221,6 +218,8 @@ pub(crate) struct RunArgs {
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+    #[command(flatten)]
+    pub(crate) submit: SubmitArgs,
 }
 
 /// How the pool treats tasks and workers: deadlines, retries, recycling, sizing. Every
@@ -305,9 +304,6 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
 
-    #[command(flatten)]
-    pub(crate) submit: SubmitArgs,
-
     /// Number of worker processes. Default: the available CPUs.
     #[arg(long, env = "PROCPOOL_WORKERS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -371,6 +367,8 @@ pub(crate) struct ServeArgs {
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+    #[command(flatten)]
+    pub(crate) submit: SubmitArgs,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -530,7 +528,9 @@ ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, 
                           parameter name. notify_channels: more channels that get the
                           task's events, as channel does. The same cache_key while that
                           task runs -> the same task_id (it runs once; the request's
-                          channels are added to it). 400 malformed body or unknown
+                          channels are added to it); with --broker, servers on other
+                          hosts given the same cache_key share that one run too (each
+                          under its own task_id). 400 malformed body or unknown
                           field, 413 body over --max-body, 422 a task the workers do not
                           serve or bad_args (a keyword argument missing, unknown or also
                           given in args), 429 over --max-active, 503 shutting down.
