@@ -1456,3 +1456,55 @@ async fn a_prefetching_agent_claims_ahead_and_a_prefetched_cancel_never_runs() {
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
 }
+
+/// A server whose broker is gone still stops on SIGTERM: the running tasks it cannot
+/// cancel on the broker end on its side (they used to keep its shutdown waiting forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_after_its_broker_is_gone() {
+    let _serial = serial().await;
+    become_subreaper();
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let agent = Agent::start(&url, 1);
+    wait_agents(&url, 1).await;
+    let (serve, base) = serve_on(&url);
+    let mut serve = KillOnDrop(serve);
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut created = http
+        .post(format!("{base}/v1/tasks"))
+        .header("content-type", "application/json")
+        .send(r#"{"task":"sleep_ms","args":[60000]}"#)
+        .expect("POST");
+    let created: Value =
+        serde_json::from_str(&created.body_mut().read_to_string().unwrap()).unwrap();
+    let id = created["task_id"].as_str().expect("a task id").to_owned();
+    wait_for(Duration::from_secs(20), "the start", async || {
+        let mut got = http
+            .get(format!("{base}/v1/tasks/{id}"))
+            .call()
+            .expect("GET");
+        let task: Value = serde_json::from_str(&got.body_mut().read_to_string().unwrap()).unwrap();
+        task["status"] == "running"
+    })
+    .await;
+    redis.kill();
+    kill(Pid::from_raw(serve.0.id() as i32), Signal::SIGTERM).unwrap();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = serve.0.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(stopped, Some(143));
+    drop(agent);
+}

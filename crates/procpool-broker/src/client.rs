@@ -248,9 +248,7 @@ async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedRec
                 }
                 futures::future::join_all(batch.into_iter().map(|sub| submit(&shared, sub))).await;
             }
-            Op::Cancel(id) => {
-                cancel(&shared, id).await;
-            }
+            Op::Cancel(id) => cancel(&shared, id).await,
             Op::Message(id, bytes) => {
                 if let Err(e) = shared.broker.send_message(id, bytes).await {
                     tracing::warn!(task = %id, error = %e, "message to a task failed");
@@ -259,11 +257,7 @@ async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedRec
             Op::CancelAll => {
                 let ids: Vec<Uuid> = shared.lock().tasks.keys().copied().collect();
                 for id in ids {
-                    // Stopping: a task the broker cannot be told about ends here (its
-                    // run may go on), so a shutdown never waits on an unreachable broker.
-                    if !cancel(&shared, id).await {
-                        shared.end(id, Err(TaskError::Cancelled));
-                    }
+                    cancel(&shared, id).await;
                 }
             }
         }
@@ -272,18 +266,18 @@ async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedRec
 
 /// Lets go of a task: it is cancelled on the broker, or, while other submitters still
 /// watch it, it runs on for them and only this submitter's handles end `cancelled`.
-/// False when the broker could not be reached.
-async fn cancel<B: Broker>(shared: &Shared<B>, id: Uuid) -> bool {
+async fn cancel<B: Broker>(shared: &Shared<B>, id: Uuid) {
     match shared.broker.cancel(id, &shared.inbox).await {
         Ok(Cancelled::LetGo) => shared.end(id, Err(TaskError::Cancelled)),
         // The terminal event follows (or the known-check's `lost`).
         Ok(Cancelled::Cancelled | Cancelled::NotLive) => {}
         Err(e) => {
-            tracing::warn!(task = %id, error = %e, "cancel failed");
-            return false;
+            // The handle ends here all the same: a cancel (or a shutdown) never waits on
+            // an unreachable broker. What runs on an agent may go on to its end.
+            tracing::warn!(task = %id, error = %e, "cancel could not reach the broker; the task is given up here");
+            shared.end(id, Err(TaskError::Cancelled));
         }
     }
-    true
 }
 
 /// Refuses what no live agent can run, then queues the task and starts watching it.
