@@ -75,6 +75,44 @@ impl RedisServer {
         server
     }
 
+    /// A Redis Cluster of one node that serves every slot (its node file in `dir`): a
+    /// command or script touching keys of two slots fails there as it would on a real
+    /// cluster (CROSSSLOT, or "keys that do not hash to the same slot").
+    pub fn start_cluster(dir: &std::path::Path) -> RedisServer {
+        let port = free_port();
+        let nodes = dir.join("nodes.conf").to_string_lossy().into_owned();
+        let extra = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--cluster-enabled".to_owned(),
+            "yes".to_owned(),
+            "--cluster-config-file".to_owned(),
+            nodes,
+        ];
+        let mut server = RedisServer {
+            child: None,
+            port,
+            extra,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        server.spawn();
+        let cli = |args: &[&str]| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(&self.extra)

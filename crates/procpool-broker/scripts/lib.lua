@@ -8,7 +8,8 @@
 --   P:r:<id>     result ("ok:" .. bytes or "err:" .. error JSON), with a TTL
 --   P:a:<agent>  agent liveness key with a short TTL; P:agents the set of agent ids
 --   P:in:<id>    messages to a running task; P:ctl the notification channel
---   P:w:<id>     the inboxes of the submitters watching a task
+--   P:w:<id>     the inboxes of the submitters watching a task (a cancel from one of
+--                them only lets go while others remain)
 --   P:n:<client> a submitter's inbox: one entry (t = task id) per event of a task it
 --                watches, so it reads only the event streams that moved
 local function drop_entry(P, entry)

@@ -1,11 +1,15 @@
 -- renew: an agent's lease renewal, from its own timer. Refreshes its liveness key,
 -- resets the idle time of the entries it still owns at their attempt, and reports the
 -- leases it lost (requeued or finished elsewhere) and the cancel flags set.
+-- A lease not renewed within the lease time (the agent stalled) is not renewed late: the
+-- reapers may already have handed it on, so it is requeued here (counted like an attempt
+-- lost with its agent) and reported lost; the agent kills its worker.
 -- KEYS[1] P:a:<agent>  KEYS[2] P:agents  KEYS[3] P:q
--- ARGV[1] P  [2] agent  [3] liveness TTL (ms)  [4] agent info (JSON)
+-- ARGV[1] P  [2] agent  [3] lease, the liveness TTL (ms)  [4] agent info (JSON)
 --      then per running task: id, entry, attempt
 -- Returns {lost ids, cancelled ids}.
 local P, agent = ARGV[1], ARGV[2]
+local lease = tonumber(ARGV[3])
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], agent)
 local lost, cancelled = {}, {}
@@ -17,8 +21,14 @@ for i = 5, #ARGV, 3 do
   elseif h[1] ~= 'running' or h[2] ~= agent or h[3] ~= att or h[4] ~= entry then
     lost[#lost + 1] = id
   else
-    redis.call('XCLAIM', KEYS[3], 'agents', agent, 0, entry, 'JUSTID')
-    if h[5] == '1' then cancelled[#cancelled + 1] = id end
+    local p = redis.call('XPENDING', KEYS[3], 'agents', entry, entry, 1)
+    if not p[1] or p[1][2] ~= agent or tonumber(p[1][3]) > lease then
+      requeue(P, id, entry, true)
+      lost[#lost + 1] = id
+    else
+      redis.call('XCLAIM', KEYS[3], 'agents', agent, 0, entry, 'JUSTID')
+      if h[5] == '1' then cancelled[#cancelled + 1] = id end
+    end
   end
 end
 return {lost, cancelled}

@@ -5,8 +5,9 @@
 //! attempt. Its lease is renewed by a task of its own (never by task code): a renewal
 //! that reports a lease lost kills that task's worker, and when no renewal went through
 //! for most of the lease the agent kills every running worker itself, before the lease
-//! could be handed to another agent. It also reaps dead agents' entries, and follows
-//! cancel flags and messages.
+//! could be handed to another agent, and stops renewing those tasks. Its reaper requeues
+//! dead agents' entries and every entry whose lease ran out (whoever held it), and it
+//! follows cancel flags and messages.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,14 +26,14 @@ use crate::wire::Event;
 /// Agent settings.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    /// Liveness TTL: how long after its last renewal an agent counts as dead.
+    /// The lease: how long after its last renewal an agent counts as dead, and a task
+    /// whose lease was not renewed is handed to another agent (within about the lease
+    /// plus a reaper period). At least two renewal periods ([`check`](Self::check)).
     pub lease: Duration,
     /// Renewal period.
     pub renew_every: Duration,
     /// Reaper period (jittered).
     pub reap_every: Duration,
-    /// Idle time after which the XAUTOCLAIM backstop requeues an entry.
-    pub autoclaim_idle: Duration,
     /// Tasks claimed beyond the free worker slots, queued on the agent so a worker
     /// never waits for the broker between two tasks. 0: claim only for a free slot
     /// (a long task never holds another one back from an idle agent).
@@ -45,9 +46,22 @@ impl Default for AgentOptions {
             lease: Duration::from_secs(3),
             renew_every: Duration::from_secs(1),
             reap_every: Duration::from_millis(500),
-            autoclaim_idle: Duration::from_secs(30),
             prefetch: 0,
         }
+    }
+}
+
+impl AgentOptions {
+    /// Refuses settings under which a healthy agent could lose its leases: a lease must
+    /// outlast two renewal periods, so that one late renewal is not a lost lease.
+    pub fn check(&self) -> Result<(), BrokerError> {
+        if self.renew_every.is_zero() || self.lease < self.renew_every * 2 {
+            return Err(BrokerError::Config(format!(
+                "the lease ({:?}) must be at least two lease renewals ({:?} each) long",
+                self.lease, self.renew_every
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -73,6 +87,9 @@ enum Ctl {
 struct Running {
     lease: Lease,
     ctl: mpsc::UnboundedSender<Ctl>,
+    /// Its worker is being killed because the lease could not be vouched for: it is no
+    /// longer renewed, so the broker hands the task on once the lease runs out.
+    abandoned: bool,
 }
 
 struct Agent<B> {
@@ -93,6 +110,15 @@ impl<B> Agent<B> {
     fn tell(&self, id: Uuid, ctl: Ctl) {
         if let Some(r) = self.running().get(&id) {
             let _ = r.ctl.send(ctl);
+        }
+    }
+
+    /// Kills the worker of a lease this agent can no longer vouch for, and stops renewing
+    /// it.
+    fn abandon(&self, id: Uuid) {
+        if let Some(r) = self.running().get_mut(&id) {
+            r.abandoned = true;
+            let _ = r.ctl.send(Ctl::Abandon);
         }
     }
 }
@@ -119,6 +145,7 @@ pub async fn run_agent<B: Broker>(
     stop: impl Future<Output = StopMode>,
     force: impl Future<Output = ()>,
 ) -> Result<String, BrokerError> {
+    options.check()?;
     let slots = pool.size();
     let info = AgentInfo {
         id: agent_id(),
@@ -259,12 +286,19 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
                         Running {
                             lease: lease.clone(),
                             ctl,
+                            abandoned: false,
                         },
                     );
                     let agent = agent.clone();
                     tokio::spawn(async move {
-                        run_task(&agent, lease, claimed, rx).await;
-                        agent.running().remove(&id);
+                        run_task(&agent, lease.clone(), claimed, rx).await;
+                        // Only this attempt: a later one of the same task (handed back
+                        // here after this one's lease ran out) may run already.
+                        let mut running = agent.running();
+                        if running.get(&id).is_some_and(|r| r.lease == lease) {
+                            running.remove(&id);
+                        }
+                        drop(running);
                         agent.ended.notify_waiters();
                         drop(permit);
                     });
@@ -492,10 +526,15 @@ async fn renew_loop<B: Broker>(agent: Arc<Agent<B>>) {
                 );
             }
             for id in ids {
-                agent.tell(id, Ctl::Abandon);
+                agent.abandon(id);
             }
         }
-        let leases: Vec<Lease> = agent.running().values().map(|r| r.lease.clone()).collect();
+        let leases: Vec<Lease> = agent
+            .running()
+            .values()
+            .filter(|r| !r.abandoned)
+            .map(|r| r.lease.clone())
+            .collect();
         let sent = Instant::now();
         let renewed = tokio::time::timeout(
             options.lease / 2,
@@ -510,7 +549,7 @@ async fn renew_loop<B: Broker>(agent: Arc<Agent<B>>) {
                 last_ok = sent;
                 for id in r.lost {
                     tracing::warn!(task = %id, "lease lost (requeued or finished elsewhere)");
-                    agent.tell(id, Ctl::Abandon);
+                    agent.abandon(id);
                 }
                 for id in r.cancelled {
                     agent.tell(id, Ctl::Cancel);
@@ -522,9 +561,9 @@ async fn renew_loop<B: Broker>(agent: Arc<Agent<B>>) {
     }
 }
 
-/// Requeues dead agents' entries, with the XAUTOCLAIM backstop now and then.
+/// Requeues dead agents' entries, and every entry whose lease was not renewed in time.
 async fn reap_loop<B: Broker>(agent: Arc<Agent<B>>) {
-    let mut round: u32 = 0;
+    let mut cursor = "0-0".to_owned();
     loop {
         // Jitter: agents started together do not reap in lockstep.
         let jitter = Duration::from_millis(u64::from(Uuid::new_v4().as_u128() as u8) % 200);
@@ -534,14 +573,14 @@ async fn reap_loop<B: Broker>(agent: Arc<Agent<B>>) {
             Ok(n) => tracing::info!(entries = n, "requeued the tasks of dead agents"),
             Err(e) => tracing::debug!(error = %e, "reaping failed"),
         }
-        round = round.wrapping_add(1);
-        if round.is_multiple_of(20)
-            && let Err(e) = agent
-                .broker
-                .autoclaim(&agent.info.id, agent.options.autoclaim_idle)
-                .await
+        match agent
+            .broker
+            .autoclaim(&agent.info.id, agent.options.lease, &mut cursor)
+            .await
         {
-            tracing::debug!(error = %e, "autoclaim failed");
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "requeued tasks whose lease ran out"),
+            Err(e) => tracing::debug!(error = %e, "autoclaim failed"),
         }
     }
 }

@@ -46,6 +46,18 @@ pub enum Submitted {
     Attached,
 }
 
+/// What a submitter's cancel did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The task is unknown or already finished: its outcome stands.
+    NotLive,
+    /// Cancelled: a queued one ended, a running one's agent kills its worker.
+    Cancelled,
+    /// Other submitters still watch it (the same dedupe id): it runs on for them, and
+    /// only this submitter let go.
+    LetGo,
+}
+
 /// A task an agent claimed for one attempt.
 #[derive(Clone, Debug)]
 pub struct Claimed {
@@ -147,8 +159,13 @@ pub trait Broker: Send + Sync + 'static {
         task: &NewTask<'_>,
         inbox: &str,
     ) -> impl Future<Output = Result<Submitted, BrokerError>> + Send;
-    /// Cancels a task (durable flag plus notification).
-    fn cancel(&self, id: Uuid) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// The submitter of `inbox` lets go of a task: cancelled (durable flag plus
+    /// notification) unless other submitters still watch it.
+    fn cancel(
+        &self,
+        id: Uuid,
+        inbox: &str,
+    ) -> impl Future<Output = Result<Cancelled, BrokerError>> + Send;
     /// Queues a message for a task.
     fn send_message(
         &self,
@@ -228,11 +245,13 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Renewal, BrokerError>> + Send;
     /// Requeues the entries of dead agents; returns how many were handled.
     fn reap(&self, me: &str) -> impl Future<Output = Result<usize, BrokerError>> + Send;
-    /// The backstop of `reap`: requeues entries idle past `min_idle`.
+    /// Requeues entries idle past `min_idle` (leases not renewed in time), scanning on
+    /// from `cursor` (`0-0` at first), which it advances.
     fn autoclaim(
         &self,
         me: &str,
         min_idle: Duration,
+        cursor: &mut String,
     ) -> impl Future<Output = Result<usize, BrokerError>> + Send;
     /// Takes the messages waiting for a task.
     fn take_messages(

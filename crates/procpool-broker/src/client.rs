@@ -5,8 +5,13 @@
 //! announces each event of a task the client watches, reads the event streams of just
 //! those tasks and feeds each handle: started, progress, messages, then the terminal
 //! event. Every second it also reads every watched stream (so a lost announcement costs
-//! at most a second) and checks that the broker still knows each task: one it forgot
-//! (restarted without persistence) ends `lost`.
+//! at most a second), checks that the broker still knows each task (one it forgot,
+//! restarted without persistence, ends `lost`) and refreshes what the live agents serve
+//! (the pool's `tasks` and `size`).
+//!
+//! Submitters of the same task id (a dedupe id, or a task manager's cache key) share its
+//! run: the broker keeps the inboxes watching it, and a cancel only lets go while others
+//! still watch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,12 +20,12 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use procpool_core::{
-    Pool, PoolStatus, RemoteBackend, RemoteSubmission, Shutdown, TaskError, TaskInfo,
+    Pool, PoolStatus, RemoteBackend, RemoteSubmission, Served, Shutdown, TaskError, TaskInfo,
 };
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-use crate::broker::{AgentInfo, Broker, NewTask};
+use crate::broker::{AgentInfo, Broker, Cancelled, NewTask};
 use crate::errors::BrokerError;
 use crate::wire::Event;
 
@@ -63,43 +68,44 @@ pub async fn connect(url: &str, options: ClientOptions) -> Result<Pool, BrokerEr
 }
 
 /// A pool on any [`Broker`]. Its [`Pool::tasks`] and [`Pool::size`] are those of the
-/// agents alive now; tasks submitted while no agent is alive wait for one.
+/// agents alive now, refreshed about every second; tasks submitted while no agent is
+/// alive wait for one.
 pub async fn pool_on<B: Broker>(
     broker: Arc<B>,
     options: ClientOptions,
 ) -> Result<Pool, BrokerError> {
     let agents = broker.agents().await?;
-    let (manifest, size) = summary(&agents);
+    let (served, served_rx) = tokio::sync::watch::channel(summary(&agents));
     let shared = Arc::new(Shared {
         broker,
         options,
         inbox: Uuid::new_v4().to_string(),
         state: Mutex::new(State {
             agents,
-            agents_at: Some(Instant::now()),
             ..State::default()
         }),
+        served,
         changed: Notify::new(),
     });
     let (ops, rx) = mpsc::unbounded_channel();
     tokio::spawn(apply_ops(shared.clone(), rx));
     tokio::spawn(watch(shared.clone()));
     let client = Arc::new(Client { shared, ops });
-    Pool::from_backend(client, manifest, size).map_err(|e| BrokerError::Agent(e.to_string()))
+    Pool::from_backend(client, served_rx).map_err(|e| BrokerError::Agent(e.to_string()))
 }
 
 /// The union of the agents' tasks, and their workers in total.
-fn summary(agents: &[AgentInfo]) -> (Vec<TaskInfo>, usize) {
+fn summary(agents: &[AgentInfo]) -> Served {
     let mut tasks: Vec<TaskInfo> = Vec::new();
     for t in agents.iter().flat_map(|a| &a.tasks) {
         if !tasks.iter().any(|k| k.name == t.name) {
             tasks.push(t.clone());
         }
     }
-    (
-        tasks,
-        agents.iter().map(|a| a.workers).sum::<usize>().max(1),
-    )
+    Served {
+        tasks: tasks.into(),
+        workers: agents.iter().map(|a| a.workers).sum(),
+    }
 }
 
 enum Op {
@@ -115,6 +121,8 @@ struct Shared<B> {
     /// This client's inbox, where the broker announces its tasks' events.
     inbox: String,
     state: Mutex<State>,
+    /// What the live agents serve, for the pool's `tasks` and `size`.
+    served: tokio::sync::watch::Sender<Served>,
     /// Notified whenever a task ends (shutdown waits on it).
     changed: Notify,
 }
@@ -123,7 +131,6 @@ struct Shared<B> {
 struct State {
     tasks: HashMap<Uuid, Watched>,
     agents: Vec<AgentInfo>,
-    agents_at: Option<Instant>,
     /// The last client handle is gone: end every watch.
     closed: bool,
 }
@@ -241,11 +248,7 @@ async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedRec
                 }
                 futures::future::join_all(batch.into_iter().map(|sub| submit(&shared, sub))).await;
             }
-            Op::Cancel(id) => {
-                if let Err(e) = shared.broker.cancel(id).await {
-                    tracing::warn!(task = %id, error = %e, "cancel failed");
-                }
-            }
+            Op::Cancel(id) => cancel(&shared, id).await,
             Op::Message(id, bytes) => {
                 if let Err(e) = shared.broker.send_message(id, bytes).await {
                     tracing::warn!(task = %id, error = %e, "message to a task failed");
@@ -254,11 +257,25 @@ async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedRec
             Op::CancelAll => {
                 let ids: Vec<Uuid> = shared.lock().tasks.keys().copied().collect();
                 for id in ids {
-                    if let Err(e) = shared.broker.cancel(id).await {
-                        tracing::warn!(task = %id, error = %e, "cancel failed");
-                    }
+                    cancel(&shared, id).await;
                 }
             }
+        }
+    }
+}
+
+/// Lets go of a task: it is cancelled on the broker, or, while other submitters still
+/// watch it, it runs on for them and only this submitter's handles end `cancelled`.
+async fn cancel<B: Broker>(shared: &Shared<B>, id: Uuid) {
+    match shared.broker.cancel(id, &shared.inbox).await {
+        Ok(Cancelled::LetGo) => shared.end(id, Err(TaskError::Cancelled)),
+        // The terminal event follows (or the known-check's `lost`).
+        Ok(Cancelled::Cancelled | Cancelled::NotLive) => {}
+        Err(e) => {
+            // The handle ends here all the same: a cancel (or a shutdown) never waits on
+            // an unreachable broker. What runs on an agent may go on to its end.
+            tracing::warn!(task = %id, error = %e, "cancel could not reach the broker; the task is given up here");
+            shared.end(id, Err(TaskError::Cancelled));
         }
     }
 }
@@ -517,8 +534,14 @@ async fn check_known<B: Broker>(shared: &Shared<B>) {
         }
     }
     if let Ok(agents) = shared.broker.agents().await {
-        let mut state = shared.lock();
-        state.agents = agents;
-        state.agents_at = Some(Instant::now());
+        let now = summary(&agents);
+        shared.lock().agents = agents;
+        shared.served.send_if_modified(|served| {
+            let changed = served.workers != now.workers || served.tasks != now.tasks;
+            if changed {
+                *served = now;
+            }
+            changed
+        });
     }
 }

@@ -28,6 +28,9 @@ pub enum BrokerError {
     /// The broker returned something that is not what this version writes.
     #[error("unexpected data from the broker: {0}")]
     Data(String),
+    /// Settings that cannot work (a lease shorter than two renewals).
+    #[error("invalid broker settings: {0}")]
+    Config(String),
     /// A pool for the agent could not be started.
     #[error("agent: {0}")]
     Agent(String),

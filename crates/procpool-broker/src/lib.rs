@@ -36,8 +36,8 @@ mod wire;
 
 pub use agent::{AgentOptions, StopMode, run_agent};
 pub use broker::{
-    AgentInfo, Broker, Claimed, Control, Fetched, Lease, NewTask, ReadEvent, Renewal, Submitted,
-    TakenResults,
+    AgentInfo, Broker, Cancelled, Claimed, Control, Fetched, Lease, NewTask, ReadEvent, Renewal,
+    Submitted, TakenResults,
 };
 pub use client::{ClientOptions, connect, pool_on};
 pub use errors::BrokerError;
@@ -47,16 +47,9 @@ pub use url::elide_password;
 pub use wire::Event;
 
 /// A task id derived from a dedupe key, the same on every host: tasks submitted with it
-/// (`Task::with_id`) while one of them is queued or running share that one run.
-pub fn dedupe_id(key: &str) -> uuid::Uuid {
-    // FNV-1a, 128 bits: stable across hosts and Rust versions (unlike std's hasher).
-    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-    for b in key.as_bytes() {
-        h ^= u128::from(*b);
-        h = h.wrapping_mul(0x0000000001000000000000000000013b);
-    }
-    uuid::Builder::from_custom_bytes(h.to_be_bytes()).into_uuid()
-}
+/// (`Task::with_id`) while one of them is queued or running share that one run. A task
+/// manager on a broker-backed pool gives it to the task of a cache key.
+pub use procpool_core::dedupe_id;
 
 /// The largest value read from the broker unless configured: the worker protocol's
 /// frame cap.

@@ -12,8 +12,8 @@ use redis::{AsyncConnectionConfig, Script, Value};
 use uuid::Uuid;
 
 use crate::broker::{
-    AgentInfo, Broker, Claimed, Control, Fetched, Lease, NewTask, ReadEvent, Renewal, Submitted,
-    TakenResults,
+    AgentInfo, Broker, Cancelled, Claimed, Control, Fetched, Lease, NewTask, ReadEvent, Renewal,
+    Submitted, TakenResults,
 };
 use crate::errors::BrokerError;
 use crate::url::elide_password;
@@ -303,18 +303,24 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn cancel(&self, id: Uuid) -> Result<(), BrokerError> {
+    async fn cancel(&self, id: Uuid, inbox: &str) -> Result<Cancelled, BrokerError> {
         let id = id.to_string();
-        let _: i64 = self
+        let done: i64 = self
             .scripts
             .cancel
             .prepare_invoke()
             .key(self.key("t", &id))
+            .key(self.key("w", &id))
             .arg(&self.prefix)
             .arg(&id)
+            .arg(self.key("n", inbox))
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(())
+        Ok(match done {
+            1 | 2 => Cancelled::Cancelled,
+            3 => Cancelled::LetGo,
+            _ => Cancelled::NotLive,
+        })
     }
 
     async fn send_message(&self, id: Uuid, bytes: Vec<u8>) -> Result<(), BrokerError> {
@@ -706,8 +712,13 @@ impl Broker for RedisBroker {
         Ok(handled)
     }
 
-    async fn autoclaim(&self, me: &str, min_idle: Duration) -> Result<usize, BrokerError> {
-        let n: i64 = self
+    async fn autoclaim(
+        &self,
+        me: &str,
+        min_idle: Duration,
+        cursor: &mut String,
+    ) -> Result<usize, BrokerError> {
+        let (n, next): (i64, String) = self
             .scripts
             .autoclaim
             .prepare_invoke()
@@ -715,8 +726,10 @@ impl Broker for RedisBroker {
             .arg(&self.prefix)
             .arg(me)
             .arg(min_idle.as_millis() as u64)
+            .arg(&*cursor)
             .invoke_async(&mut self.conn())
             .await?;
+        *cursor = next;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 

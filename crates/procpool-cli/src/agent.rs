@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use procpool::{Pool, Shutdown};
 use procpool_broker::{AgentOptions, ClientOptions, RedisBroker, StopMode};
 
-use crate::cli::{AgentArgs, OnSignal, PolicyArgs};
+use crate::cli::{AgentArgs, OnSignal, PolicyArgs, SubmitArgs};
 use crate::run::start_pool;
 use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
@@ -16,14 +16,19 @@ use crate::{Exit, Failure};
 pub(crate) async fn connect(
     url: &str,
     namespace: &str,
+    submit: Option<&SubmitArgs>,
     policy: Option<&PolicyArgs>,
 ) -> Result<Pool, Failure> {
-    let options = ClientOptions {
+    let mut options = ClientOptions {
         namespace: namespace.to_owned(),
         timeout: policy.and_then(|p| p.timeout),
         retries: policy.and_then(|p| p.retries),
         ..ClientOptions::default()
     };
+    if let Some(s) = submit {
+        options.lost_budget = s.lost_budget;
+        options.result_ttl = s.broker_result_ttl;
+    }
     procpool_broker::connect(url, options)
         .await
         .map_err(|e| Failure::Setup(e.into()))
@@ -35,6 +40,12 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
             "procpool agent needs --broker URL (or PROCPOOL_BROKER)"
         )));
     };
+    let options = AgentOptions {
+        lease: args.lease,
+        prefetch: args.prefetch_tasks as usize,
+        ..AgentOptions::default()
+    };
+    options.check().context("--lease").map_err(Failure::Setup)?;
     let mut signals = Signals::install()
         .context("cannot install the signal handlers")
         .map_err(Failure::Setup)?;
@@ -80,10 +91,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
     let outcome = procpool_broker::run_agent(
         std::sync::Arc::new(broker),
         pool.clone(),
-        AgentOptions {
-            prefetch: args.prefetch_tasks as usize,
-            ..AgentOptions::default()
-        },
+        options,
         stop,
         force,
     )

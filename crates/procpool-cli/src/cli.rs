@@ -69,6 +69,24 @@ pub(crate) struct BrokerArgs {
     pub(crate) namespace: String,
 }
 
+/// What a submitter asks of the broker for its tasks (`run` and `serve` with --broker).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Broker submitter (with --broker)")]
+pub(crate) struct SubmitArgs {
+    /// Attempts of a task that may be lost with their agent (killed, stalled past its
+    /// lease) before the task fails with the error kind `lost`: a task that kills its
+    /// agent does not loop.
+    #[arg(long, value_name = "N", default_value = "3",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) lost_budget: u32,
+
+    /// How long the broker keeps a finished task's result and events for its
+    /// submitters, e.g. `10m`, `1h`; a submitter that is away longer (or a broker that
+    /// forgot the task) reports it `lost`.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_timeout)]
+    pub(crate) broker_result_ttl: Duration,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
     #[command(flatten)]
@@ -92,6 +110,15 @@ pub(crate) struct AgentArgs {
     /// agent runs them). Either way no new task is taken; exit 130 or 143.
     #[arg(long, value_enum, value_name = "MODE", default_value = "cancel")]
     pub(crate) on_signal: OnSignal,
+
+    /// The lease on the tasks this agent runs, renewed every second: an agent that
+    /// could not renew it for this long counts as gone, and its tasks go to another
+    /// agent within about the lease plus a second (it kills their workers itself half a
+    /// second before). At least 2s (two renewals), e.g. `3s`, `10s`. A longer lease
+    /// rides out longer stalls (a paused VM, a slow network) but hands the tasks of a
+    /// dead agent on later.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_timeout)]
+    pub(crate) lease: Duration,
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
@@ -191,6 +218,8 @@ pub(crate) struct RunArgs {
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+    #[command(flatten)]
+    pub(crate) submit: SubmitArgs,
 }
 
 /// How the pool treats tasks and workers: deadlines, retries, recycling, sizing. Every
@@ -338,6 +367,8 @@ pub(crate) struct ServeArgs {
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+    #[command(flatten)]
+    pub(crate) submit: SubmitArgs,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -497,7 +528,9 @@ ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, 
                           parameter name. notify_channels: more channels that get the
                           task's events, as channel does. The same cache_key while that
                           task runs -> the same task_id (it runs once; the request's
-                          channels are added to it). 400 malformed body or unknown
+                          channels are added to it); with --broker, servers on other
+                          hosts given the same cache_key share that one run too (each
+                          under its own task_id). 400 malformed body or unknown
                           field, 413 body over --max-body, 422 a task the workers do not
                           serve or bad_args (a keyword argument missing, unknown or also
                           given in args), 429 over --max-active, 503 shutting down.

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 use tokio::task::JoinSet;
 
-use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RunArgs, WorkerArgs};
+use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RunArgs, SubmitArgs, WorkerArgs};
 use crate::exit::{Exit, Failure};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
 use crate::ledger::Ledger;
@@ -89,6 +89,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         .map_err(Failure::Runtime)?;
     let pool = open_pool(
         &args.broker,
+        Some(&args.submit),
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
@@ -180,12 +181,13 @@ pub(crate) fn worker_path(args: &WorkerArgs) -> Result<PathBuf, Failure> {
 /// workers of `--worker`.
 pub(crate) async fn open_pool(
     broker: &BrokerArgs,
+    submit: Option<&SubmitArgs>,
     worker: &WorkerArgs,
     workers: Option<usize>,
     policy: Option<&PolicyArgs>,
 ) -> Result<Pool, Failure> {
     match &broker.broker {
-        Some(url) => crate::agent::connect(url, &broker.namespace, policy).await,
+        Some(url) => crate::agent::connect(url, &broker.namespace, submit, policy).await,
         None => start_pool(worker, workers, policy).await,
     }
 }
@@ -275,7 +277,6 @@ impl Batch<'_> {
     /// signal stops it; returns once every dispatched job has its record.
     async fn run(mut self) -> anyhow::Result<Outcome> {
         let pool = self.pool;
-        let window = pool.size().saturating_mul(IN_FLIGHT_PER_WORKER).max(1);
         let mut in_flight: JoinSet<Record> = JoinSet::new();
         let mut outcome = Outcome {
             all_completed: true,
@@ -286,6 +287,8 @@ impl Batch<'_> {
         // The pool's `Shutdown::Kill`, once a signal asked for it: it resolves every
         // dispatched job (as `cancelled`) and reaps every worker.
         let mut killing: Option<tokio::task::JoinHandle<()>> = None;
+        // Set with `killing`: ends the jobs still waiting for an agent to come up.
+        let (killed_tx, killed) = tokio::sync::watch::channel(false);
         let mut ticker = self.progress.tick_every().map(|every| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -295,6 +298,8 @@ impl Batch<'_> {
             // Every record written so far leaves before the loop waits again; a burst of
             // results that finished together leaves in one write.
             self.out.flush()?;
+            // A remote pool's size follows its live agents.
+            let window = pool.size().saturating_mul(IN_FLIGHT_PER_WORKER).max(1);
             let can_read = outcome.stop.is_none() && !input_done && in_flight.len() < window;
             if !can_read && in_flight.is_empty() {
                 break;
@@ -328,6 +333,7 @@ impl Batch<'_> {
                         }
                     };
                     if kill && killing.is_none() {
+                        killed_tx.send_replace(true);
                         let pool = pool.clone();
                         killing = Some(tokio::spawn(async move {
                             pool.shutdown(Shutdown::Kill).await;
@@ -358,9 +364,13 @@ impl Batch<'_> {
                 parsed = self.reader.next(), if can_read => {
                     match parsed.context("error reading the jobs")? {
                         None => input_done = true,
-                        Some(Parsed::Job(job)) if has_nested(&job) => {
+                        // On a remote pool keyword arguments, like nested tasks, are
+                        // matched against what the agents serve: they may wait for one.
+                        Some(Parsed::Job(job))
+                            if has_nested(&job) || (pool.is_remote() && !job.kwargs.is_empty()) =>
+                        {
                             outcome.dispatched += 1;
-                            in_flight.spawn(finish_nested(pool.clone(), job));
+                            in_flight.spawn(finish_nested(pool.clone(), job, killed.clone()));
                         }
                         Some(Parsed::Job(job)) => {
                             outcome.dispatched += 1;
@@ -427,8 +437,21 @@ fn has_nested(job: &Job) -> bool {
 /// then the job's own task runs like any other job. A failed nested task fails the job
 /// with its own kind, and the MetaTask cancels the other nested tasks (their workers are
 /// killed) before the record is written.
-async fn finish_nested(pool: Pool, job: Job) -> Record {
+///
+/// Names and keyword arguments are matched against what the workers serve: on a remote
+/// pool with no agent up yet, the job waits for one (until `killed`: then `cancelled`).
+async fn finish_nested(
+    pool: Pool,
+    job: Job,
+    mut killed: tokio::sync::watch::Receiver<bool>,
+) -> Record {
     let began = Instant::now();
+    let tasks = tokio::select! {
+        tasks = pool.wait_for_tasks() => tasks,
+        _ = killed.wait_for(|k| *k) => {
+            return Record::finished(job, Err(TaskError::Cancelled), 0, began.elapsed());
+        }
+    };
     // The job's own keyword arguments first (nested tasks there are plain values yet),
     // so that a mistake in them fails the job before any nested task starts.
     let args = if job.kwargs.is_empty() {
@@ -454,7 +477,7 @@ async fn finish_nested(pool: Pool, job: Job) -> Record {
     // A name the worker does not serve fails the job before any nested task starts.
     let unknown = std::iter::once(job.task.as_str())
         .chain(graph.task_names())
-        .find(|name| !pool.tasks().iter().any(|t| t.name == *name))
+        .find(|name| !tasks.iter().any(|t| t.name == *name))
         .map(str::to_owned);
     if let Some(name) = unknown {
         let err = TaskError::UnknownTask { name };

@@ -42,6 +42,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     }));
     let pool = open_pool(
         &args.broker,
+        Some(&args.submit),
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),

@@ -74,6 +74,6 @@ pub use orphans::OrphanReaper;
 pub use output::TaskOutput;
 pub use pool::Pool;
 pub use procpool_proto::{ParamInfo, TaskInfo};
-pub use remote::{RemoteBackend, RemoteSubmission};
+pub use remote::{RemoteBackend, RemoteSubmission, Served, dedupe_id};
 pub use task::{Task, TaskHandle};
 pub use types::{PoolStatus, Progress, Shutdown};

@@ -4,13 +4,14 @@ use std::sync::{Arc, Mutex};
 
 use procpool_proto::{TaskId, TaskInfo};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::config::{PoolBuilder, Settings};
 use crate::dispatcher::Dispatcher;
 use crate::errors::{PoolError, TaskError};
 use crate::host::{self, Groups, Host, Stop};
 use crate::internal::Command;
+use crate::remote::Served;
 use crate::spawn::{Launcher, Spawner};
 use crate::task::{Task, TaskHandle};
 use crate::types::{PoolStatus, Shutdown};
@@ -198,7 +199,9 @@ impl std::fmt::Debug for Pool {
 
 struct PoolInner {
     commands: mpsc::UnboundedSender<Command>,
-    manifest: Vec<TaskInfo>,
+    /// The tasks served and the workers serving them: fixed for a local pool (its sender
+    /// is gone), kept current by the backend of a remote one as agents come and go.
+    served: watch::Receiver<Served>,
     settings: Arc<Settings>,
     /// Room left in a bounded queue: a queued task holds one permit until it is
     /// dispatched or dropped.
@@ -220,10 +223,24 @@ impl Pool {
         stop: Stop,
         runtime: Option<tokio::runtime::Id>,
     ) -> Self {
+        let served = Served {
+            tasks: manifest.into(),
+            workers: settings.max_workers,
+        };
+        Pool::with_served(commands, watch::channel(served).1, settings, stop, runtime)
+    }
+
+    fn with_served(
+        commands: mpsc::UnboundedSender<Command>,
+        served: watch::Receiver<Served>,
+        settings: Arc<Settings>,
+        stop: Stop,
+        runtime: Option<tokio::runtime::Id>,
+    ) -> Self {
         Pool {
             inner: Arc::new(PoolInner {
                 commands,
-                manifest,
+                served,
                 queue_room: settings.queue_capacity.map(|n| Arc::new(Semaphore::new(n))),
                 settings,
                 runtime,
@@ -236,12 +253,12 @@ impl Pool {
     /// A pool whose commands go to a remote backend's router (`remote.rs`).
     pub(crate) fn new_remote(
         commands: mpsc::UnboundedSender<Command>,
-        manifest: Vec<TaskInfo>,
+        served: watch::Receiver<Served>,
         settings: Arc<Settings>,
         stop: Stop,
         runtime: tokio::runtime::Id,
     ) -> Self {
-        let mut pool = Pool::new(commands, manifest, settings, stop, Some(runtime));
+        let mut pool = Pool::with_served(commands, served, settings, stop, Some(runtime));
         if let Some(inner) = Arc::get_mut(&mut pool.inner) {
             inner.remote = true;
         }
@@ -258,14 +275,37 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// The functions the workers registered, with parameter and result types.
-    pub fn tasks(&self) -> &[TaskInfo] {
-        &self.inner.manifest
+    /// The functions the workers registered, with parameter and result types. For a
+    /// remote pool: what the agents alive now serve (empty while none is up).
+    pub fn tasks(&self) -> Arc<[TaskInfo]> {
+        self.inner.served.borrow().tasks.clone()
     }
 
-    /// Most worker processes at once.
+    /// [`tasks`](Self::tasks), once there are workers to serve them: at once for a local
+    /// pool; a remote pool waits while no agent is up (or returns what it has when its
+    /// backend is gone).
+    pub async fn wait_for_tasks(&self) -> Arc<[TaskInfo]> {
+        let mut served = self.inner.served.clone();
+        if let Ok(s) = served.wait_for(|s| s.workers > 0).await {
+            return s.tasks.clone();
+        }
+        self.tasks()
+    }
+
+    /// Most worker processes at once. For a remote pool: the workers of the agents alive
+    /// now (at least 1, so a window sized from it is never empty).
     pub fn size(&self) -> usize {
-        self.inner.settings.max_workers
+        if self.inner.remote {
+            self.inner.served.borrow().workers.max(1)
+        } else {
+            self.inner.settings.max_workers
+        }
+    }
+
+    /// Whether the tasks run elsewhere, through a [`RemoteBackend`](crate::RemoteBackend)
+    /// (a broker and its agents), rather than on local workers.
+    pub fn is_remote(&self) -> bool {
+        self.inner.remote
     }
 
     /// Queues a task and returns its handle at once. With a bounded queue
@@ -393,9 +433,9 @@ impl Pool {
         args: Vec<serde_json::Value>,
         kwargs: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Vec<serde_json::Value>, TaskError> {
-        let info = self
-            .inner
-            .manifest
+        let served = self.inner.served.borrow();
+        let info = served
+            .tasks
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| TaskError::UnknownTask {
@@ -407,7 +447,15 @@ impl Pool {
     }
 
     fn check<R>(&self, task: &Task<R>) -> Option<TaskError> {
-        if !self.inner.remote && !self.inner.manifest.iter().any(|t| t.name == task.name) {
+        if !self.inner.remote
+            && !self
+                .inner
+                .served
+                .borrow()
+                .tasks
+                .iter()
+                .any(|t| t.name == task.name)
+        {
             return Some(TaskError::UnknownTask {
                 name: task.name.clone(),
             });

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use procpool_proto::{Encoding, TaskInfo};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::config::PoolBuilder;
@@ -39,6 +39,29 @@ pub trait RemoteBackend: Send + Sync + 'static {
     /// Stops: `Drain` waits for the tasks submitted so far, `Kill` cancels them. Resolves
     /// once every task submitted through this backend has its outcome.
     fn shutdown(&self, mode: Shutdown) -> BoxFuture<'static, ()>;
+}
+
+/// What a remote pool's live agents serve: the union of their tasks and their workers in
+/// total. `workers == 0` while no agent is up: tasks then wait for one.
+#[derive(Clone, Debug, Default)]
+pub struct Served {
+    /// The tasks, each name once.
+    pub tasks: Arc<[TaskInfo]>,
+    /// Worker slots of the live agents together.
+    pub workers: usize,
+}
+
+/// A task id derived from a dedupe key, the same on every host and every run: submitters
+/// of one remote pool that use it share one run while it is queued or running (a task
+/// manager on a remote pool gives it to the task of a cache key).
+pub fn dedupe_id(key: &str) -> Uuid {
+    // FNV-1a, 128 bits: stable across hosts and Rust versions (unlike std's hasher).
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in key.as_bytes() {
+        h ^= u128::from(*b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013b);
+    }
+    uuid::Builder::from_custom_bytes(h.to_be_bytes()).into_uuid()
 }
 
 /// A task handed to a [`RemoteBackend`], with the duty to report back to its handle.
@@ -150,21 +173,20 @@ impl Drop for RemoteSubmission {
 
 impl Pool {
     /// A pool whose tasks run through `backend` (a broker and its agents) instead of local
-    /// workers. `manifest` is what [`Pool::tasks`] reports (the tasks served when the pool
-    /// was made; the backend itself refuses names no live agent serves) and `size` what
-    /// [`Pool::size`] reports (the remote workers, for callers that size a window).
+    /// workers. `served` is what [`Pool::tasks`] and [`Pool::size`] report, kept current
+    /// by the backend as agents come and go (the backend itself refuses names no live
+    /// agent serves).
     ///
     /// Must be called inside a tokio runtime: the pool's router is a task of it.
     pub fn from_backend(
         backend: Arc<dyn RemoteBackend>,
-        manifest: Vec<TaskInfo>,
-        size: usize,
+        served: watch::Receiver<Served>,
     ) -> Result<Pool, PoolError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             PoolError::Runtime(format!("Pool::from_backend needs a tokio runtime ({e})"))
         })?;
         let mut builder = PoolBuilder::default();
-        builder.workers(size.max(1)).worker("remote");
+        builder.worker("remote");
         let settings = Arc::new(builder.settings()?);
         let (commands, rx) = mpsc::unbounded_channel();
         runtime.spawn(route(backend, rx, settings.max_unread_bytes));
@@ -175,7 +197,7 @@ impl Pool {
         };
         Ok(Pool::new_remote(
             commands,
-            manifest,
+            served,
             settings,
             stop,
             runtime.id(),

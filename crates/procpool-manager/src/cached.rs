@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::context::InputContext;
 use crate::errors::MetaError;
 use crate::inputs::{Identity, Inputs};
-use crate::registry::{Request, distinct, value_body};
+use crate::registry::{Request, distinct, keyed_body};
 
 /// Inputs shared by cache key under a [`TaskManager`](crate::TaskManager).
 ///
@@ -109,7 +109,7 @@ where
             watchers: at.observers.clone(),
             path: at.path_arc(),
             keys: at.keys.clone(),
-            body: value_body(inputs),
+            body: keyed_body(inputs, Some(&key), &at.pool),
         };
         let (member, consumer) = match at.scope.enter(|| manager.subscribe(request)) {
             Ok(entered) => entered,
@@ -127,6 +127,13 @@ where
             })
         }
         .boxed()
+    }
+
+    fn with_shared_id(self, id: Uuid) -> Self {
+        Cached {
+            inputs: self.inputs.with_shared_id(id),
+            ..self
+        }
     }
 
     fn identity(&self) -> Identity {

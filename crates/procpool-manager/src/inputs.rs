@@ -65,6 +65,20 @@ pub trait Inputs: Send + 'static {
     fn identity(&self) -> Identity {
         Identity::default()
     }
+
+    /// These inputs with their one task renamed to `id`, when they are one task. A task
+    /// manager on a remote pool (a broker) gives a cache-keyed task the id derived from
+    /// its key ([`dedupe_id`](procpool_core::dedupe_id)), so that submitters on other
+    /// hosts share its one run on the broker. The default keeps the inputs as they are
+    /// (a shape of several tasks, or a MetaTask that combines in the parent, is shared
+    /// within one manager only); [`Task`] takes the id.
+    fn with_shared_id(self, id: Uuid) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = id;
+        self
+    }
 }
 
 /// How a [`TaskManager`](crate::TaskManager) names a task it runs (see
@@ -111,6 +125,10 @@ impl<R: DeserializeOwned + Send + 'static> Inputs for Task<R> {
             cache_key: None,
             notify_channels: self.notified_channels().to_vec(),
         }
+    }
+
+    fn with_shared_id(self, id: Uuid) -> Self {
+        self.with_id(id)
     }
 }
 

@@ -3,7 +3,7 @@
 //! and the shape any JSON front end (the HTTP control plane) can hand to a MetaTask.
 
 use futures::FutureExt as _;
-use futures::future::{BoxFuture, join_all};
+use futures::future::{BoxFuture, Either, join_all};
 use procpool_core::{Task, TaskError, TaskInfo};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -250,11 +250,35 @@ impl Inputs for JsonGraph {
     type Output = Value;
 
     fn start(self, at: &InputContext) -> BoxFuture<'static, Result<Value, MetaError>> {
-        // Every task's arguments are matched first: a mistake queues nothing.
-        match bind(self.0, at.pool.tasks(), at.path()) {
-            Ok(node) => start_node(node, at),
-            Err(failure) => futures::future::ready(Err(at.scope.fail(failure))).boxed(),
+        let tasks = at.pool.tasks();
+        if tasks.is_empty() && at.pool.is_remote() {
+            // No agent is up yet: the names and keyword arguments are matched against what
+            // the first one serves, and the tasks wait for it (a cancel ends the wait).
+            let (at, scope) = (at.clone(), at.scope.clone());
+            return async move {
+                let pool = at.pool.clone();
+                let served = std::pin::pin!(pool.wait_for_tasks());
+                let failed = std::pin::pin!(scope.failed());
+                match futures::future::select(served, failed).await {
+                    Either::Left((tasks, _)) => start_bound(self.0, &tasks, &at).await,
+                    Either::Right((failure, _)) => Err(failure),
+                }
+            }
+            .boxed();
         }
+        start_bound(self.0, &tasks, at)
+    }
+}
+
+/// Matches every task's arguments first (a mistake queues nothing), then starts them.
+fn start_bound(
+    node: Node,
+    tasks: &[TaskInfo],
+    at: &InputContext,
+) -> BoxFuture<'static, Result<Value, MetaError>> {
+    match bind(node, tasks, at.path()) {
+        Ok(node) => start_node(node, at),
+        Err(failure) => futures::future::ready(Err(at.scope.fail(failure))).boxed(),
     }
 }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::errors::{ManagerError, MetaError};
 use crate::events::{EventBus, TaskEvent};
 use crate::inputs::Inputs;
-use crate::registry::{Request, distinct, value_body};
+use crate::registry::{Request, distinct, keyed_body};
 use crate::state::{Consumer, ManagerInner};
 use crate::store::{MemoryStore, Store, StoreKey};
 
@@ -169,6 +169,7 @@ impl TaskManager {
         I::Output: Serialize,
     {
         let ident = task.identity();
+        let body = keyed_body(task, ident.cache_key.as_deref(), &self.inner.pool);
         let consumer = self.inner.subscribe(Request {
             id: ident.id.unwrap_or_else(Uuid::new_v4),
             name: ident.name.unwrap_or_else(|| "inputs".to_owned()),
@@ -183,7 +184,7 @@ impl TaskManager {
             watchers: Arc::new([]),
             path: "$".into(),
             keys: Arc::new([]),
-            body: value_body(task),
+            body,
         });
         PendingTask { consumer }
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
+use procpool_core::{Pool, dedupe_id};
 use serde::Serialize;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -37,6 +38,20 @@ where
         }
         .boxed()
     })
+}
+
+/// The body of a node running `inputs` under cache key `key`: on a remote pool its one
+/// task (if it is one) takes the id derived from the key, which submitters on other hosts
+/// derive too, so they share the run on the broker.
+pub(crate) fn keyed_body<I>(inputs: I, key: Option<&str>, pool: &Pool) -> NodeBody
+where
+    I: Inputs,
+    I::Output: Serialize,
+{
+    match key {
+        Some(key) if pool.is_remote() => value_body(inputs.with_shared_id(dedupe_id(key))),
+        _ => value_body(inputs),
+    }
 }
 
 /// `channels` in order, each once: a consumer's channel list, where the channel of

@@ -180,9 +180,19 @@ fn validate(shared: &Shared, body: &[u8]) -> Result<Valid, ApiError> {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
     };
     let pool = shared.manager.pool();
+    let served = pool.tasks();
+    // A remote pool with no agent up yet: the task waits for one, which decides on its
+    // name (nested tasks are matched when it comes).
+    let no_agent = served.is_empty() && pool.is_remote();
     // The task's own keyword arguments (nested tasks among them are plain values here).
     let args = if body.kwargs.is_empty() {
         body.args
+    } else if no_agent {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_agent",
+            "no agent is up to match keyword arguments against; retry, or pass args",
+        ));
     } else {
         pool.bind_json(&body.task, body.args, body.kwargs)
             .map_err(|e| match e {
@@ -204,7 +214,7 @@ fn validate(shared: &Shared, body: &[u8]) -> Result<Valid, ApiError> {
     let names = graph.iter().flat_map(|g| g.task_names());
     if let Some(unknown) = std::iter::once(body.task.as_str())
         .chain(names)
-        .find(|name| !shared.tasks.contains(*name))
+        .find(|name| !no_agent && !served.iter().any(|t| t.name == *name))
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -214,7 +224,7 @@ fn validate(shared: &Shared, body: &[u8]) -> Result<Valid, ApiError> {
     }
     // Nested tasks' keyword arguments, all matched before anything runs.
     let graph = graph
-        .map(|g| g.bind(pool.tasks()))
+        .map(|g| if no_agent { Ok(g) } else { g.bind(&served) })
         .transpose()
         .map_err(|e| {
             let place = match (e.failed_name(), e.path()) {

@@ -68,7 +68,6 @@ impl Server {
             source,
         })?;
         let initial_starts = pool.status().await.worker_starts;
-        let tasks = pool.tasks().iter().map(|t| t.name.clone()).collect();
         let manager = TaskManager::builder(pool)
             // The server keeps each result itself and takes it out of the store at once;
             // the TTL only bounds what a crash of that hand-over would leave behind.
@@ -84,7 +83,6 @@ impl Server {
             clients: Clients::new(settings.client_buffer_bytes),
             metrics: Metrics::new(),
             settings,
-            tasks,
             initial_starts,
             accepting: AtomicBool::new(true),
             closing: watch::channel(false).0,

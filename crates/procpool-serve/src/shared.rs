@@ -2,7 +2,6 @@
 //! Below the modules that use it (server, routes, events), so none of them imports
 //! another's state.
 
-use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -25,8 +24,6 @@ pub(crate) struct Shared {
     pub(crate) clients: Clients,
     pub(crate) metrics: Metrics,
     pub(crate) settings: ServeSettings,
-    /// Names of the tasks the workers serve.
-    pub(crate) tasks: HashSet<String>,
     /// Worker processes started by the time the pool was up.
     pub(crate) initial_starts: u64,
     /// Cleared at the first stop signal: submissions get `503` from then on.

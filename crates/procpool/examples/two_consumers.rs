@@ -11,6 +11,8 @@ use procpool::{Pool, TaskEvent, TaskManager};
 #[procpool::task]
 fn report(year: u32) -> String {
     for q in 1..=4 {
+        // Expensive enough that the second request finds it still running.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         procpool::report_progress(q as f32 / 4.0, format!("quarter {q}"));
     }
     format!("report {year}: all good")
