@@ -158,7 +158,7 @@ pub mod pool {
     pub use procpool_core::OrphanReaper;
     pub use procpool_core::{CancelOnDropHandle, MapItem, MapIter, MapStream, TaskOutput};
     pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
-    pub use procpool_os::signal_name;
+    pub use procpool_os::{rss_bytes, signal_name};
 }
 
 /// The building blocks of [`MetaTask`] and
