@@ -9,7 +9,7 @@ use procpool_broker::{AgentOptions, ClientOptions, RedisBroker, StopMode};
 
 use crate::cli::{AgentArgs, OnSignal, PolicyArgs};
 use crate::control::{Control, ControlServer};
-use crate::run::start_pool;
+use crate::run::{retry_policy, start_pool};
 use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
 
@@ -21,6 +21,12 @@ pub(crate) async fn connect(
     namespace: &str,
     policy: Option<&PolicyArgs>,
 ) -> Result<Pool, Failure> {
+    if policy.is_some_and(|p| p.retry_on.is_some()) {
+        return Err(Failure::Setup(anyhow::anyhow!(
+            "--retry-on applies where the tasks run: set it on the agents \
+             (procpool agent --retry-on); --retries here sets how many"
+        )));
+    }
     let options = ClientOptions {
         namespace: namespace.to_owned(),
         timeout: policy.and_then(|p| p.timeout),
@@ -96,6 +102,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         pool.clone(),
         AgentOptions {
             prefetch: args.prefetch_tasks as usize,
+            retry: retry_policy(&args.policy, 0),
             ..AgentOptions::default()
         },
         stop,

@@ -274,6 +274,14 @@ pub(crate) struct PolicyArgs {
     #[arg(long, value_name = "N")]
     pub(crate) retries: Option<u32>,
 
+    /// Which failures --retries (and a job's own `retries`) run again: a comma-separated
+    /// list of crashed, timed_out, limit_exceeded, e.g. `crashed,limit_exceeded` fails a
+    /// hanging job after its first timeout. Default: all three. (`protocol` failures are
+    /// always retried; user errors and panics never.) With --broker, set it on the
+    /// agents.
+    #[arg(long, value_name = "KINDS", value_enum, value_delimiter = ',')]
+    pub(crate) retry_on: Option<Vec<RetryKind>>,
+
     /// Replace a worker after it ran N tasks (1 = a fresh process per job).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_tasks_per_worker: Option<u64>,
@@ -292,6 +300,18 @@ pub(crate) struct PolicyArgs {
     /// Stop workers idle for this long, down to --min-workers, e.g. `30s`. Default: never.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// A failure kind `--retry-on` may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub(crate) enum RetryKind {
+    /// The worker died under the task (signal or exit code).
+    Crashed,
+    /// The task ran past its deadline.
+    TimedOut,
+    /// The worker went above --max-rss or an rlimit.
+    LimitExceeded,
 }
 
 /// What the operator sees on stderr while a batch runs.

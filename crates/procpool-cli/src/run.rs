@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::board::{Board, Ticket};
-use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RunArgs, WorkerArgs};
+use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RetryKind, RunArgs, WorkerArgs};
 use crate::control::{Control, ControlServer};
 use crate::exit::{Exit, Failure};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
@@ -138,6 +138,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         progress: &mut progress,
         signals: &mut signals,
         on_signal: args.on_signal,
+        retry: retry_policy(&args.policy, 0),
         board: &board,
         control: &control,
         drain: drain_rx,
@@ -237,8 +238,8 @@ pub(crate) fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) 
     if let Some(d) = p.grace {
         builder.grace(d);
     }
-    if let Some(n) = p.retries {
-        builder.retry(RetryPolicy::new(n));
+    if p.retries.is_some() || p.retry_on.is_some() {
+        builder.retry(retry_policy(p, p.retries.unwrap_or(0)));
     }
     if let Some(n) = p.max_tasks_per_worker {
         builder.max_tasks_per_worker(n);
@@ -254,13 +255,27 @@ pub(crate) fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) 
     }
 }
 
-/// A job's own `timeout_ms` and `retries` onto its task (they win over the pool's).
-fn with_policy<R>(mut task: Task<R>, policy: &JobPolicy) -> Task<R> {
+/// Up to `max` retries of the kinds `--retry-on` names (every crash-class kind without
+/// it).
+pub(crate) fn retry_policy(p: &PolicyArgs, max: u32) -> RetryPolicy {
+    let policy = RetryPolicy::new(max);
+    match &p.retry_on {
+        None => policy,
+        Some(kinds) => policy
+            .retry_crashed(kinds.contains(&RetryKind::Crashed))
+            .retry_timed_out(kinds.contains(&RetryKind::TimedOut))
+            .retry_limit_exceeded(kinds.contains(&RetryKind::LimitExceeded)),
+    }
+}
+
+/// A job's own `timeout_ms` and `retries` onto its task (they win over the pool's); its
+/// retries are of the kinds of `retry`.
+fn with_policy<R>(mut task: Task<R>, policy: &JobPolicy, retry: RetryPolicy) -> Task<R> {
     if let Some(d) = policy.timeout {
         task = task.timeout(d);
     }
     if let Some(n) = policy.retries {
-        task = task.retry(RetryPolicy::new(n));
+        task = task.retry(retry.with_max_retries(n));
     }
     task
 }
@@ -283,6 +298,8 @@ struct Batch<'a> {
     progress: &'a mut Progress,
     signals: &'a mut Signals,
     on_signal: OnSignal,
+    /// The kinds `--retry-on` retries, for a job's own `retries`.
+    retry: RetryPolicy,
     /// The live jobs and record counts, for `procpool ctl`.
     board: &'a Arc<Board>,
     control: &'a Control,
@@ -394,7 +411,7 @@ impl Batch<'_> {
                         Some(Parsed::Job(job)) if has_nested(&job) => {
                             outcome.dispatched += 1;
                             let ticket = self.board.enter(&job.id, &job.task);
-                            in_flight.spawn(finish_nested(pool.clone(), job, ticket));
+                            in_flight.spawn(finish_nested(pool.clone(), job, ticket, self.retry));
                         }
                         Some(Parsed::Job(job)) => {
                             outcome.dispatched += 1;
@@ -407,7 +424,7 @@ impl Batch<'_> {
                                 let args = job.args.as_array().cloned().unwrap_or_default();
                                 Task::json_kwargs(job.task.clone(), args, job.kwargs.clone())
                             };
-                            let handle = pool.submit(with_policy(task, &job.policy));
+                            let handle = pool.submit(with_policy(task, &job.policy, self.retry));
                             in_flight.spawn(finish(job, handle, ticket));
                         }
                         Some(Parsed::Bad(bad)) => {
@@ -463,7 +480,7 @@ fn has_nested(job: &Job) -> bool {
 /// then the job's own task runs like any other job. A failed nested task fails the job
 /// with its own kind, and the MetaTask cancels the other nested tasks (their workers are
 /// killed) before the record is written.
-async fn finish_nested(pool: Pool, job: Job, mut ticket: Ticket) -> Record {
+async fn finish_nested(pool: Pool, job: Job, mut ticket: Ticket, retry: RetryPolicy) -> Record {
     let began = Instant::now();
     // The job's own keyword arguments first (nested tasks there are plain values yet),
     // so that a mistake in them fails the job before any nested task starts.
@@ -506,7 +523,7 @@ async fn finish_nested(pool: Pool, job: Job, mut ticket: Ticket) -> Record {
     match nested {
         Ok(args) => {
             let task = Task::json(job.task.clone(), args);
-            let handle = pool.submit(with_policy(task, &job.policy));
+            let handle = pool.submit(with_policy(task, &job.policy, retry));
             finish(job, handle, ticket).await
         }
         Err(err) => Record::nested_failed(job, err, began.elapsed()),
