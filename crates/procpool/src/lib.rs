@@ -156,7 +156,9 @@ pub use uuid::Uuid;
 /// how busy it is, and reaping the grandchildren its kills leave behind.
 pub mod pool {
     pub use procpool_core::OrphanReaper;
-    pub use procpool_core::{CancelOnDropHandle, MapItem, MapIter, MapStream, TaskOutput};
+    pub use procpool_core::{
+        CancelOnDropHandle, CapturedOutput, MapItem, MapIter, MapStream, TaskOutput,
+    };
     pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
     pub use procpool_os::{rss_bytes, signal_name};
 }
