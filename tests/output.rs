@@ -353,7 +353,10 @@ async fn captured_output_is_bounded_and_says_so() {
     assert_eq!((&mut h).await.unwrap(), 100);
     let output = h.output().expect("captured output");
     assert!(output.truncated, "{output:?}");
-    assert!(output.stdout.len() + output.stderr.len() <= 200, "{output:?}");
+    assert!(
+        output.stdout.len() + output.stderr.len() <= 200,
+        "{output:?}"
+    );
     // The first lines are the ones kept.
     let (out, _) = noisy_lines(100);
     assert!(output.stdout.starts_with(&text(&out[..2])), "{output:?}");

@@ -563,7 +563,8 @@ EXIT CODES:
        unreadable job or results file, or a worker binary that is missing or is not a
        procpool worker: nothing was run and no record was written
   130  stopped by SIGINT (see SIGNALS)
-  143  stopped by SIGTERM";
+  143  stopped by SIGTERM, or drained by `procpool ctl drain` (as SIGTERM with
+       --on-signal drain)";
 
 const SERVE_AFTER_HELP: &str = "\
 ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, else 401):
