@@ -315,7 +315,7 @@ fn sockets_are_found_stale_ones_replaced_live_ones_refused_and_bad_requests_answ
 
     // A second run on the same path is refused while the first lives.
     let out = Command::new(PROCPOOL)
-        .args(&args)
+        .args(args)
         .env("XDG_RUNTIME_DIR", dir.path())
         .stdin(Stdio::null())
         .output()
