@@ -228,24 +228,44 @@ pub(crate) struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (or this subcommand's default socket) and starts serving `control`.
+    /// Binds `path` and starts serving `control`. A `--control PATH` that cannot be
+    /// bound is an error; without one, a default socket that cannot be made (no private
+    /// directory) costs only the control socket, with a warning: the batch or the
+    /// service matters more than looking into it.
     pub(crate) fn open(
         path: Option<&Path>,
         control: Arc<Control>,
-    ) -> anyhow::Result<ControlServer> {
-        let path = match path {
-            Some(p) => p.to_owned(),
-            None => ctl_wire::default_socket(control.subcommand)
-                .context("cannot place the control socket")?,
+    ) -> anyhow::Result<Option<ControlServer>> {
+        let (path, given) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => match ctl_wire::default_socket(control.subcommand) {
+                Ok(p) => (p, false),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no control socket (procpool ctl will not reach this process)");
+                    return Ok(None);
+                }
+            },
         };
-        let listener = bind(&path)
-            .with_context(|| format!("cannot open the control socket {}", path.display()))?;
+        let listener = match bind(&path) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let e = e.context(format!("cannot open the control socket {}", path.display()));
+                if given {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "no control socket (procpool ctl will not reach this process)"
+                );
+                return Ok(None);
+            }
+        };
         let file = std::fs::symlink_metadata(&path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
         tracing::info!(path = %path.display(), "control socket open (procpool ctl)");
         let task = tokio::spawn(serve(listener, control));
-        Ok(ControlServer { path, file, task })
+        Ok(Some(ControlServer { path, file, task }))
     }
 }
 
