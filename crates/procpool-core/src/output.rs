@@ -113,7 +113,9 @@ impl OutputState {
         let text = text.trim_end_matches('\r');
         {
             let mut inner = self.lock();
-            let current = owner.is_some() && inner.task == owner;
+            // Before the first task (a worker starting) both are `None`: its stderr is
+            // what a start failure reports.
+            let current = inner.task == owner;
             if stream == Stream::Stderr && current {
                 if inner.stderr_tail.len() == TAIL_LINES {
                     inner.stderr_tail.pop_front();
@@ -122,6 +124,7 @@ impl OutputState {
             }
             if let TaskOutput::Capture { max_bytes } = self.mode
                 && current
+                && owner.is_some()
             {
                 let captured = &mut inner.captured;
                 let used = captured.stdout.len() + captured.stderr.len();
