@@ -369,7 +369,7 @@ fn sockets_are_found_stale_ones_replaced_live_ones_refused_and_bad_requests_answ
         "bad_request"
     );
     assert_eq!(
-        ask(b"{\"v\":9,\"cmd\":\"status\"}\n")["error"]["kind"],
+        ask(b"{\"v\":9,\"cmd\":\"status\",\"since\":5}\n")["error"]["kind"],
         "unsupported_version"
     );
     let ok = ask(b"{\"v\":1,\"cmd\":\"status\"}\n");

@@ -78,29 +78,36 @@ impl Control {
 
     /// The reply to one request line (newline included or not).
     async fn answer(&self, line: &[u8]) -> Reply {
-        let request: Request = match serde_json::from_slice(line) {
-            Ok(r) => r,
-            Err(e) => {
-                return Reply::error(
-                    "bad_request",
-                    format!(
-                        "not a request ({e}); send one JSON object per line, e.g. \
-                         {{\"v\": {}, \"cmd\": \"status\"}}",
-                        ctl_wire::VERSION
-                    ),
-                );
-            }
+        let bad = |e: serde_json::Error| {
+            Reply::error(
+                "bad_request",
+                format!(
+                    "not a request ({e}); send one JSON object per line, e.g. \
+                     {{\"v\": {}, \"cmd\": \"status\"}}",
+                    ctl_wire::VERSION
+                ),
+            )
         };
-        if request.v != ctl_wire::VERSION {
+        // The version first: a request of another version may have other fields.
+        let value: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => return bad(e),
+        };
+        if let Some(v) = value.get("v").and_then(|v| v.as_u64())
+            && v != u64::from(ctl_wire::VERSION)
+        {
             return Reply::error(
                 "unsupported_version",
                 format!(
-                    "request version {} is not supported; this supervisor speaks version {}",
-                    request.v,
+                    "request version {v} is not supported; this supervisor speaks version {}",
                     ctl_wire::VERSION
                 ),
             );
         }
+        let request: Request = match serde_json::from_value(value) {
+            Ok(r) => r,
+            Err(e) => return bad(e),
+        };
         match (request.cmd.as_str(), request.id) {
             ("status", None) => Reply::ok(self.status().await),
             ("jobs", None) => match &self.board {
