@@ -821,6 +821,47 @@ fn retries_rerun_crashes_but_not_panics_and_report_attempts() {
 }
 
 #[test]
+fn retry_on_leaves_out_the_kinds_it_does_not_name() {
+    // Timeouts are not listed: a hanging job fails after one deadline, a crash is
+    // retried, and a job's own `retries` follows the same choice.
+    let jobs = "{\"id\": \"hang\", \"task\": \"sleep_ms\", \"args\": [60000]}\n\
+                {\"id\": \"hang-own\", \"task\": \"sleep_ms\", \"args\": [60000], \"retries\": 3}\n\
+                {\"id\": \"exit\", \"task\": \"exit\", \"args\": [3]}\n";
+    let flags = [
+        "--retries",
+        "2",
+        "--timeout",
+        "300ms",
+        "--grace",
+        "0",
+        "--workers",
+        "2",
+    ];
+    let mut with = flags.to_vec();
+    with.extend(["--retry-on", "crashed,limit_exceeded"]);
+    let run = run_jobs_with(&with, jobs);
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = by_id(&run.records());
+    for id in ["hang", "hang-own"] {
+        assert_eq!(records[id]["error"]["kind"], "timed_out", "{run:?}");
+        assert_eq!(records[id]["attempts"], 1, "{run:?}");
+    }
+    assert_eq!(records["exit"]["error"]["kind"], "crashed", "{run:?}");
+    assert_eq!(records["exit"]["attempts"], 3, "{run:?}");
+
+    // Without --retry-on every crash-class kind is retried, timeouts included.
+    let run = run_jobs_with(&flags, jobs);
+    let records = by_id(&run.records());
+    assert_eq!(records["hang"]["attempts"], 3, "{run:?}");
+    assert_eq!(records["hang-own"]["attempts"], 4, "{run:?}");
+
+    // A kind it does not know is bad usage.
+    let run = run_jobs_with(&["--retry-on", "crashed,panicked"], ADD_JOB);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_stderr_contains(&run, "panicked");
+}
+
+#[test]
 fn max_rss_stops_a_memory_bomb_and_the_next_job_succeeds() {
     let run = run_jobs_with(
         &["--max-rss", "256MiB", "--workers", "1"],

@@ -297,3 +297,79 @@ async fn a_crash_report_holds_only_the_crashing_tasks_stderr() {
     drop(pool);
     assert_no_children();
 }
+
+/// A one-worker pool whose task output is kept with the results, up to `max_bytes`.
+fn capturing_pool(max_bytes: usize) -> Pool {
+    Pool::builder()
+        .worker(support::demo_worker())
+        .workers(1)
+        .task_output(procpool::pool::TaskOutput::Capture { max_bytes })
+        .build()
+        .expect("the demo worker pool starts")
+}
+
+/// `lines` as captured text: each line ended by `\n`.
+fn text(lines: &[String]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_output_comes_back_with_each_result_and_never_mixes() {
+    let _serial = serial().await;
+    let pool = capturing_pool(1 << 20);
+    // Back to back on one worker, submitted at once: each task's lines are its own,
+    // whole, though the next task starts as soon as the previous one ended.
+    let sizes: Vec<u32> = (0..40).map(|i| 1 + (i * 7) % 23).collect();
+    let handles: Vec<_> = sizes
+        .iter()
+        .map(|&n| pool.submit(demo::noisy::task(n)))
+        .collect();
+    for (mut h, n) in handles.into_iter().zip(sizes) {
+        assert_eq!((&mut h).await.unwrap(), n);
+        let output = h.output().expect("captured output");
+        let (out, err) = noisy_lines(n);
+        assert_eq!(output.stdout, text(&out), "stdout of noisy({n})");
+        assert_eq!(output.stderr, text(&err), "stderr of noisy({n})");
+        assert!(!output.truncated);
+    }
+    // A failed task keeps its output too: the panic message is its stderr.
+    let mut h = pool.submit(demo::panic::task("boom".into()));
+    let err = (&mut h).await.expect_err("the task panics");
+    let output = h.output().expect("captured output");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    assert!(
+        output.stderr.starts_with("task panicked at ") && output.stderr.ends_with(": boom\n"),
+        "{output:?} for {err:?}"
+    );
+    drop(pool);
+    assert_no_children();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_output_is_bounded_and_says_so() {
+    let _serial = serial().await;
+    let pool = capturing_pool(200);
+    let mut h = pool.submit(demo::noisy::task(100));
+    assert_eq!((&mut h).await.unwrap(), 100);
+    let output = h.output().expect("captured output");
+    assert!(output.truncated, "{output:?}");
+    assert!(
+        output.stdout.len() + output.stderr.len() <= 200,
+        "{output:?}"
+    );
+    // The first lines are the ones kept.
+    let (out, _) = noisy_lines(100);
+    assert!(output.stdout.starts_with(&text(&out[..2])), "{output:?}");
+    // Another task starts with a fresh bound.
+    let mut h = pool.submit(demo::noisy::task(2));
+    assert_eq!((&mut h).await.unwrap(), 2);
+    let output = h.output().expect("captured output");
+    assert!(!output.truncated, "{output:?}");
+    // Without Capture there is nothing to read.
+    let plain = demo_pool(1);
+    let mut h = plain.submit(demo::noisy::task(1));
+    assert_eq!((&mut h).await.unwrap(), 1);
+    assert_eq!(h.output(), None);
+    drop((pool, plain));
+    assert_no_children();
+}

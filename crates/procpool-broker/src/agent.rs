@@ -38,6 +38,9 @@ pub struct AgentOptions {
     /// never waits for the broker between two tasks. 0: claim only for a free slot
     /// (a long task never holds another one back from an idle agent).
     pub prefetch: usize,
+    /// What a task's own retry count (from its submitter) retries: this policy's kinds,
+    /// with the task's count in place of its own. By default every crash-class kind.
+    pub retry: procpool_core::RetryPolicy,
 }
 
 impl Default for AgentOptions {
@@ -47,6 +50,7 @@ impl Default for AgentOptions {
             renew_every: Duration::from_secs(1),
             reap_every: Duration::from_millis(500),
             prefetch: 0,
+            retry: procpool_core::RetryPolicy::NEVER,
         }
     }
 }
@@ -367,7 +371,7 @@ async fn run_task<B: Broker>(
                 task = task.timeout(d);
             }
             if let Some(n) = claimed.retries {
-                task = task.retry(procpool_core::RetryPolicy::new(n));
+                task = task.retry(agent.options.retry.with_max_retries(n));
             }
             let mut handle = agent.pool.submit(task);
             for m in claimed.messages {

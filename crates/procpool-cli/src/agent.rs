@@ -1,12 +1,15 @@
 //! `procpool agent` and the `--broker` mode of `run`, `serve` and `tasks`: the command
 //! line side of `procpool-broker`.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use procpool::{Pool, Shutdown};
 use procpool_broker::{AgentOptions, ClientOptions, RedisBroker, StopMode};
 
 use crate::cli::{AgentArgs, OnSignal, PolicyArgs, SubmitArgs};
-use crate::run::start_pool;
+use crate::control::{Control, ControlServer};
+use crate::run::{retry_policy, start_pool};
 use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
 
@@ -19,6 +22,12 @@ pub(crate) async fn connect(
     submit: Option<&SubmitArgs>,
     policy: Option<&PolicyArgs>,
 ) -> Result<Pool, Failure> {
+    if policy.is_some_and(|p| p.retry_on.is_some()) {
+        return Err(Failure::Setup(anyhow::anyhow!(
+            "--retry-on applies where the tasks run: set it on the agents \
+             (procpool agent --retry-on); --retries here sets how many"
+        )));
+    }
     let mut options = ClientOptions {
         namespace: namespace.to_owned(),
         timeout: policy.and_then(|p| p.timeout),
@@ -43,6 +52,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
     let options = AgentOptions {
         lease: args.lease,
         prefetch: args.prefetch_tasks as usize,
+        retry: retry_policy(&args.policy, 0),
         ..AgentOptions::default()
     };
     options.check().context("--lease").map_err(Failure::Setup)?;
@@ -62,12 +72,22 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         Some(&args.policy),
     )
     .await?;
-    // The first signal stops the agent per --on-signal; a second one during a drain
-    // hands the remaining tasks back at once.
+    let (drain_tx, mut drain_rx) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(Control::new("agent", pool.clone()).with_drain(drain_tx));
+    let _control_server = ControlServer::open(args.control.control.as_deref(), control.clone())
+        .map_err(Failure::Setup)?;
+    // The first signal stops the agent per --on-signal, and `procpool ctl drain` with a
+    // drain; a signal after either hands the remaining tasks back at once.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
     let (force_tx, force_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let first = signals.recv().await;
+        let first = tokio::select! {
+            stop = signals.recv() => {
+                control.set_draining();
+                stop
+            }
+            Some(()) = drain_rx.recv() => Stop::Drain,
+        };
         let _ = stop_tx.send(first);
         signals.recv().await;
         let _ = force_tx.send(());
@@ -75,12 +95,13 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Stop>();
     let on_signal = args.on_signal;
     let stop = async move {
-        if let Ok(first) = stop_rx.await {
+        let first = stop_rx.await.ok();
+        if let Some(first) = first {
             let _ = first_tx.send(first);
         }
-        match on_signal {
-            OnSignal::Drain => StopMode::Drain,
-            OnSignal::Cancel => StopMode::Cancel,
+        match (first, on_signal) {
+            (Some(Stop::Drain), _) | (_, OnSignal::Drain) => StopMode::Drain,
+            _ => StopMode::Cancel,
         }
     };
     let force = async move {
@@ -99,8 +120,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
     pool.shutdown(Shutdown::Kill).await;
     outcome.map_err(|e| Failure::Runtime(e.into()))?;
     Ok(match first_rx.await {
-        Ok(Stop::Interrupt) => Exit::Interrupted,
-        Ok(Stop::Terminate) => Exit::Terminated,
+        Ok(stop) => stop.exit(),
         Err(_) => Exit::JobsFailed,
     })
 }

@@ -48,6 +48,57 @@ pub(crate) enum Command {
     /// Run the tasks queued on a broker (`--broker URL`) on a local pool of workers: one
     /// of many agents, on as many machines, that `procpool run --broker` feeds.
     Agent(AgentArgs),
+    /// Look into a live `procpool run`, `serve` or `agent` on this machine through its
+    /// control socket: counts, running jobs, workers; cancel one job; drain.
+    Ctl(CtlArgs),
+}
+
+/// `--control PATH`: where `run`, `serve` and `agent` open their control socket.
+#[derive(Debug, Args)]
+pub(crate) struct ControlArgs {
+    /// Control socket for `procpool ctl` (a Unix socket, mode 0600, removed on exit).
+    /// Default: `$XDG_RUNTIME_DIR/procpool/SUBCOMMAND-PID.sock`, or
+    /// `/tmp/procpool-UID/SUBCOMMAND-PID.sock` (a 0700 directory) without
+    /// XDG_RUNTIME_DIR. A stale socket left by a dead process is replaced; one a live
+    /// process listens on is refused.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_long_help = CTL_AFTER_HELP)]
+pub(crate) struct CtlArgs {
+    /// The control socket of the supervisor to ask. Default: the only live one of this
+    /// user (several: they are listed, pick one with --control).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<PathBuf>,
+
+    /// Print the reply as one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) action: CtlAction,
+}
+
+/// What `procpool ctl` asks.
+#[derive(Clone, Debug, Subcommand)]
+pub(crate) enum CtlAction {
+    /// Jobs by status, queued jobs, workers by state.
+    Status,
+    /// The running and queued jobs: id, task, worker pid, time running.
+    Jobs,
+    /// The worker processes: pid, resident memory, the job each runs.
+    Workers,
+    /// Cancel one job by its id: a queued job never runs, a running one has its worker
+    /// killed; its record says `cancelled`.
+    Cancel {
+        /// The job's `id` (from the job file).
+        id: String,
+    },
+    /// Stop dispatching and let the running jobs finish, as SIGTERM does with
+    /// `--on-signal drain`.
+    Drain,
 }
 
 /// `--broker` and `--namespace`: run through a broker's agents instead of local workers.
@@ -94,6 +145,9 @@ pub(crate) struct AgentArgs {
 
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
 
     /// Number of worker processes, and so of tasks taken at once. Default: the CPUs.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -187,6 +241,9 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
 
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+
     /// JSON Lines job file; `-` reads the jobs from stdin. Read as a stream, not loaded
     /// whole.
     #[arg(long, value_name = "FILE|-")]
@@ -246,6 +303,14 @@ pub(crate) struct PolicyArgs {
     #[arg(long, value_name = "N")]
     pub(crate) retries: Option<u32>,
 
+    /// Which failures --retries (and a job's own `retries`) run again: a comma-separated
+    /// list of crashed, timed_out, limit_exceeded, e.g. `crashed,limit_exceeded` fails a
+    /// hanging job after its first timeout. Default: all three. (`protocol` failures are
+    /// always retried; user errors and panics never.) With --broker, set it on the
+    /// agents.
+    #[arg(long, value_name = "KINDS", value_enum, value_delimiter = ',')]
+    pub(crate) retry_on: Option<Vec<RetryKind>>,
+
     /// Replace a worker after it ran N tasks (1 = a fresh process per job).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_tasks_per_worker: Option<u64>,
@@ -264,6 +329,18 @@ pub(crate) struct PolicyArgs {
     /// Stop workers idle for this long, down to --min-workers, e.g. `30s`. Default: never.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// A failure kind `--retry-on` may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub(crate) enum RetryKind {
+    /// The worker died under the task (signal or exit code).
+    Crashed,
+    /// The task ran past its deadline.
+    TimedOut,
+    /// The worker went above --max-rss or an rlimit.
+    LimitExceeded,
 }
 
 /// What the operator sees on stderr while a batch runs.
@@ -303,6 +380,9 @@ pub(crate) struct ServeArgs {
 
     #[command(flatten)]
     pub(crate) broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
 
     /// Number of worker processes. Default: the available CPUs.
     #[arg(long, env = "PROCPOOL_WORKERS", value_name = "N",
@@ -514,7 +594,8 @@ EXIT CODES:
        unreadable job or results file, or a worker binary that is missing or is not a
        procpool worker: nothing was run and no record was written
   130  stopped by SIGINT (see SIGNALS)
-  143  stopped by SIGTERM";
+  143  stopped by SIGTERM, or drained by `procpool ctl drain` (as SIGTERM with
+       --on-signal drain)";
 
 const SERVE_AFTER_HELP: &str = "\
 ROUTES (JSON; with --token every /v1 route needs `Authorization: Bearer TOKEN`, else 401):
@@ -563,6 +644,29 @@ EXIT CODES:
   1        the server failed while running
   2        bad usage, an address it cannot listen on, a non-loopback --listen without a
            token, or a worker binary that is missing or is not a procpool worker";
+
+const CTL_AFTER_HELP: &str = "\
+EXAMPLES:
+  procpool ctl status                  the only live supervisor of this user
+  procpool ctl --control PATH jobs     a given one (see `--control` of run/serve/agent)
+  procpool ctl cancel job-42           its record says cancelled, the others go on
+  procpool ctl drain                   no new job starts; running ones finish; exit 143
+  procpool ctl --json workers          one JSON object, for scripts
+
+`procpool run` answers everything; `serve` and `agent` answer status and workers (their
+tasks are listed and cancelled over HTTP or through the broker), and `agent` also drain.
+
+PROTOCOL (for other clients): one JSON object per line each way on the Unix socket,
+  {\"v\": 1, \"cmd\": \"status\"|\"jobs\"|\"workers\"|\"drain\"}
+  {\"v\": 1, \"cmd\": \"cancel\", \"id\": \"job-42\"}
+  -> {\"v\": 1, \"ok\": true, \"result\": {...}} or
+     {\"v\": 1, \"ok\": false, \"error\": {\"kind\": ..., \"message\": ...}}
+  A request line is at most 64 KiB.
+
+EXIT CODES:
+  0  the supervisor answered
+  1  it refused the request (unknown job, not supported by that subcommand, ...)
+  2  no live supervisor found, several found without --control, or bad usage";
 
 const CONFIG_HELP: &str = "\
 CONFIGURATION:

@@ -1,7 +1,8 @@
 //! The `procpool` supervisor command line, as a library: runs JSON Lines batch jobs on a
 //! pool of worker processes (`procpool run`) and lists what a worker binary serves
-//! (`procpool tasks`), and serves a pool over HTTP and WebSocket (`procpool serve`, whose
-//! server is the `procpool-serve` crate). The `procpool` binary is a one-line call to
+//! (`procpool tasks`), serves a pool over HTTP and WebSocket (`procpool serve`, whose
+//! server is the `procpool-serve` crate), and looks into a live supervisor on the same
+//! machine (`procpool ctl`). The `procpool` binary is a one-line call to
 //! [`main`].
 //!
 //! An application that registers its own tasks can call [`main`] from its own `main` and
@@ -27,7 +28,9 @@
 //! the job format in [`jobs`], the result format in [`records`], `--resume` in [`resume`],
 //! duplicate ids and skips in [`plan`] (a job file, with [`extsort`]) and [`ledger`]
 //! (stdin), signals in [`signals`], the operator's view in [`progress`], the task
-//! listing in [`tasks`].
+//! listing in [`tasks`]. The control socket of `run`, `serve` and `agent` is served by
+//! [`control`] (a batch's live jobs are on its [`board`]) and asked by `procpool ctl`
+//! ([`ctl`]), both speaking [`ctl_wire`].
 
 /// `eprintln!` that shrugs off a closed pipe or a hung-up terminal on stderr, where
 /// `eprintln!` would panic: the supervisor's messages must never cost it its results.
@@ -39,8 +42,12 @@ macro_rules! say {
 }
 
 mod agent;
+mod board;
 mod cli;
 mod config;
+mod control;
+mod ctl;
+mod ctl_wire;
 mod exit;
 mod extsort;
 mod jobs;
@@ -107,6 +114,7 @@ pub fn main() -> ExitCode {
             Command::Tasks(args) => tasks::tasks(args).await,
             Command::Serve(args) => serve::serve(args).await,
             Command::Agent(args) => agent::agent(args).await,
+            Command::Ctl(args) => ctl::ctl(args).await,
         };
         if let Some(reaper) = reaper {
             let left = reaper.finish();

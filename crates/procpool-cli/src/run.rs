@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -17,9 +18,12 @@ use procpool::manager::JsonGraph;
 use procpool::{MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncReadExt as _};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RunArgs, SubmitArgs, WorkerArgs};
+use crate::board::{Board, Ticket};
+use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RetryKind, RunArgs, SubmitArgs, WorkerArgs};
+use crate::control::{Control, ControlServer};
 use crate::exit::{Exit, Failure};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
 use crate::ledger::Ledger;
@@ -99,6 +103,15 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     let keep = previous.as_ref().map(|p| p.keep_len);
     let mut out = open_output(args.out.as_deref(), keep).map_err(Failure::Setup)?;
     tracing::info!(workers = pool.size(), "pool started");
+    let board = Arc::new(Board::default());
+    let (drain_tx, drain_rx) = mpsc::unbounded_channel();
+    let control = Arc::new(
+        Control::new("run", pool.clone())
+            .with_board(board.clone())
+            .with_drain(drain_tx),
+    );
+    let _control_server = ControlServer::open(args.control.control.as_deref(), control.clone())
+        .map_err(Failure::Setup)?;
     let earlier_not_completed = previous.as_ref().map_or(0, |p| p.not_completed);
     if let Some(p) = previous {
         tracing::info!(
@@ -126,6 +139,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         progress: &mut progress,
         signals: &mut signals,
         on_signal: args.on_signal,
+        retry: retry_policy(&args.policy, 0),
+        board: &board,
+        control: &control,
+        drain: drain_rx,
     };
     let outcome = batch.run().await.map_err(Failure::Runtime)?;
     pool.shutdown(if outcome.stop.is_some() {
@@ -151,8 +168,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     }
     progress.finish(&notes);
     Ok(match outcome.stop {
-        Some(Stop::Interrupt) => Exit::Interrupted,
-        Some(Stop::Terminate) => Exit::Terminated,
+        Some(stop) => stop.exit(),
         // With --resume, the records kept from the earlier runs count too.
         None if outcome.all_completed && earlier_not_completed == 0 => Exit::Success,
         None => Exit::JobsFailed,
@@ -224,8 +240,8 @@ pub(crate) fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) 
     if let Some(d) = p.grace {
         builder.grace(d);
     }
-    if let Some(n) = p.retries {
-        builder.retry(RetryPolicy::new(n));
+    if p.retries.is_some() || p.retry_on.is_some() {
+        builder.retry(retry_policy(p, p.retries.unwrap_or(0)));
     }
     if let Some(n) = p.max_tasks_per_worker {
         builder.max_tasks_per_worker(n);
@@ -241,13 +257,27 @@ pub(crate) fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) 
     }
 }
 
-/// A job's own `timeout_ms` and `retries` onto its task (they win over the pool's).
-fn with_policy<R>(mut task: Task<R>, policy: &JobPolicy) -> Task<R> {
+/// Up to `max` retries of the kinds `--retry-on` names (every crash-class kind without
+/// it).
+pub(crate) fn retry_policy(p: &PolicyArgs, max: u32) -> RetryPolicy {
+    let policy = RetryPolicy::new(max);
+    match &p.retry_on {
+        None => policy,
+        Some(kinds) => policy
+            .retry_crashed(kinds.contains(&RetryKind::Crashed))
+            .retry_timed_out(kinds.contains(&RetryKind::TimedOut))
+            .retry_limit_exceeded(kinds.contains(&RetryKind::LimitExceeded)),
+    }
+}
+
+/// A job's own `timeout_ms` and `retries` onto its task (they win over the pool's); its
+/// retries are of the kinds of `retry`.
+fn with_policy<R>(mut task: Task<R>, policy: &JobPolicy, retry: RetryPolicy) -> Task<R> {
     if let Some(d) = policy.timeout {
         task = task.timeout(d);
     }
     if let Some(n) = policy.retries {
-        task = task.retry(RetryPolicy::new(n));
+        task = task.retry(retry.with_max_retries(n));
     }
     task
 }
@@ -270,6 +300,13 @@ struct Batch<'a> {
     progress: &'a mut Progress,
     signals: &'a mut Signals,
     on_signal: OnSignal,
+    /// The kinds `--retry-on` retries, for a job's own `retries`.
+    retry: RetryPolicy,
+    /// The live jobs and record counts, for `procpool ctl`.
+    board: &'a Arc<Board>,
+    control: &'a Control,
+    /// `procpool ctl drain`.
+    drain: mpsc::UnboundedReceiver<()>,
 }
 
 impl Batch<'_> {
@@ -310,6 +347,7 @@ impl Batch<'_> {
                     let kill = match outcome.stop {
                         None => {
                             outcome.stop = Some(stop);
+                            self.control.set_draining();
                             tracing::warn!(
                                 dispatched = outcome.dispatched,
                                 in_flight = in_flight.len(),
@@ -340,6 +378,17 @@ impl Batch<'_> {
                         }));
                     }
                 }
+                // `procpool ctl drain`: as a signal with `--on-signal drain`.
+                Some(()) = self.drain.recv(), if outcome.stop.is_none() => {
+                    outcome.stop = Some(Stop::Drain);
+                    tracing::warn!(
+                        dispatched = outcome.dispatched,
+                        in_flight = in_flight.len(),
+                        "procpool ctl drain: no new job starts; waiting for the {} dispatched \
+                         jobs not finished yet (a signal kills them at once)",
+                        in_flight.len(),
+                    );
+                }
                 // Results first: they are what the user is waiting for.
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                     let mut joined = Some(joined);
@@ -351,6 +400,7 @@ impl Batch<'_> {
                             error.message = format!("cancelled: procpool received {}", stop.name());
                         }
                         outcome.all_completed &= record.status == Status::Completed;
+                        self.board.ended(record.status);
                         self.out.write(&record)?;
                         self.progress.record(&record);
                         joined = in_flight.try_join_next();
@@ -370,10 +420,18 @@ impl Batch<'_> {
                             if has_nested(&job) || (pool.is_remote() && !job.kwargs.is_empty()) =>
                         {
                             outcome.dispatched += 1;
-                            in_flight.spawn(finish_nested(pool.clone(), job, killed.clone()));
+                            let ticket = self.board.enter(&job.id, &job.task);
+                            in_flight.spawn(finish_nested(
+                                pool.clone(),
+                                job,
+                                killed.clone(),
+                                ticket,
+                                self.retry,
+                            ));
                         }
                         Some(Parsed::Job(job)) => {
                             outcome.dispatched += 1;
+                            let ticket = self.board.enter(&job.id, &job.task);
                             // Keyword arguments are matched at submission: a mistake
                             // fails the job as `bad_args` before it is queued.
                             let task = if job.kwargs.is_empty() {
@@ -382,13 +440,14 @@ impl Batch<'_> {
                                 let args = job.args.as_array().cloned().unwrap_or_default();
                                 Task::json_kwargs(job.task.clone(), args, job.kwargs.clone())
                             };
-                            let handle = pool.submit(with_policy(task, &job.policy));
-                            in_flight.spawn(finish(job, handle));
+                            let handle = pool.submit(with_policy(task, &job.policy, self.retry));
+                            in_flight.spawn(finish(job, handle, ticket));
                         }
                         Some(Parsed::Bad(bad)) => {
                             tracing::debug!(line = bad.line, "bad job: {}", bad.message);
                             outcome.all_completed = false;
                             let record = Record::bad_job(bad);
+                            self.board.bad_job();
                             self.out.write(&record)?;
                             self.progress.record(&record);
                         }
@@ -444,6 +503,8 @@ async fn finish_nested(
     pool: Pool,
     job: Job,
     mut killed: tokio::sync::watch::Receiver<bool>,
+    mut ticket: Ticket,
+    retry: RetryPolicy,
 ) -> Record {
     let began = Instant::now();
     let tasks = tokio::select! {
@@ -483,11 +544,18 @@ async fn finish_nested(
         let err = TaskError::UnknownTask { name };
         return Record::finished(job, Err(err), 0, began.elapsed());
     }
-    match MetaTask::new(graph, |args| args).run(&pool).await {
+    // A `ctl cancel` meanwhile drops the MetaTask, which cancels its nested tasks.
+    let nested = tokio::select! {
+        nested = MetaTask::new(graph, |args| args).run(&pool) => nested,
+        () = ticket.cancelled() => {
+            return cancelled_by_ctl(Record::finished(job, Err(TaskError::Cancelled), 0, began.elapsed()));
+        }
+    };
+    match nested {
         Ok(args) => {
             let task = Task::json(job.task.clone(), args);
-            let handle = pool.submit(with_policy(task, &job.policy));
-            finish(job, handle).await
+            let handle = pool.submit(with_policy(task, &job.policy, retry));
+            finish(job, handle, ticket).await
         }
         Err(err) => Record::nested_failed(job, err, began.elapsed()),
     }
@@ -495,7 +563,10 @@ async fn finish_nested(
 
 /// Waits for one job and makes its record. The duration counts from the moment a worker
 /// takes the task, so time spent queued behind other jobs is not billed to it.
-async fn finish(job: Job, mut handle: TaskHandle<Value>) -> Record {
+///
+/// A `procpool ctl cancel` of the job (through its ticket) cancels the task: a queued one
+/// never runs, a running one has its worker killed, and the record says `cancelled`.
+async fn finish(job: Job, mut handle: TaskHandle<Value>, mut ticket: Ticket) -> Record {
     let submitted = Instant::now();
     // `started()` never resolves for a task the pool refused at submission (unknown task,
     // oversized arguments): such a handle is ready at once, so poll it first.
@@ -503,10 +574,48 @@ async fn finish(job: Job, mut handle: TaskHandle<Value>) -> Record {
     if let Poll::Ready(outcome) = early {
         return Record::finished(job, outcome, handle.attempts(), submitted.elapsed());
     }
-    let began = handle.started().await.map_or(submitted, |_| Instant::now());
-    let outcome = (&mut handle).await;
-    let record = Record::finished(job, outcome, handle.attempts(), began.elapsed());
+    let mut by_ctl = false;
+    let began = tokio::select! {
+        started = handle.started() => match started {
+            Some(pid) => {
+                ticket.running(pid);
+                Instant::now()
+            }
+            None => submitted,
+        },
+        () = ticket.cancelled() => {
+            handle.cancel();
+            by_ctl = true;
+            submitted
+        }
+    };
+    let outcome = if by_ctl {
+        (&mut handle).await
+    } else {
+        tokio::select! {
+            outcome = &mut handle => outcome,
+            () = ticket.cancelled() => {
+                handle.cancel();
+                by_ctl = true;
+                (&mut handle).await
+            }
+        }
+    };
+    let mut record = Record::finished(job, outcome, handle.attempts(), began.elapsed());
+    if by_ctl {
+        record = cancelled_by_ctl(record);
+    }
     tracing::debug!(id = ?record.id, status = ?record.status, "job finished");
+    record
+}
+
+/// Says in a cancelled record that `procpool ctl cancel` cancelled it.
+fn cancelled_by_ctl(mut record: Record) -> Record {
+    if record.status == Status::Cancelled
+        && let Some(error) = &mut record.error
+    {
+        error.message = "cancelled by procpool ctl cancel".into();
+    }
     record
 }
 

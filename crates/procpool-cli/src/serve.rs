@@ -1,13 +1,16 @@
 //! `procpool serve`: starts the pool and hands it to the control plane in
 //! `procpool-serve`, which owns the routes, the events and the shutdown.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use procpool_serve::{OnSignal, ServeSettings, Server};
 
 use crate::cli::ServeArgs;
+use crate::control::{Control, ControlServer};
 use crate::exit::{Exit, Failure};
 use crate::run::open_pool;
-use crate::signals::{Signals, Stop};
+use crate::signals::Signals;
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let mut settings = ServeSettings::default();
@@ -48,9 +51,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         Some(&args.policy),
     )
     .await?;
+    let control = Arc::new(Control::new("serve", pool.clone()));
     let server = Server::bind(pool, settings)
         .await
         .map_err(|e| Failure::Setup(e.into()))?;
+    let _control_server =
+        ControlServer::open(args.control.control.as_deref(), control).map_err(Failure::Setup)?;
     say!(
         "procpool serve: listening on http://{}",
         server.local_addr()
@@ -60,8 +66,5 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     say!("procpool serve: stopped by {}", signal.name());
-    Ok(match signal {
-        Stop::Interrupt => Exit::Interrupted,
-        Stop::Terminate => Exit::Terminated,
-    })
+    Ok(signal.exit())
 }

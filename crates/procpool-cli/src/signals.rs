@@ -5,6 +5,8 @@
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::exit::Exit;
+
 /// A signal asking to stop, and the exit code it leads to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -12,6 +14,9 @@ pub(crate) enum Stop {
     Interrupt,
     /// SIGTERM (kill, systemd, docker stop): exit 143.
     Terminate,
+    /// `procpool ctl drain`: a drain whatever `--on-signal` says, exit 143 as for the
+    /// SIGTERM a service manager would send.
+    Drain,
 }
 
 impl Stop {
@@ -19,6 +24,15 @@ impl Stop {
         match self {
             Stop::Interrupt => "SIGINT",
             Stop::Terminate => "SIGTERM",
+            Stop::Drain => "procpool ctl drain",
+        }
+    }
+
+    /// The exit code of a subcommand this stopped.
+    pub(crate) fn exit(self) -> Exit {
+        match self {
+            Stop::Interrupt => Exit::Interrupted,
+            Stop::Terminate | Stop::Drain => Exit::Terminated,
         }
     }
 }

@@ -76,6 +76,13 @@ impl RetryPolicy {
         self
     }
 
+    /// The same policy with `max_retries` in place of its own: what a per-task count
+    /// (a job's `retries`) does to a pool's choice of kinds.
+    pub const fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
     /// Backoff before the first retry, doubling after each (capped at `max`).
     pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.base_delay = base;

@@ -13,7 +13,7 @@ use procpool_os::{ExitVerdict, Pgid, Signal};
 use procpool_proto::{FrameCodec, FromWorker, RunRef, TaskId, ToWorker};
 use tokio::net::UnixStream;
 use tokio::process::Child;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::errors::TaskError;
 use crate::host::{Groups, Refused};
 use crate::internal::{ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
-use crate::output::{OutputState, Stream, capture};
+use crate::output::{self, OutputState, Stream, capture};
 use crate::spawn::{GroupGuard, Launcher, Spawned};
 use crate::types::Progress;
 use crate::unwind::{self, panic_message};
@@ -102,6 +102,8 @@ struct Executor {
     output: Arc<OutputState>,
     stdout: Option<tokio::task::JoinHandle<()>>,
     stderr: Option<tokio::task::JoinHandle<()>>,
+    /// Requests to the output readers to read what their pipe holds now.
+    syncs: Vec<mpsc::UnboundedSender<output::Sync>>,
 }
 
 /// What a frame from the worker means for the tasks in flight.
@@ -201,6 +203,7 @@ impl Executor {
             groups,
             stdout: None,
             stderr: None,
+            syncs: Vec::new(),
         }
     }
 
@@ -211,11 +214,11 @@ impl Executor {
         self.stdout = child
             .stdout
             .take()
-            .map(|s| capture(s, Stream::Stdout, self.pid, self.output.clone()));
+            .map(|s| self.read_output(s, Stream::Stdout));
         self.stderr = child
             .stderr
             .take()
-            .map(|s| capture(s, Stream::Stderr, self.pid, self.output.clone()));
+            .map(|s| self.read_output(s, Stream::Stderr));
         let std_stream = std::os::unix::net::UnixStream::from(spawned.channel);
         let stream = match std_stream
             .set_nonblocking(true)
@@ -291,6 +294,10 @@ impl Executor {
                             Answer::Nothing => {}
                             Answer::Done(outcome) => {
                                 let sub = inflight.pop_front().expect("Done answers the running task");
+                                if self.output.captures() {
+                                    self.sync_output().await;
+                                    sub.shared.set_output(self.output.take_captured());
+                                }
                                 let task = sub.id;
                                 tasks_run += 1;
                                 let answer = self.retry_or_answer(sub, outcome);
@@ -461,6 +468,10 @@ impl Executor {
         let verdict = self.kill_and_reap(&mut child, &mut guard, reason).await;
         log!(debug!(worker_pid = self.pid, %verdict, reason, "worker ended"));
         // Only the front task ran; the prefetched ones never started and go back to the queue.
+        if let Some(sub) = inflight.front() {
+            // The readers have read to the end of the pipes (or given up) in the reaping.
+            sub.shared.set_output(self.output.take_captured());
+        }
         let answer = inflight.pop_front().and_then(|sub| {
             let err = match end {
                 // The worker died of our SIGTERM (or on its own after it): still a timeout.
@@ -668,6 +679,33 @@ impl Executor {
                 log!(warn!(worker_pid = self.pid, error = %e, "waiting for worker failed"));
                 ExitVerdict::Code(-1)
             }
+        }
+    }
+
+    /// Starts the reader of one of the worker's output pipes.
+    fn read_output(
+        &mut self,
+        pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        stream: Stream,
+    ) -> tokio::task::JoinHandle<()> {
+        let (sync, requests) = mpsc::unbounded_channel();
+        self.syncs.push(sync);
+        capture(pipe, stream, self.pid, self.output.clone(), requests)
+    }
+
+    /// Waits until the output readers have read what the worker wrote before its last
+    /// frame, so that its lines are the task's that just ended (`TaskOutput::Capture`).
+    async fn sync_output(&self) {
+        let mut answers = Vec::new();
+        for sync in &self.syncs {
+            let (done, answer) = oneshot::channel();
+            if sync.send(done).is_ok() {
+                answers.push(answer);
+            }
+        }
+        for answer in answers {
+            // A reader answers at once; the bound is for one that cannot run.
+            let _ = tokio::time::timeout(STDERR_DRAIN, answer).await;
         }
     }
 

@@ -9,7 +9,7 @@ use procpool_proto::{Encoding, TaskId, TaskInfo};
 use tokio::sync::{Notify, oneshot};
 
 use crate::errors::TaskError;
-use crate::types::{PoolStatus, ProgressFn, Shutdown};
+use crate::types::{CapturedOutput, PoolStatus, ProgressFn, Shutdown};
 
 /// State a handle and the supervisor share about one task.
 #[derive(Default)]
@@ -23,6 +23,8 @@ pub(crate) struct TaskShared {
     /// it allocates nothing until the first message, which keeps a queued task small.
     inbox: Mutex<Inbox>,
     inbox_changed: Notify,
+    /// The task's output, under `TaskOutput::Capture`; set before its result is sent.
+    output: Mutex<Option<CapturedOutput>>,
 }
 
 #[derive(Default)]
@@ -52,6 +54,17 @@ impl TaskShared {
     pub(crate) fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.changed.notify_waiters();
+    }
+
+    pub(crate) fn set_output(&self, output: Option<CapturedOutput>) {
+        *self.output.lock().unwrap_or_else(|p| p.into_inner()) = output;
+    }
+
+    pub(crate) fn output(&self) -> Option<CapturedOutput> {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn attempts(&self) -> u32 {

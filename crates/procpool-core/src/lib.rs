@@ -76,4 +76,4 @@ pub use pool::Pool;
 pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use remote::{RemoteBackend, RemoteSubmission, Served, dedupe_id};
 pub use task::{Task, TaskHandle};
-pub use types::{PoolStatus, Progress, Shutdown};
+pub use types::{CapturedOutput, PoolStatus, Progress, Shutdown};

@@ -17,7 +17,7 @@ use crate::config::RetryPolicy;
 use crate::errors::TaskError;
 use crate::host;
 use crate::internal::{Command, MessagesTx, Submission, TaskShared};
-use crate::types::{Progress, ProgressFn};
+use crate::types::{CapturedOutput, Progress, ProgressFn};
 
 /// One registered function with its arguments, ready to run in a worker.
 ///
@@ -301,6 +301,15 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     /// The task id.
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// What the task wrote to its stdout and stderr, once it ended, with a pool whose
+    /// [`task_output`](crate::PoolBuilder::task_output) is
+    /// [`TaskOutput::Capture`](crate::TaskOutput::Capture); `None` before the end and
+    /// with the other modes. Set before the handle resolves, so it is there as soon as
+    /// the result is: also for a task that failed, crashed or timed out.
+    pub fn output(&self) -> Option<CapturedOutput> {
+        self.shared.output()
     }
 
     /// The runtime of a pool started with `start`, for blocking waits (`host::block_on`).

@@ -36,6 +36,22 @@ pub struct PoolStatus {
     pub unhealthy: Option<String>,
 }
 
+/// What a task wrote to its stdout and stderr, kept with its result under
+/// [`TaskOutput::Capture`](crate::TaskOutput::Capture) and read with
+/// [`TaskHandle::output`](crate::TaskHandle::output). Lines end with `\n`; a line longer
+/// than 8 KiB is cut and marked ` [line truncated]`. Of a retried task, the last attempt's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CapturedOutput {
+    /// The task's stdout lines.
+    pub stdout: String,
+    /// The task's stderr lines.
+    pub stderr: String,
+    /// Lines were dropped because the two streams together reached the byte bound; what
+    /// is kept is the first lines of each.
+    pub truncated: bool,
+}
+
 /// Progress reported by a running task (`procpool::report_progress` in the worker).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {

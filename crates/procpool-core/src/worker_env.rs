@@ -76,7 +76,9 @@ impl PoolBuilder {
     }
 
     /// Where the lines tasks write to stdout and stderr go: `tracing` events (the
-    /// default) or the supervisor's own streams with a task prefix.
+    /// default), the supervisor's own streams with a task prefix, or kept with each
+    /// task's result ([`TaskOutput::Capture`](crate::TaskOutput::Capture), read with
+    /// [`TaskHandle::output`](crate::TaskHandle::output)).
     pub fn task_output(&mut self, output: crate::output::TaskOutput) -> &mut Self {
         self.task_output = output;
         self

@@ -156,9 +156,11 @@ pub use uuid::Uuid;
 /// how busy it is, and reaping the grandchildren its kills leave behind.
 pub mod pool {
     pub use procpool_core::OrphanReaper;
-    pub use procpool_core::{CancelOnDropHandle, MapItem, MapIter, MapStream, TaskOutput};
+    pub use procpool_core::{
+        CancelOnDropHandle, CapturedOutput, MapItem, MapIter, MapStream, TaskOutput,
+    };
     pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
-    pub use procpool_os::signal_name;
+    pub use procpool_os::{rss_bytes, signal_name};
 }
 
 /// The building blocks of [`MetaTask`] and

@@ -1,0 +1,187 @@
+//! The live jobs of a `procpool run`, as `procpool ctl` sees them: each dispatched job
+//! holds a [`Ticket`] on the [`Board`] until its record is made, saying which worker runs
+//! it since when, and through which a `ctl cancel` reaches it. The board also counts the
+//! records by status. The batch loop and the job futures write it; the control server
+//! (`control.rs`) only reads it and sends cancels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::ctl_wire::{JobCounts, JobView};
+use crate::records::Status;
+
+#[derive(Default)]
+pub(crate) struct Board {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Live jobs by id (ids of dispatched jobs are unique: duplicates are bad jobs).
+    live: HashMap<String, Live>,
+    ended: JobCounts,
+}
+
+struct Live {
+    task: String,
+    /// The worker running it and since when; `None` while queued.
+    running: Option<(u32, Instant)>,
+    /// Taken by the first `cancel`.
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+/// Why a `cancel` found nothing to cancel.
+#[derive(Debug)]
+pub(crate) enum CancelRefused {
+    /// No live job has this id (never dispatched, or already has its record).
+    Unknown,
+    /// Cancelled already; its record is on its way.
+    AlreadyCancelled,
+}
+
+impl Board {
+    /// Registers a dispatched job until the returned ticket is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, id: &str, task: &str) -> Ticket {
+        let (tx, rx) = oneshot::channel();
+        self.lock().live.insert(
+            id.to_owned(),
+            Live {
+                task: task.to_owned(),
+                running: None,
+                cancel: Some(tx),
+            },
+        );
+        Ticket {
+            board: self.clone(),
+            id: id.to_owned(),
+            cancel: rx,
+        }
+    }
+
+    /// Counts a record written for a dispatched job.
+    pub(crate) fn ended(&self, status: Status) {
+        let mut inner = self.lock();
+        let counter = match status {
+            Status::Completed => &mut inner.ended.completed,
+            Status::Failed => &mut inner.ended.failed,
+            Status::Cancelled => &mut inner.ended.cancelled,
+        };
+        *counter += 1;
+    }
+
+    /// Counts a `bad_job` record (a line that was never dispatched).
+    pub(crate) fn bad_job(&self) {
+        self.lock().ended.bad_job += 1;
+    }
+
+    /// Records so far by status, and the live jobs running or queued.
+    pub(crate) fn counts(&self) -> JobCounts {
+        let inner = self.lock();
+        let running = inner.live.values().filter(|l| l.running.is_some()).count() as u64;
+        JobCounts {
+            running,
+            queued: inner.live.len() as u64 - running,
+            ..inner.ended
+        }
+    }
+
+    /// The live jobs: running ones first (longest running first), then queued ones by id.
+    pub(crate) fn jobs(&self) -> Vec<JobView> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let mut jobs: Vec<(Option<Instant>, JobView)> = inner
+            .live
+            .iter()
+            .map(|(id, live)| {
+                let view = JobView {
+                    id: id.clone(),
+                    task: live.task.clone(),
+                    status: if live.running.is_some() {
+                        "running"
+                    } else {
+                        "queued"
+                    }
+                    .into(),
+                    worker_pid: live.running.map(|(pid, _)| pid),
+                    elapsed_ms: live
+                        .running
+                        .map(|(_, since)| now.duration_since(since).as_millis() as u64),
+                };
+                (live.running.map(|(_, since)| since), view)
+            })
+            .collect();
+        jobs.sort_by(|(a, x), (b, y)| match (a, b) {
+            (Some(a), Some(b)) => a.cmp(b).then_with(|| x.id.cmp(&y.id)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => x.id.cmp(&y.id),
+        });
+        jobs.into_iter().map(|(_, view)| view).collect()
+    }
+
+    /// The job each worker pid runs.
+    pub(crate) fn job_on(&self, pid: u32) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .live
+            .iter()
+            .find(|(_, l)| l.running.is_some_and(|(p, _)| p == pid))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Cancels a live job; says whether it was running or queued.
+    pub(crate) fn cancel(&self, id: &str) -> Result<&'static str, CancelRefused> {
+        let mut inner = self.lock();
+        let live = inner.live.get_mut(id).ok_or(CancelRefused::Unknown)?;
+        let tx = live.cancel.take().ok_or(CancelRefused::AlreadyCancelled)?;
+        // A ticket whose job is ending right now may have stopped listening: the job
+        // then ends as it would have, and the reply still says what it was doing.
+        let _ = tx.send(());
+        Ok(if live.running.is_some() {
+            "running"
+        } else {
+            "queued"
+        })
+    }
+
+    /// Live jobs (running or queued).
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.lock().live.len() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A job's place on the board, held by the future that makes its record.
+pub(crate) struct Ticket {
+    board: Arc<Board>,
+    id: String,
+    cancel: oneshot::Receiver<()>,
+}
+
+impl Ticket {
+    /// The job is on worker `pid` from now on (again, after a retry).
+    pub(crate) fn running(&self, pid: u32) {
+        if let Some(live) = self.board.lock().live.get_mut(&self.id) {
+            live.running = Some((pid, Instant::now()));
+        }
+    }
+
+    /// Resolves when `ctl cancel` asks for this job; never otherwise.
+    pub(crate) async fn cancelled(&mut self) {
+        if (&mut self.cancel).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.board.lock().live.remove(&self.id);
+    }
+}
