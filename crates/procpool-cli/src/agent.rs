@@ -6,7 +6,7 @@ use procpool::{Pool, Shutdown};
 use procpool_broker::{AgentOptions, ClientOptions, RedisBroker, StopMode};
 
 use crate::cli::{AgentArgs, OnSignal, PolicyArgs};
-use crate::run::start_pool;
+use crate::run::{Host, start_pool};
 use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
 
@@ -49,6 +49,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
+        Host::OwnThread,
     )
     .await?;
     // The first signal stops the agent per --on-signal; a second one during a drain

@@ -235,6 +235,14 @@ pub(crate) struct PolicyArgs {
     /// Stop workers idle for this long, down to --min-workers, e.g. `30s`. Default: never.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub(crate) idle_timeout: Option<Duration>,
+
+    /// Jobs sent ahead to a busy worker, so it starts the next one without waiting for a
+    /// round trip through the supervisor: for many short jobs. A crash or a timeout still
+    /// fails only the job that was running; the ones sent ahead go back to the queue. A
+    /// job sent ahead waits for the one before it on that worker, even if another
+    /// worker becomes free. Default: 0.
+    #[arg(long, value_name = "N")]
+    pub(crate) prefetch: Option<u32>,
 }
 
 /// What the operator sees on stderr while a batch runs.

@@ -92,6 +92,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
+        Host::ThisRuntime,
     )
     .await?;
     // Opened only once the pool is up, so a bad worker leaves an existing file untouched.
@@ -125,6 +126,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         progress: &mut progress,
         signals: &mut signals,
         on_signal: args.on_signal,
+        prefetch: args.policy.prefetch.unwrap_or(0) as usize,
     };
     let outcome = batch.run().await.map_err(Failure::Runtime)?;
     pool.shutdown(if outcome.stop.is_some() {
@@ -183,19 +185,32 @@ pub(crate) async fn open_pool(
     worker: &WorkerArgs,
     workers: Option<usize>,
     policy: Option<&PolicyArgs>,
+    host: Host,
 ) -> Result<Pool, Failure> {
     match &broker.broker {
         Some(url) => crate::agent::connect(url, &broker.namespace, policy).await,
-        None => start_pool(worker, workers, policy).await,
+        None => start_pool(worker, workers, policy, host).await,
     }
 }
 
-/// Builds a pool off the async threads (`build` blocks until every worker said hello).
-/// A setting the pool refuses (e.g. --min-workers above --workers) is a setup failure.
+/// Where a local pool's supervisor runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Host {
+    /// Its own thread (`PoolBuilder::build`): `serve`, `agent` and `tasks`.
+    OwnThread,
+    /// This command's runtime (`PoolBuilder::start`): `run`, whose loop only moves lines
+    /// between the jobs, the pool and the output; without a thread between the loop and
+    /// the workers it runs about a quarter more jobs a second.
+    ThisRuntime,
+}
+
+/// Starts a local pool. A setting the pool refuses (e.g. --min-workers above --workers)
+/// is a setup failure.
 pub(crate) async fn start_pool(
     args: &WorkerArgs,
     workers: Option<usize>,
     policy: Option<&PolicyArgs>,
+    host: Host,
 ) -> Result<Pool, Failure> {
     let mut builder = Pool::builder();
     builder
@@ -207,11 +222,15 @@ pub(crate) async fn start_pool(
     if let Some(p) = policy {
         apply_policy(&mut builder, p);
     }
-    tokio::task::spawn_blocking(move || builder.build())
-        .await
-        .context("the pool start-up thread panicked")
-        .map_err(Failure::Runtime)?
-        .map_err(|e| Failure::Setup(e.into()))
+    let pool = match host {
+        Host::ThisRuntime => builder.start().await,
+        // Off the async thread: `build` blocks until every worker said hello.
+        Host::OwnThread => tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .context("the pool start-up thread panicked")
+            .map_err(Failure::Runtime)?,
+    };
+    pool.map_err(|e| Failure::Setup(e.into()))
 }
 
 /// The pool-wide policy flags onto the builder; unset flags keep the library's defaults.
@@ -236,6 +255,9 @@ pub(crate) fn apply_policy(builder: &mut procpool::PoolBuilder, p: &PolicyArgs) 
     }
     if let Some(d) = p.idle_timeout {
         builder.idle_timeout(d);
+    }
+    if let Some(n) = p.prefetch {
+        builder.prefetch(n as usize);
     }
 }
 
@@ -268,6 +290,8 @@ struct Batch<'a> {
     progress: &'a mut Progress,
     signals: &'a mut Signals,
     on_signal: OnSignal,
+    /// Tasks the pool sends ahead to each busy worker (`--prefetch`).
+    prefetch: usize,
 }
 
 impl Batch<'_> {
@@ -275,7 +299,11 @@ impl Batch<'_> {
     /// signal stops it; returns once every dispatched job has its record.
     async fn run(mut self) -> anyhow::Result<Outcome> {
         let pool = self.pool;
-        let window = pool.size().saturating_mul(IN_FLIGHT_PER_WORKER).max(1);
+        // Beside the tasks sent ahead to each worker, a few more wait in the pool's queue.
+        let window = pool
+            .size()
+            .saturating_mul(IN_FLIGHT_PER_WORKER + self.prefetch)
+            .max(1);
         let mut in_flight: JoinSet<Record> = JoinSet::new();
         let mut outcome = Outcome {
             all_completed: true,
@@ -294,7 +322,7 @@ impl Batch<'_> {
         loop {
             // Every record written so far leaves before the loop waits again; a burst of
             // results that finished together leaves in one write.
-            self.out.flush()?;
+            self.out.flush().await?;
             let can_read = outcome.stop.is_none() && !input_done && in_flight.len() < window;
             if !can_read && in_flight.is_empty() {
                 break;
@@ -345,7 +373,7 @@ impl Batch<'_> {
                             error.message = format!("cancelled: procpool received {}", stop.name());
                         }
                         outcome.all_completed &= record.status == Status::Completed;
-                        self.out.write(&record)?;
+                        self.out.write(&record);
                         self.progress.record(&record);
                         joined = in_flight.try_join_next();
                     }
@@ -379,7 +407,7 @@ impl Batch<'_> {
                             tracing::debug!(line = bad.line, "bad job: {}", bad.message);
                             outcome.all_completed = false;
                             let record = Record::bad_job(bad);
-                            self.out.write(&record)?;
+                            self.out.write(&record);
                             self.progress.record(&record);
                         }
                         Some(Parsed::Skipped) => self.progress.skipped(),
@@ -387,7 +415,7 @@ impl Batch<'_> {
                 }
             }
         }
-        self.out.flush()?;
+        self.out.finish().await?;
         let unmatched = if input_done {
             self.reader.unmatched_records()?
         } else {
@@ -487,29 +515,86 @@ async fn finish(job: Job, mut handle: TaskHandle<Value>) -> Record {
     record
 }
 
-/// Where the records go: stdout or a file. Records are buffered and flushed by the batch
-/// loop before it waits, so each leaves as soon as its job ends.
+/// Where the records go: stdout or a file. The loop appends records to a batch and hands
+/// the batch to a writer thread before it waits again (`flush`), so a record leaves as
+/// soon as its job ends, a burst of records that ended together leaves in one write, and
+/// a record is never held back while the loop waits (a SIGKILL loses only the batch being
+/// written).
 ///
-/// The writes are plain blocking ones on the loop's thread, on purpose: a record is a few
-/// hundred bytes (one `write` call), and when the reader of stdout stalls, stalling the loop
-/// is the backpressure we want (no more jobs are read). Going through tokio's async stdout
-/// costs a thread hand-off per write and made the loop three times slower.
+/// The writes happen on their own thread because the pool's supervisor runs on the
+/// loop's thread: a stalled reader of stdout must not stall timeouts, memory limits and
+/// signals with it. The hand-off channel is short, so a stalled reader still stops the
+/// loop from reading more jobs (the backpressure we want).
 struct Output {
-    writer: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
+    batch: Vec<u8>,
+    /// `None` once closed.
+    batches: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     name: String,
 }
 
+/// Batches handed to the writer thread and not yet written, at most.
+const BATCHES_QUEUED: usize = 4;
+
 impl Output {
-    fn write(&mut self, record: &Record) -> anyhow::Result<()> {
-        self.writer
-            .write_all(&record.to_line())
-            .with_context(|| format!("error writing a result to {}", self.name))
+    fn new(mut sink: Box<dyn std::io::Write + Send>, name: String) -> anyhow::Result<Output> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BATCHES_QUEUED);
+        let writer = std::thread::Builder::new()
+            .name("procpool-records".into())
+            .spawn(move || {
+                while let Some(batch) = rx.blocking_recv() {
+                    sink.write_all(&batch)?;
+                    sink.flush()?;
+                }
+                Ok(())
+            })
+            .context("cannot start the thread that writes the records")?;
+        Ok(Output {
+            batch: Vec::with_capacity(64 << 10),
+            batches: Some(tx),
+            writer: Some(writer),
+            name,
+        })
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.writer
-            .flush()
-            .with_context(|| format!("error writing a result to {}", self.name))
+    fn write(&mut self, record: &Record) {
+        record.append_line(&mut self.batch);
+    }
+
+    /// Hands what was written since the last call to the writer thread.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(64 << 10));
+        let sent = match &self.batches {
+            Some(tx) => tx.send(batch).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer thread stopped at an error: that error is the one to report.
+            return self.close();
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and waits for the writer thread.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        self.flush().await?;
+        self.close()
+    }
+
+    fn close(&mut self) -> anyhow::Result<()> {
+        self.batches = None;
+        let Some(writer) = self.writer.take() else {
+            anyhow::bail!("error writing a result to {}: closed", self.name);
+        };
+        match writer.join() {
+            Ok(result) => {
+                result.with_context(|| format!("error writing a result to {}", self.name))
+            }
+            Err(_) => anyhow::bail!("the thread writing the records to {} panicked", self.name),
+        }
     }
 }
 
@@ -543,10 +628,7 @@ fn open_output(path: Option<&Path>, keep: Option<u64>) -> anyhow::Result<Output>
             (Box::new(file), path.display().to_string())
         }
     };
-    Ok(Output {
-        writer: std::io::BufWriter::with_capacity(64 << 10, writer),
-        name,
-    })
+    Output::new(writer, name)
 }
 
 /// Truncating the job file to write results into it would destroy the jobs.

@@ -6,7 +6,7 @@ use procpool_serve::{OnSignal, ServeSettings, Server};
 
 use crate::cli::ServeArgs;
 use crate::exit::{Exit, Failure};
-use crate::run::open_pool;
+use crate::run::{Host, open_pool};
 use crate::signals::{Signals, Stop};
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
@@ -45,6 +45,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
+        Host::OwnThread,
     )
     .await?;
     let server = Server::bind(pool, settings)
