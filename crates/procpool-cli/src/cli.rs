@@ -445,7 +445,8 @@ in input order):
 RESUME (--resume --out FILE):
   Every record is appended to --out and flushed as soon as its job ends, so after a
   crash or a SIGKILL of the supervisor FILE holds a record for every job that ended
-  before it. Run the same command again with --resume: the records in FILE
+  before it, but for those of its last instants (being written, well under 100 ms).
+  Run the same command again with --resume: the records in FILE
   are kept, a torn last line (a record cut off mid-write) is removed, every job that
   already has a record is skipped, and the others run and append theirs. However often
   a batch is killed and resumed, it ends with exactly one record per job line.
