@@ -323,7 +323,7 @@ fn tasks_table_for_people() {
     let run = procpool(&["tasks", "--worker", DEMO], "");
     assert_eq!(run.code, 0, "{run:?}");
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 1 + 21, "{}", run.stdout);
+    assert_eq!(lines.len(), 1 + 22, "{}", run.stdout);
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["TASK", "PARAMETERS", "RESULT", "NOTES"]);
     let add = lines.iter().find(|l| l.starts_with("add ")).unwrap();

@@ -415,7 +415,7 @@ impl Batch<'_> {
                 }
             }
         }
-        self.out.finish().await?;
+        self.out.finish()?;
         let unmatched = if input_done {
             self.reader.unmatched_records()?
         } else {
@@ -527,17 +527,20 @@ async fn finish(job: Job, mut handle: TaskHandle<Value>) -> Record {
 /// loop from reading more jobs (the backpressure we want).
 struct Output {
     batch: Vec<u8>,
-    /// `None` once closed.
+    /// `None` once finished.
     batches: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
-    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Hands the sink back when the channel closes, or stops at the first error.
+    writer: Option<std::thread::JoinHandle<std::io::Result<Sink>>>,
     name: String,
 }
+
+type Sink = Box<dyn std::io::Write + Send>;
 
 /// Batches handed to the writer thread and not yet written, at most.
 const BATCHES_QUEUED: usize = 4;
 
 impl Output {
-    fn new(mut sink: Box<dyn std::io::Write + Send>, name: String) -> anyhow::Result<Output> {
+    fn new(mut sink: Sink, name: String) -> anyhow::Result<Output> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BATCHES_QUEUED);
         let writer = std::thread::Builder::new()
             .name("procpool-records".into())
@@ -546,11 +549,11 @@ impl Output {
                     sink.write_all(&batch)?;
                     sink.flush()?;
                 }
-                Ok(())
+                Ok(sink)
             })
             .context("cannot start the thread that writes the records")?;
         Ok(Output {
-            batch: Vec::with_capacity(64 << 10),
+            batch: Vec::new(),
             batches: Some(tx),
             writer: Some(writer),
             name,
@@ -563,45 +566,49 @@ impl Output {
 
     /// Hands what was written since the last call to the writer thread.
     async fn flush(&mut self) -> anyhow::Result<()> {
+        let Some(tx) = &self.batches else {
+            return Ok(());
+        };
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(64 << 10));
-        let sent = match &self.batches {
-            Some(tx) => tx.send(batch).await.is_ok(),
-            None => false,
-        };
-        if !sent {
+        if let Err(refused) = tx.send(std::mem::take(&mut self.batch)).await {
             // The writer thread stopped at an error: that error is the one to report.
-            return self.close();
+            self.batch = refused.0;
+            return self.finish();
         }
         Ok(())
     }
 
-    /// Writes what is left and waits for the writer thread.
-    async fn finish(&mut self) -> anyhow::Result<()> {
-        self.flush().await?;
-        self.close()
-    }
-
-    fn close(&mut self) -> anyhow::Result<()> {
+    /// Waits for the writer thread to write what it was handed, then writes what is left
+    /// here. Blocks the thread: for the end of the batch (and `Drop`, on an error path).
+    fn finish(&mut self) -> anyhow::Result<()> {
         self.batches = None;
         let Some(writer) = self.writer.take() else {
-            anyhow::bail!("error writing a result to {}: closed", self.name);
+            return Ok(());
         };
-        match writer.join() {
-            Ok(result) => {
-                result.with_context(|| format!("error writing a result to {}", self.name))
-            }
+        let written = match writer.join() {
+            Ok(Ok(mut sink)) => sink
+                .write_all(&std::mem::take(&mut self.batch))
+                .and_then(|()| sink.flush()),
+            Ok(Err(e)) => Err(e),
             Err(_) => anyhow::bail!("the thread writing the records to {} panicked", self.name),
-        }
+        };
+        written.with_context(|| format!("error writing a result to {}", self.name))
+    }
+}
+
+impl Drop for Output {
+    /// A batch that ends in an error still writes the records of the jobs that ended.
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 
 /// `--out FILE` is created or truncated; with `--resume` (`keep` = the length to keep,
 /// which cuts a torn last record) it is appended to.
 fn open_output(path: Option<&Path>, keep: Option<u64>) -> anyhow::Result<Output> {
-    let (writer, name): (Box<dyn std::io::Write + Send>, String) = match (path, keep) {
+    let (writer, name): (Sink, String) = match (path, keep) {
         (None, _) => (Box::new(std::io::stdout()), "stdout".into()),
         (Some(path), None) => (
             Box::new(
