@@ -1,7 +1,8 @@
 //! `procpool-bench`: the engine of `scripts/bench`.
 //!
 //! Runs every metric of issue 5 for the floor (raw pipes; a minimal tokio framed
-//! ping-pong), procpool through its public API, and the peers (procspawn's `Pool` and
+//! ping-pong), procpool through its public API and its `procpool run` command line
+//! (issue 16), and the peers (procspawn's `Pool` and
 //! Python's `ProcessPoolExecutor`, as separate programs), alternating systems inside each
 //! repetition so that drift of the machine hits all of them alike. Prints a table (median
 //! [min–max] over the repetitions) and the ratios against the targets; `--json FILE`
