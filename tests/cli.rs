@@ -744,6 +744,7 @@ fn run_help_documents_the_policy_flags_and_job_fields() {
             "--max-rss <SIZE>",
             "--min-workers <N>",
             "--idle-timeout <DURATION>",
+            "--prefetch <N>",
             "200ms",
             "512MiB",
             "timeout_ms",

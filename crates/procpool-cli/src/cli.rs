@@ -169,6 +169,15 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) workers: Option<u32>,
 
+    /// Jobs sent ahead to a busy worker, so it starts the next one without waiting for a
+    /// round trip through the supervisor: for many short jobs. A crash or a timeout still
+    /// fails only the job that was running; the ones sent ahead go back to the queue. A
+    /// job sent ahead waits for the one before it on that worker, even if another
+    /// worker becomes free. Local workers only (with --broker, agents take
+    /// --prefetch-tasks). Default: 0.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) prefetch: u32,
+
     /// Write the result lines to FILE (created, or truncated if it exists; appended to
     /// with --resume) instead of stdout.
     #[arg(long, value_name = "FILE")]
@@ -235,14 +244,6 @@ pub(crate) struct PolicyArgs {
     /// Stop workers idle for this long, down to --min-workers, e.g. `30s`. Default: never.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub(crate) idle_timeout: Option<Duration>,
-
-    /// Jobs sent ahead to a busy worker, so it starts the next one without waiting for a
-    /// round trip through the supervisor: for many short jobs. A crash or a timeout still
-    /// fails only the job that was running; the ones sent ahead go back to the queue. A
-    /// job sent ahead waits for the one before it on that worker, even if another
-    /// worker becomes free. Default: 0.
-    #[arg(long, value_name = "N")]
-    pub(crate) prefetch: Option<u32>,
 }
 
 /// What the operator sees on stderr while a batch runs.
