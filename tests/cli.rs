@@ -744,7 +744,7 @@ fn run_help_documents_the_policy_flags_and_job_fields() {
             "--max-rss <SIZE>",
             "--min-workers <N>",
             "--idle-timeout <DURATION>",
-            "--prefetch <N>",
+            "--prefetch-jobs <N>",
             "200ms",
             "512MiB",
             "timeout_ms",
@@ -865,7 +865,7 @@ fn recycling_and_elastic_sizing_flags_run_a_batch() {
     }
 }
 
-/// Issue 16: with `--prefetch`, jobs queued in a worker behind one that crashes or times
+/// Issue 16: with `--prefetch-jobs`, jobs queued in a worker behind one that crashes or times
 /// out are not blamed for it: only the running job fails, the others run again elsewhere
 /// (once each) and complete.
 #[test]
@@ -887,7 +887,7 @@ fn issue16_prefetch_keeps_crash_and_timeout_attribution_exact() {
     }
     // One worker: every job after the first is sent ahead to it.
     let run = run_jobs_with(
-        &["--workers", "1", "--prefetch", "16", "--grace", "0"],
+        &["--workers", "1", "--prefetch-jobs", "16", "--grace", "0"],
         &jobs,
     );
     assert_eq!(run.code, 1, "{run:?}");

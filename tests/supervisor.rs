@@ -470,7 +470,7 @@ fn issue16_sigkill_loses_only_the_last_records_and_resume_reruns_exactly_those()
         .collect();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", &lines);
     let out = dir.path().join("out.jsonl");
-    let args = batch_args(&jobs, &out, &["--prefetch", "8"]);
+    let args = batch_args(&jobs, &out, &["--prefetch-jobs", "8"]);
 
     let mut first = Supervisor::start(PROCPOOL, &args, &[]);
     wait_for_records(&out, 200);
@@ -516,7 +516,7 @@ fn issue16_sigkill_loses_only_the_last_records_and_resume_reruns_exactly_those()
 
     let ended = run(
         PROCPOOL,
-        &batch_args(&jobs, &out, &["--prefetch", "8", "--resume"]),
+        &batch_args(&jobs, &out, &["--prefetch-jobs", "8", "--resume"]),
         &[],
     );
     assert_exit(&ended, 0);

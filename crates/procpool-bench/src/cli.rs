@@ -50,7 +50,7 @@ impl Cli {
         cmd.arg("run")
             .arg("--worker")
             .arg(&self.worker)
-            .args(["--workers", "2", "--quiet", "--prefetch"])
+            .args(["--workers", "2", "--quiet", "--prefetch-jobs"])
             .arg(prefetch(p));
         Ok(cmd)
     }

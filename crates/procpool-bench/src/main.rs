@@ -549,7 +549,7 @@ fn definitions(p: &Params, scale: Scale) -> Vec<String> {
             py.blob_k
         ),
         format!(
-            "cli_jobs_per_s: `procpool run --workers 2 --prefetch {}` of a file of {} no-op jobs (`add`) with --out FILE, start to exit (procpool only)",
+            "cli_jobs_per_s: `procpool run --workers 2 --prefetch-jobs {}` of a file of {} no-op jobs (`add`) with --out FILE, start to exit (procpool only)",
             p.window - 1,
             p.cli_jobs
         ),

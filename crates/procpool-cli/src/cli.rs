@@ -176,7 +176,7 @@ pub(crate) struct RunArgs {
     /// worker becomes free. Local workers only (with --broker, agents take
     /// --prefetch-tasks). Default: 0.
     #[arg(long, value_name = "N", default_value_t = 0)]
-    pub(crate) prefetch: u32,
+    pub(crate) prefetch_jobs: u32,
 
     /// Write the result lines to FILE (created, or truncated if it exists; appended to
     /// with --resume) instead of stdout.

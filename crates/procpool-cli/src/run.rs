@@ -93,7 +93,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         args.workers.map(|n| n as usize),
         Some(&args.policy),
         Host::ThisRuntime {
-            prefetch: args.prefetch as usize,
+            prefetch: args.prefetch_jobs as usize,
         },
     )
     .await?;
@@ -128,7 +128,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         progress: &mut progress,
         signals: &mut signals,
         on_signal: args.on_signal,
-        prefetch: args.prefetch as usize,
+        prefetch: args.prefetch_jobs as usize,
     };
     let outcome = batch.run().await.map_err(Failure::Runtime)?;
     pool.shutdown(if outcome.stop.is_some() {
@@ -202,9 +202,9 @@ pub(crate) enum Host {
     OwnThread,
     /// This command's runtime (`PoolBuilder::start`): `run`, whose loop only moves lines
     /// between the jobs, the pool and the output; without a thread between the loop and
-    /// the workers it runs about a quarter more jobs a second. With `run --prefetch`.
+    /// the workers it runs about a quarter more jobs a second. With `run --prefetch-jobs`.
     ThisRuntime {
-        /// Tasks sent ahead to each busy worker (`run --prefetch`).
+        /// Tasks sent ahead to each busy worker (`run --prefetch-jobs`).
         prefetch: usize,
     },
 }
@@ -292,7 +292,7 @@ struct Batch<'a> {
     progress: &'a mut Progress,
     signals: &'a mut Signals,
     on_signal: OnSignal,
-    /// Tasks the pool sends ahead to each busy worker (`--prefetch`).
+    /// Tasks the pool sends ahead to each busy worker (`--prefetch-jobs`).
     prefetch: usize,
 }
 
