@@ -299,6 +299,7 @@ fn tasks_json_lists_every_demo_task_with_types() {
         "greet",
         "flood",
         "environ",
+        "stamp",
     ];
     expected.sort_unstable();
     assert_eq!(names, expected, "sorted by name");
@@ -322,7 +323,7 @@ fn tasks_table_for_people() {
     let run = procpool(&["tasks", "--worker", DEMO], "");
     assert_eq!(run.code, 0, "{run:?}");
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 1 + 21, "{}", run.stdout);
+    assert_eq!(lines.len(), 1 + 22, "{}", run.stdout);
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["TASK", "PARAMETERS", "RESULT", "NOTES"]);
     let add = lines.iter().find(|l| l.starts_with("add ")).unwrap();
@@ -743,6 +744,7 @@ fn run_help_documents_the_policy_flags_and_job_fields() {
             "--max-rss <SIZE>",
             "--min-workers <N>",
             "--idle-timeout <DURATION>",
+            "--prefetch-jobs <N>",
             "200ms",
             "512MiB",
             "timeout_ms",
@@ -901,6 +903,46 @@ fn recycling_and_elastic_sizing_flags_run_a_batch() {
     let records = by_id(&run.records());
     for i in 0..12i64 {
         assert_eq!(records[&format!("j{i}")]["result"], i * i, "{run:?}");
+    }
+}
+
+/// Issue 16: with `--prefetch-jobs`, jobs queued in a worker behind one that crashes or times
+/// out are not blamed for it: only the running job fails, the others run again elsewhere
+/// (once each) and complete.
+#[test]
+fn issue16_prefetch_keeps_crash_and_timeout_attribution_exact() {
+    let mut jobs = String::from("{\"id\": \"slow\", \"task\": \"sleep_ms\", \"args\": [50]}\n");
+    jobs.push_str("{\"id\": \"crash\", \"task\": \"segfault\"}\n");
+    for i in 0..10 {
+        jobs.push_str(&format!(
+            "{{\"id\": \"a{i}\", \"task\": \"add\", \"args\": [{i}, 1]}}\n"
+        ));
+    }
+    jobs.push_str(
+        "{\"id\": \"hang\", \"task\": \"sleep_ms\", \"args\": [60000], \"timeout_ms\": 200}\n",
+    );
+    for i in 10..20 {
+        jobs.push_str(&format!(
+            "{{\"id\": \"a{i}\", \"task\": \"add\", \"args\": [{i}, 1]}}\n"
+        ));
+    }
+    // One worker: every job after the first is sent ahead to it.
+    let run = run_jobs_with(
+        &["--workers", "1", "--prefetch-jobs", "16", "--grace", "0"],
+        &jobs,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let records = by_id(&run.records());
+    assert_eq!(records.len(), 23, "{run:?}");
+    assert_eq!(records["slow"]["result"], 50);
+    assert_eq!(records["crash"]["error"]["kind"], "crashed", "{run:?}");
+    assert_eq!(records["crash"]["error"]["signal"], "SIGSEGV");
+    assert_eq!(records["hang"]["error"]["kind"], "timed_out", "{run:?}");
+    for i in 0..20i64 {
+        let r = &records[&format!("a{i}")];
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["result"], i + 1);
+        assert_eq!(r["attempts"], 1, "{r}");
     }
 }
 

@@ -234,6 +234,9 @@ impl FloorPipe {
                 Ok(Outcome::one("idle_worker_rss_mb", v))
             }
             Group::Queued => Ok(Outcome::unsupported("a floor has no queue")),
+            Group::CliJobs | Group::CliRtt => {
+                Ok(Outcome::unsupported("a floor has no batch command line"))
+            }
             Group::BrokerRtt | Group::BrokerTput | Group::RequeueAfterKill => {
                 Ok(Outcome::unsupported("a floor has no broker"))
             }

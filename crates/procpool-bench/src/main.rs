@@ -1,13 +1,15 @@
 //! `procpool-bench`: the engine of `scripts/bench`.
 //!
 //! Runs every metric of issue 5 for the floor (raw pipes; a minimal tokio framed
-//! ping-pong), procpool through its public API, and the peers (procspawn's `Pool` and
+//! ping-pong), procpool through its public API and its `procpool run` command line
+//! (issue 16), and the peers (procspawn's `Pool` and
 //! Python's `ProcessPoolExecutor`, as separate programs), alternating systems inside each
 //! repetition so that drift of the machine hits all of them alike. Prints a table (median
 //! [min–max] over the repetitions) and the ratios against the targets; `--json FILE`
 //! writes the same as a JSON document.
 
 mod broker;
+mod cli;
 mod floor_pipe;
 mod floor_tokio;
 mod params;
@@ -115,6 +117,11 @@ struct Cli {
     /// binary itself (it links the demo tasks and calls `procpool::init()`).
     #[arg(long)]
     worker: Option<PathBuf>,
+
+    /// The `procpool` command line measured by `cli_jobs_per_s` and `cli_rtt_us`, with
+    /// --worker as its worker. Default: `procpool` next to this binary.
+    #[arg(long)]
+    cli: Option<PathBuf>,
 
     /// The procspawn peer program (scripts/bench-peers/procspawn-peer, built).
     #[arg(long)]
@@ -256,6 +263,10 @@ fn run(cli: Cli) -> Result<()> {
         Some(w) => (w.clone(), None),
         None => default_worker(&exe),
     };
+    let cli_path = cli
+        .cli
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("procpool"));
     sys::disable_core_dumps();
 
     let broker = cli.broker_url.is_some();
@@ -300,8 +311,12 @@ fn run(cli: Cli) -> Result<()> {
         let s = match name.as_str() {
             "floor_pipe" => System::Pipe(floor_pipe::FloorPipe::new(&exe)),
             "floor_tokio" => System::Tokio(floor_tokio::FloorTokio::new(&exe)),
-            "procpool" => System::Procpool(pp::Procpool::new(&worker, &exe, pp::Mode::Start)),
-            "procpool_build" => System::Procpool(pp::Procpool::new(&worker, &exe, pp::Mode::Build)),
+            "procpool" => {
+                System::Procpool(pp::Procpool::new(&worker, &exe, &cli_path, pp::Mode::Start))
+            }
+            "procpool_build" => {
+                System::Procpool(pp::Procpool::new(&worker, &exe, &cli_path, pp::Mode::Build))
+            }
             "procspawn" => {
                 let path = cli
                     .procspawn_peer
@@ -532,6 +547,15 @@ fn definitions(p: &Params, scale: Scale) -> Vec<String> {
             p.blob_k,
             p.blob_bytes >> 20,
             py.blob_k
+        ),
+        format!(
+            "cli_jobs_per_s: `procpool run --workers 2 --prefetch-jobs {}` of a file of {} no-op jobs (`add`) with --out FILE, start to exit (procpool only)",
+            p.window - 1,
+            p.cli_jobs
+        ),
+        format!(
+            "cli_rtt_us: the same command with --jobs -: a job line into its stdin -> its record out of its stdout, {} in 10 chunks, median of the chunk means (procpool only)",
+            p.rtt_n
         ),
         "idle_worker_rss_mb: VmRSS of the idle workers (mean of 2) after a task each".into(),
         format!(

@@ -16,6 +16,10 @@ pub enum Group {
     Blob,
     IdleRss,
     Queued,
+    /// The `procpool run` command line over a job file of no-op jobs, records to a file.
+    CliJobs,
+    /// The `procpool run` command line, one job at a time through pipes.
+    CliRtt,
     /// Broker mode: one no-op task at a time, submit -> result in the submitter.
     BrokerRtt,
     /// Broker mode: many no-op tasks submitted at once, every result collected.
@@ -26,7 +30,7 @@ pub enum Group {
 
 impl Group {
     /// The groups of a run without `--broker`: the local pool against its floors and peers.
-    pub const LOCAL: [Group; 10] = [
+    pub const LOCAL: [Group; 12] = [
         Group::Rtt,
         Group::TputStrict,
         Group::TputWindow,
@@ -37,6 +41,8 @@ impl Group {
         Group::Blob,
         Group::IdleRss,
         Group::Queued,
+        Group::CliJobs,
+        Group::CliRtt,
     ];
 
     /// The groups of `--broker`: the local pool's round trip and strict throughput for
@@ -54,6 +60,11 @@ impl Group {
         Group::LOCAL
             .into_iter()
             .chain(Group::BROKER.into_iter().filter(|g| g.is_broker()))
+    }
+
+    /// Whether this group measures the `procpool` command line (only procpool has one).
+    pub fn is_cli(self) -> bool {
+        matches!(self, Group::CliJobs | Group::CliRtt)
     }
 
     /// Whether this group measures a broker (the local systems have no such feature).
@@ -77,6 +88,8 @@ impl Group {
             Group::Blob => "blob",
             Group::IdleRss => "idle_rss",
             Group::Queued => "queued",
+            Group::CliJobs => "cli_jobs",
+            Group::CliRtt => "cli_rtt",
             Group::BrokerRtt => "broker_rtt",
             Group::BrokerTput => "broker_tput",
             Group::RequeueAfterKill => "requeue_after_kill",
@@ -96,6 +109,8 @@ impl Group {
             Group::Blob => &["blob_mb_per_s"],
             Group::IdleRss => &["idle_worker_rss_mb"],
             Group::Queued => &["queued_task_bytes"],
+            Group::CliJobs => &["cli_jobs_per_s"],
+            Group::CliRtt => &["cli_rtt_us"],
             Group::BrokerRtt => &["broker_rtt_us"],
             Group::BrokerTput => &["broker_tput_per_s"],
             Group::RequeueAfterKill => &["requeue_after_kill_ms"],
@@ -146,6 +161,8 @@ pub struct Params {
     pub blob_k: u64,
     /// Tasks queued behind busy workers in `queued`.
     pub queued_n: u64,
+    /// Jobs in the job file of a `cli_jobs` sample.
+    pub cli_jobs: u64,
     /// Round trips per `broker_rtt` sample.
     pub broker_rtt_n: u64,
     /// No-op tasks submitted at once per `broker_tput` sample.
@@ -179,6 +196,7 @@ impl Params {
                 blob_bytes: 10 << 20,
                 blob_k: 20,
                 queued_n: 1_000_000,
+                cli_jobs: 200_000,
                 broker_rtt_n: 2_000,
                 broker_tput_n: 10_000,
                 requeue_k: 2,
@@ -196,6 +214,7 @@ impl Params {
                 blob_k: 5,
                 // As in the full run: the figure is defined with a million queued.
                 queued_n: 1_000_000,
+                cli_jobs: 50_000,
                 broker_rtt_n: 300,
                 broker_tput_n: 3_000,
                 requeue_k: 1,
@@ -212,6 +231,7 @@ impl Params {
                 blob_bytes: 1 << 20,
                 blob_k: 1,
                 queued_n: 5_000,
+                cli_jobs: 1_000,
                 broker_rtt_n: 20,
                 broker_tput_n: 200,
                 requeue_k: 1,

@@ -57,6 +57,9 @@ impl Peer {
     }
 
     pub fn measure(&mut self, g: Group, p: &Params) -> Result<Outcome> {
+        if g.is_cli() {
+            return Ok(Outcome::unsupported("no batch command line"));
+        }
         let mut args = vec![
             g.name().to_owned(),
             "--n".into(),
@@ -71,6 +74,8 @@ impl Peer {
                 Group::Blob => p.blob_k,
                 Group::IdleRss => 1,
                 Group::Queued => p.queued_n,
+                Group::CliJobs => p.cli_jobs,
+                Group::CliRtt => p.rtt_n,
                 Group::BrokerRtt => p.broker_rtt_n,
                 Group::BrokerTput => p.broker_tput_n,
                 Group::RequeueAfterKill => p.requeue_k,

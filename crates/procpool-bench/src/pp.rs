@@ -38,6 +38,8 @@ pub struct Procpool {
     worker: PathBuf,
     exe: PathBuf,
     mode: Mode,
+    /// The `procpool` command line over the same worker (measured in `procpool` only).
+    cli: crate::cli::Cli,
 }
 
 /// Stops a measured pool and waits until every worker is reaped, so that nothing of it
@@ -76,17 +78,26 @@ async fn settle(pool: &Pool, idle: usize, starts: Option<u64>) -> Result<()> {
 }
 
 impl Procpool {
-    pub fn new(worker: &Path, exe: &Path, mode: Mode) -> Procpool {
+    pub fn new(worker: &Path, exe: &Path, cli: &Path, mode: Mode) -> Procpool {
         Procpool {
             worker: worker.to_owned(),
             exe: exe.to_owned(),
             mode,
+            cli: crate::cli::Cli::new(cli, worker),
         }
     }
 
     pub fn measure(&mut self, rt: &Runtime, g: Group, p: &Params) -> Result<Outcome> {
-        if g == Group::Queued {
-            return self.queued(p);
+        match g {
+            Group::Queued => return self.queued(p),
+            // The command line starts its own pool the same way whatever this column's
+            // mode: measured once.
+            Group::CliJobs | Group::CliRtt if self.mode == Mode::Build => {
+                return Ok(Outcome::unsupported("measured in the procpool column"));
+            }
+            Group::CliJobs => return Ok(Outcome::one("cli_jobs_per_s", self.cli.jobs_per_s(p)?)),
+            Group::CliRtt => return Ok(Outcome::one("cli_rtt_us", self.cli.rtt_us(p)?)),
+            _ => {}
         }
         rt.block_on(self.measure_async(g, p))
     }
@@ -245,7 +256,9 @@ impl Procpool {
                 close(pool).await;
                 Ok(Outcome::one("idle_worker_rss_mb", rss))
             }
-            Group::Queued => unreachable!("measured in a child process"),
+            Group::Queued | Group::CliJobs | Group::CliRtt => {
+                unreachable!("measured in child processes")
+            }
             Group::BrokerRtt | Group::BrokerTput | Group::RequeueAfterKill => Ok(
                 Outcome::unsupported("the local pool has no broker (see procpool_broker)"),
             ),

@@ -196,6 +196,41 @@ const TARGETS: &[Target] = &[
         goal: "<= 1024 B",
         ..LOCAL
     },
+    // Issue 16: the command line at library speed, the window and spawning against
+    // the framed floor.
+    Target {
+        metric: "cli_jobs_per_s",
+        against: Some("procpool"),
+        against_metric: Some("tput_window_per_s"),
+        bound: 0.5,
+        at_most: false,
+        goal: ">= 50% of procpool's tput_window_per_s",
+        ..LOCAL
+    },
+    Target {
+        metric: "tput_window_per_s",
+        against: Some("floor_tokio"),
+        bound: 0.5,
+        at_most: false,
+        goal: ">= 50% of floor_tokio",
+        ..LOCAL
+    },
+    Target {
+        metric: "spawn_ready_ms",
+        against: Some("floor_tokio"),
+        bound: 1.2,
+        at_most: true,
+        goal: "<= 1.2x floor_tokio",
+        ..LOCAL
+    },
+    Target {
+        metric: "fresh_process_per_s",
+        against: Some("floor_tokio"),
+        bound: 0.85,
+        at_most: false,
+        goal: ">= 85% of floor_tokio",
+        ..LOCAL
+    },
     Target {
         subject: "procpool_broker",
         metric: "broker_rtt_us",

@@ -27,12 +27,24 @@ const METRICS: [&str; 11] = [
     "queued_task_bytes",
 ];
 
+/// The `procpool` binary beside this one: the agents of the broker set and the command
+/// line of `cli_jobs_per_s` and `cli_rtt_us`.
+fn assert_cli_built() {
+    let cli = PathBuf::from(BENCH).with_file_name("procpool");
+    assert!(
+        cli.is_file(),
+        "{} not built (cargo build --bin procpool)",
+        cli.display()
+    );
+}
+
 fn out_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("procpool-bench-{name}-{}.json", std::process::id()))
 }
 
 #[test]
 fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
+    assert_cli_built();
     let json = out_path("smoke");
     let out = Command::new(BENCH)
         .args([
@@ -100,8 +112,19 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
             Some(2)
         );
     }
+    // The command line (the `procpool` binary built beside this one) runs once, in the
+    // procpool column.
+    for m in ["cli_jobs_per_s", "cli_rtt_us"] {
+        let v = doc["metrics"][m]["procpool"].as_f64();
+        assert!(v.is_some_and(|v| v.is_finite() && v > 0.0), "{m}: {v:?}");
+        assert!(doc["unsupported"][m]["procpool_build"].is_string(), "{m}");
+        assert_eq!(
+            doc["unsupported"][m]["floor_tokio"],
+            "a floor has no batch command line"
+        );
+    }
     let targets = doc["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 14);
+    assert_eq!(targets.len(), 18);
     for t in targets {
         // Absolute targets and those against a floor have a verdict; those against
         // procspawn have none without it.
@@ -120,12 +143,7 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
 /// agent SIGKILLed under a running task. Celery is not needed for it.
 #[test]
 fn tiny_broker_run_measures_procpool_broker_beside_the_local_pool() {
-    let cli = PathBuf::from(BENCH).with_file_name("procpool");
-    assert!(
-        cli.is_file(),
-        "{} not built (cargo build --bin procpool)",
-        cli.display()
-    );
+    assert_cli_built();
     let redis = redis_server::RedisServer::start();
     let json = out_path("broker");
     let out = Command::new(BENCH)

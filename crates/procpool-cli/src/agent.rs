@@ -9,7 +9,7 @@ use procpool_broker::{AgentOptions, ClientOptions, RedisBroker, StopMode};
 
 use crate::cli::{AgentArgs, OnSignal, PolicyArgs, SubmitArgs};
 use crate::control::{Control, ControlServer};
-use crate::run::{retry_policy, start_pool};
+use crate::run::{Host, retry_policy, start_pool};
 use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
 
@@ -70,6 +70,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
+        Host::OwnThread,
     )
     .await?;
     let (drain_tx, mut drain_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -253,6 +253,15 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) workers: Option<u32>,
 
+    /// Jobs sent ahead to a busy worker, so it starts the next one without waiting for a
+    /// round trip through the supervisor: for many short jobs. A crash or a timeout still
+    /// fails only the job that was running; the ones sent ahead go back to the queue. A
+    /// job sent ahead waits for the one before it on that worker, even if another
+    /// worker becomes free. Local workers only (with --broker, agents take
+    /// --prefetch-tasks). Default: 0.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) prefetch_jobs: u32,
+
     /// Write the result lines to FILE (created, or truncated if it exists; appended to
     /// with --resume) instead of stdout.
     #[arg(long, value_name = "FILE")]
@@ -548,7 +557,8 @@ in input order):
 RESUME (--resume --out FILE):
   Every record is appended to --out and flushed as soon as its job ends, so after a
   crash or a SIGKILL of the supervisor FILE holds a record for every job that ended
-  before it. Run the same command again with --resume: the records in FILE
+  before it, but for those of its last instants (being written, well under 100 ms).
+  Run the same command again with --resume: the records in FILE
   are kept, a torn last line (a record cut off mid-write) is removed, every job that
   already has a record is skipped, and the others run and append theirs. However often
   a batch is killed and resumed, it ends with exactly one record per job line.

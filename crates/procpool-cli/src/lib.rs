@@ -91,8 +91,9 @@ pub fn main() -> ExitCode {
     logging::init(cli.log_level, cli.log_format);
 
     // One thread is plenty: the loop only moves lines between the job stream, the pool
-    // (whose supervisor has its own thread) and the output. Measured on 20k tiny jobs, a
-    // multi-thread runtime was slower from cross-thread wake-ups.
+    // (whose supervisor runs on this thread for `run`, on its own for the others) and the
+    // output (written by a thread of its own). Measured on 20k tiny jobs, a multi-thread
+    // runtime was slower from cross-thread wake-ups.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

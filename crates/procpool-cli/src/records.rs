@@ -104,11 +104,11 @@ impl Record {
     }
 
     /// The record as one JSON line, newline included.
-    pub(crate) fn to_line(&self) -> Vec<u8> {
-        let mut line =
-            serde_json::to_vec(self).expect("a record is plain data: strings, numbers, JSON");
-        line.push(b'\n');
-        line
+    /// Appends the record and its newline to `buf` (a batch of lines to write).
+    pub(crate) fn append_line(&self, buf: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *buf, self)
+            .expect("a record is plain data: strings, numbers, JSON");
+        buf.push(b'\n');
     }
 }
 
@@ -142,7 +142,9 @@ mod tests {
     }
 
     fn json(r: &Record) -> Value {
-        serde_json::from_slice(&r.to_line()).unwrap()
+        let mut line = Vec::new();
+        r.append_line(&mut line);
+        serde_json::from_slice(&line).unwrap()
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
+        Host::ThisRuntime {
+            prefetch: args.prefetch_jobs as usize,
+        },
     )
     .await?;
     // Opened only once the pool is up, so a bad worker leaves an existing file untouched.
@@ -143,6 +146,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         board: &board,
         control: &control,
         drain: drain_rx,
+        prefetch: args.prefetch_jobs as usize,
     };
     let outcome = batch.run().await.map_err(Failure::Runtime)?;
     pool.shutdown(if outcome.stop.is_some() {
@@ -201,19 +205,35 @@ pub(crate) async fn open_pool(
     worker: &WorkerArgs,
     workers: Option<usize>,
     policy: Option<&PolicyArgs>,
+    host: Host,
 ) -> Result<Pool, Failure> {
     match &broker.broker {
         Some(url) => crate::agent::connect(url, &broker.namespace, submit, policy).await,
-        None => start_pool(worker, workers, policy).await,
+        None => start_pool(worker, workers, policy, host).await,
     }
 }
 
-/// Builds a pool off the async threads (`build` blocks until every worker said hello).
-/// A setting the pool refuses (e.g. --min-workers above --workers) is a setup failure.
+/// Where a local pool's supervisor runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Host {
+    /// Its own thread (`PoolBuilder::build`): `serve`, `agent` and `tasks`.
+    OwnThread,
+    /// This command's runtime (`PoolBuilder::start`): `run`, whose loop only moves lines
+    /// between the jobs, the pool and the output; without a thread between the loop and
+    /// the workers it runs about a quarter more jobs a second. With `run --prefetch-jobs`.
+    ThisRuntime {
+        /// Tasks sent ahead to each busy worker (`run --prefetch-jobs`).
+        prefetch: usize,
+    },
+}
+
+/// Starts a local pool. A setting the pool refuses (e.g. --min-workers above --workers)
+/// is a setup failure.
 pub(crate) async fn start_pool(
     args: &WorkerArgs,
     workers: Option<usize>,
     policy: Option<&PolicyArgs>,
+    host: Host,
 ) -> Result<Pool, Failure> {
     let mut builder = Pool::builder();
     builder
@@ -225,11 +245,15 @@ pub(crate) async fn start_pool(
     if let Some(p) = policy {
         apply_policy(&mut builder, p);
     }
-    tokio::task::spawn_blocking(move || builder.build())
-        .await
-        .context("the pool start-up thread panicked")
-        .map_err(Failure::Runtime)?
-        .map_err(|e| Failure::Setup(e.into()))
+    let pool = match host {
+        Host::ThisRuntime { prefetch } => builder.prefetch(prefetch).start().await,
+        // Off the async thread: `build` blocks until every worker said hello.
+        Host::OwnThread => tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .context("the pool start-up thread panicked")
+            .map_err(Failure::Runtime)?,
+    };
+    pool.map_err(|e| Failure::Setup(e.into()))
 }
 
 /// The pool-wide policy flags onto the builder; unset flags keep the library's defaults.
@@ -307,6 +331,8 @@ struct Batch<'a> {
     control: &'a Control,
     /// `procpool ctl drain`.
     drain: mpsc::UnboundedReceiver<()>,
+    /// Tasks the pool sends ahead to each busy worker (`--prefetch-jobs`).
+    prefetch: usize,
 }
 
 impl Batch<'_> {
@@ -334,9 +360,13 @@ impl Batch<'_> {
         loop {
             // Every record written so far leaves before the loop waits again; a burst of
             // results that finished together leaves in one write.
-            self.out.flush()?;
-            // A remote pool's size follows its live agents.
-            let window = pool.size().saturating_mul(IN_FLIGHT_PER_WORKER).max(1);
+            self.out.flush().await?;
+            // Beside the tasks sent ahead to each worker, a few more wait in the pool's
+            // queue; a remote pool's size follows its live agents.
+            let window = pool
+                .size()
+                .saturating_mul(IN_FLIGHT_PER_WORKER + self.prefetch)
+                .max(1);
             let can_read = outcome.stop.is_none() && !input_done && in_flight.len() < window;
             if !can_read && in_flight.is_empty() {
                 break;
@@ -401,7 +431,7 @@ impl Batch<'_> {
                         }
                         outcome.all_completed &= record.status == Status::Completed;
                         self.board.ended(record.status);
-                        self.out.write(&record)?;
+                        self.out.write(&record);
                         self.progress.record(&record);
                         joined = in_flight.try_join_next();
                     }
@@ -448,7 +478,7 @@ impl Batch<'_> {
                             outcome.all_completed = false;
                             let record = Record::bad_job(bad);
                             self.board.bad_job();
-                            self.out.write(&record)?;
+                            self.out.write(&record);
                             self.progress.record(&record);
                         }
                         Some(Parsed::Skipped) => self.progress.skipped(),
@@ -456,7 +486,7 @@ impl Batch<'_> {
                 }
             }
         }
-        self.out.flush()?;
+        self.out.finish()?;
         let unmatched = if input_done {
             self.reader.unmatched_records()?
         } else {
@@ -619,36 +649,100 @@ fn cancelled_by_ctl(mut record: Record) -> Record {
     record
 }
 
-/// Where the records go: stdout or a file. Records are buffered and flushed by the batch
-/// loop before it waits, so each leaves as soon as its job ends.
+/// Where the records go: stdout or a file. The loop appends records to a batch and hands
+/// the batch to a writer thread before it waits again (`flush`), so a record leaves as
+/// soon as its job ends, a burst of records that ended together leaves in one write, and
+/// a record is never held back while the loop waits (a SIGKILL loses only the batch being
+/// written).
 ///
-/// The writes are plain blocking ones on the loop's thread, on purpose: a record is a few
-/// hundred bytes (one `write` call), and when the reader of stdout stalls, stalling the loop
-/// is the backpressure we want (no more jobs are read). Going through tokio's async stdout
-/// costs a thread hand-off per write and made the loop three times slower.
+/// The writes happen on their own thread because the pool's supervisor runs on the
+/// loop's thread: a stalled reader of stdout must not stall timeouts, memory limits and
+/// signals with it. The hand-off channel is short, so a stalled reader still stops the
+/// loop from reading more jobs (the backpressure we want).
 struct Output {
-    writer: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
+    batch: Vec<u8>,
+    /// `None` once finished.
+    batches: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Hands the sink back when the channel closes, or stops at the first error.
+    writer: Option<std::thread::JoinHandle<std::io::Result<Sink>>>,
     name: String,
 }
 
+type Sink = Box<dyn std::io::Write + Send>;
+
+/// Batches handed to the writer thread and not yet written, at most.
+const BATCHES_QUEUED: usize = 4;
+
 impl Output {
-    fn write(&mut self, record: &Record) -> anyhow::Result<()> {
-        self.writer
-            .write_all(&record.to_line())
-            .with_context(|| format!("error writing a result to {}", self.name))
+    fn new(mut sink: Sink, name: String) -> anyhow::Result<Output> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BATCHES_QUEUED);
+        let writer = std::thread::Builder::new()
+            .name("procpool-records".into())
+            .spawn(move || {
+                while let Some(batch) = rx.blocking_recv() {
+                    sink.write_all(&batch)?;
+                    sink.flush()?;
+                }
+                Ok(sink)
+            })
+            .context("cannot start the thread that writes the records")?;
+        Ok(Output {
+            batch: Vec::new(),
+            batches: Some(tx),
+            writer: Some(writer),
+            name,
+        })
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.writer
-            .flush()
-            .with_context(|| format!("error writing a result to {}", self.name))
+    fn write(&mut self, record: &Record) {
+        record.append_line(&mut self.batch);
+    }
+
+    /// Hands what was written since the last call to the writer thread.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let Some(tx) = &self.batches else {
+            return Ok(());
+        };
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(refused) = tx.send(std::mem::take(&mut self.batch)).await {
+            // The writer thread stopped at an error: that error is the one to report.
+            self.batch = refused.0;
+            return self.finish();
+        }
+        Ok(())
+    }
+
+    /// Waits for the writer thread to write what it was handed, then writes what is left
+    /// here. Blocks the thread: for the end of the batch (and `Drop`, on an error path).
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.batches = None;
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let written = match writer.join() {
+            Ok(Ok(mut sink)) => sink
+                .write_all(&std::mem::take(&mut self.batch))
+                .and_then(|()| sink.flush()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => anyhow::bail!("the thread writing the records to {} panicked", self.name),
+        };
+        written.with_context(|| format!("error writing a result to {}", self.name))
+    }
+}
+
+impl Drop for Output {
+    /// A batch that ends in an error still writes the records of the jobs that ended.
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 
 /// `--out FILE` is created or truncated; with `--resume` (`keep` = the length to keep,
 /// which cuts a torn last record) it is appended to.
 fn open_output(path: Option<&Path>, keep: Option<u64>) -> anyhow::Result<Output> {
-    let (writer, name): (Box<dyn std::io::Write + Send>, String) = match (path, keep) {
+    let (writer, name): (Sink, String) = match (path, keep) {
         (None, _) => (Box::new(std::io::stdout()), "stdout".into()),
         (Some(path), None) => (
             Box::new(
@@ -675,10 +769,7 @@ fn open_output(path: Option<&Path>, keep: Option<u64>) -> anyhow::Result<Output>
             (Box::new(file), path.display().to_string())
         }
     };
-    Ok(Output {
-        writer: std::io::BufWriter::with_capacity(64 << 10, writer),
-        name,
-    })
+    Output::new(writer, name)
 }
 
 /// Truncating the job file to write results into it would destroy the jobs.

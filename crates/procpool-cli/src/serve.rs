@@ -9,7 +9,7 @@ use procpool_serve::{OnSignal, ServeSettings, Server};
 use crate::cli::ServeArgs;
 use crate::control::{Control, ControlServer};
 use crate::exit::{Exit, Failure};
-use crate::run::open_pool;
+use crate::run::{Host, open_pool};
 use crate::signals::Signals;
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
@@ -49,6 +49,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         &args.worker,
         args.workers.map(|n| n as usize),
         Some(&args.policy),
+        Host::OwnThread,
     )
     .await?;
     let control = Arc::new(Control::new("serve", pool.clone()));

@@ -10,12 +10,20 @@ use procpool::pool::TaskInfo;
 
 use crate::cli::TasksArgs;
 use crate::exit::{Exit, Failure};
-use crate::run::open_pool;
+use crate::run::{Host, open_pool};
 
 pub(crate) async fn tasks(args: TasksArgs) -> Result<Exit, Failure> {
     // One worker is enough: every worker of a binary announces the same registry.
     // With --broker: the tasks the live agents serve.
-    let pool = open_pool(&args.broker, None, &args.worker, Some(1), None).await?;
+    let pool = open_pool(
+        &args.broker,
+        None,
+        &args.worker,
+        Some(1),
+        None,
+        Host::OwnThread,
+    )
+    .await?;
     let mut tasks: Vec<TaskInfo> = pool.tasks().to_vec();
     pool.shutdown(Shutdown::Kill).await;
     tasks.sort_by(|a, b| a.name.cmp(&b.name));

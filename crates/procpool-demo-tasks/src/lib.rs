@@ -218,3 +218,22 @@ pub fn environ(names: Vec<String>) -> (Vec<Option<String>>, String) {
         std::env::current_dir().map_or_else(|e| format!("error: {e}"), |d| d.display().to_string());
     (values, cwd)
 }
+
+/// Sleeps `ms` milliseconds, then appends `"{tag} {unix time in µs}\n"` to the file
+/// `path` in one write (created if missing) and returns that time: a trace of when each
+/// job ran that outlives a killed supervisor.
+#[task]
+pub fn stamp(path: String, tag: String, ms: u64) -> Result<u64, String> {
+    std::thread::sleep(Duration::from_millis(ms));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_micros() as u64;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{tag} {now}\n").as_bytes()))
+        .map_err(|e| format!("cannot append to {path}: {e}"))?;
+    Ok(now)
+}
