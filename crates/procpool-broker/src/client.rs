@@ -397,12 +397,20 @@ async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
                 .read_notices(&shared.inbox, &mut inbox_cursor, block)
                 .await?;
             due.extend(announced);
-            let cursors: Vec<(Uuid, String)> = {
+            let mut cursors: Vec<(Uuid, String)> = Vec::new();
+            {
                 let state = shared.lock();
-                due.drain()
-                    .filter_map(|id| Some((id, state.tasks.get(&id)?.cursor.clone())))
-                    .collect()
-            };
+                // A task whose submit has not returned yet has no handle to feed (an
+                // attach is announced by the submit itself): it stays due until then.
+                due.retain(|id| match state.tasks.get(id) {
+                    Some(w) if !w.submitted => true,
+                    Some(w) => {
+                        cursors.push((*id, w.cursor.clone()));
+                        false
+                    }
+                    None => false,
+                });
+            }
             let mut ended = Vec::new();
             for chunk in cursors.chunks(STREAMS_PER_READ) {
                 let events = match shared.broker.read_events(chunk, EVENTS_PER_READ).await {
