@@ -364,7 +364,10 @@ async fn captured_output_is_bounded_and_says_so() {
         let whole_lines = &kept[..kept.rfind('\n').map_or(0, |i| i + 1)];
         assert!(all.starts_with(whole_lines), "{output:?}");
     }
-    assert!(!output.stdout.is_empty() || !output.stderr.is_empty(), "{output:?}");
+    assert!(
+        !output.stdout.is_empty() || !output.stderr.is_empty(),
+        "{output:?}"
+    );
     // Another task starts with a fresh bound.
     let mut h = pool.submit(demo::noisy::task(2));
     assert_eq!((&mut h).await.unwrap(), 2);
