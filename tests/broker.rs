@@ -1165,6 +1165,9 @@ async fn every_key_is_in_the_namespace_slot_of_a_redis_cluster() {
     let first = a.submit(demo::sleep_ms::task(1500).with_id(id));
     first.started().await.expect("started");
     let second = b.submit(demo::sleep_ms::task(1500).with_id(id));
+    // Attached (it sees the run's start) before the other lets go: a cancel that reaches
+    // the broker before the second submit cancels the run for real.
+    second.started().await.expect("attached");
     first.cancel();
     assert_eq!(first.await, Err(TaskError::Cancelled));
     assert_eq!(second.await, Ok(1500));
