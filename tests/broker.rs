@@ -632,6 +632,50 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     assert_eq!(redis_cli(&redis, &["XLEN", "{fence}:q"]), "0");
 }
 
+/// The submitter that cancels a queued task is told of its end through its inbox, like
+/// any other event: without the notice it would find the end only at its next sweep of
+/// every watched task, and a short result TTL could expire the outcome before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_submitter_cancelling_a_queued_task_is_notified_of_its_end() {
+    let _serial = serial().await;
+    let redis = RedisServer::start();
+    let b = RedisBroker::connect(&redis.url(), "notice", 1 << 20)
+        .await
+        .expect("connect");
+    b.prepare().await.unwrap();
+    let id = Uuid::new_v4();
+    let task = NewTask {
+        id,
+        name: "add",
+        args: b"[1,2]",
+        encoding: Encoding::Json,
+        timeout: None,
+        retries: None,
+        lost_budget: 3,
+        result_ttl: Duration::from_secs(60),
+    };
+    b.submit(&task, "submitter").await.unwrap();
+    let mut cursor = "0-0".to_owned();
+    assert_eq!(
+        b.read_notices("submitter", &mut cursor, None)
+            .await
+            .unwrap(),
+        [id],
+        "the queued event"
+    );
+    assert_eq!(
+        b.cancel(id, "submitter").await.unwrap(),
+        procpool_broker::Cancelled::Cancelled
+    );
+    assert_eq!(
+        b.read_notices("submitter", &mut cursor, None)
+            .await
+            .unwrap(),
+        [id],
+        "the end of the cancelled task is announced to its submitter"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_queue_entries_do_not_stop_an_agent() {
     let _serial = serial().await;

@@ -121,29 +121,8 @@ impl Cluster {
         for _ in 0..k {
             cluster.spawn_agent()?;
         }
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            let registered: u64 = redis::cmd("SCARD")
-                .arg(format!("{{{}}}:agents", cluster.command.namespace))
-                .query_async(&mut cluster.conn().await?)
-                .await?;
-            if registered >= u64::from(k) {
-                break;
-            }
-            if let Some(exit) = cluster.agent_exited() {
-                bail!(
-                    "an agent exited at start ({exit}); see {}",
-                    cluster.logs_hint()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "only {registered} of {k} agents registered after {START_WAIT:?}; see {}",
-                    cluster.logs_hint()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let pids: Vec<u32> = cluster.agents.iter().map(|a| a.pid).collect();
+        cluster.wait_registered(&pids).await?;
         cluster.snapshot();
         Ok(cluster)
     }
@@ -321,8 +300,13 @@ impl Cluster {
     }
 
     /// SIGKILLs a random running agent (its workers die with it: parent-death signal)
-    /// and starts a fresh one. False when no agent was running.
-    pub(crate) fn kill_agent(&mut self, rng: &mut impl Rng) -> anyhow::Result<bool> {
+    /// and starts a fresh one, returning once it is registered. False when no agent was
+    /// running.
+    ///
+    /// Waiting for the registration keeps the worker kills out of the new agent's
+    /// start-up: a worker killed before its handshake fails the agent's pool start (exit
+    /// 2, as for a broken worker binary), which would leave the run an agent short.
+    pub(crate) async fn kill_agent(&mut self, rng: &mut impl Rng) -> anyhow::Result<bool> {
         let Some(&i) = self.running().choose(rng) else {
             return Ok(false);
         };
@@ -333,7 +317,42 @@ impl Cluster {
         agent.child.wait().context("reaping a killed agent")?;
         self.stats.agent_kills += 1;
         self.spawn_agent()?;
+        let pid = self.agents.last().expect("just spawned").pid;
+        self.wait_registered(&[pid]).await?;
         Ok(true)
+    }
+
+    /// Waits until every agent of `pids` is in the broker's agent set (its pool is up:
+    /// an agent registers after its workers' handshakes).
+    async fn wait_registered(&mut self, pids: &[u32]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            let ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(format!("{{{}}}:agents", self.command.namespace))
+                .query_async(&mut self.conn().await?)
+                .await?;
+            // An agent id ends in `-<pid>-<uuid>`.
+            let registered = |pid: &u32| {
+                ids.iter()
+                    .any(|id| id.rsplit('-').nth(1) == Some(pid.to_string().as_str()))
+            };
+            if pids.iter().all(registered) {
+                return Ok(());
+            }
+            if let Some(exit) = self.agent_exited() {
+                bail!(
+                    "an agent exited at start ({exit}); see {}",
+                    self.logs_hint()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "agents {pids:?} not registered after {START_WAIT:?}; see {}",
+                    self.logs_hint()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGSTOPs a random running agent for [`STOP_FOR`], keeping at least one running.
@@ -413,9 +432,9 @@ impl Cluster {
                 // 143: stopped by SIGTERM, as documented.
                 Some(s) if s.code() == Some(143) => {}
                 Some(s) => problems.push(format!(
-                    "agent {} ended with {s} on SIGTERM, not 143 (log {})",
+                    "agent {} ended with {s} on SIGTERM, not 143; the end of its log:\n{}",
                     a.pid,
-                    a.log.display()
+                    log_tail(&a.log)
                 )),
                 None => {
                     problems.push(format!(
@@ -510,6 +529,19 @@ impl Drop for Cluster {
             let _ = r.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The last lines of an agent's log, for a violation (the run's directory is removed
+/// when it ends).
+fn log_tail(log: &std::path::Path) -> String {
+    const LINES: usize = 20;
+    match std::fs::read_to_string(log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LINES)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", log.display()),
     }
 }
 

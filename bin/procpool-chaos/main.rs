@@ -588,7 +588,7 @@ impl Run {
         };
         self.agent_events.fetch_add(1, Ordering::SeqCst);
         let done = match event {
-            Event::KillAgent => cluster.kill_agent(&mut self.events),
+            Event::KillAgent => cluster.kill_agent(&mut self.events).await,
             Event::StopAgent => Ok(cluster.stop_agent(&mut self.events)),
             Event::RestartBroker => cluster.restart_broker().await.map(|()| true),
             Event::KillWorker | Event::CancelStorm(_) => Ok(true),

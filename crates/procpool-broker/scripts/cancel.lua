@@ -9,8 +9,12 @@
 local P, id = ARGV[1], ARGV[2]
 local h = redis.call('HMGET', KEYS[1], 'st', 'att')
 if not h[1] or h[1] == 'done' then return 0 end
-redis.call('SREM', KEYS[2], ARGV[3])
-if redis.call('SCARD', KEYS[2]) > 0 then return 3 end
+-- Another submitter still watching: this one alone lets go. The last one stays a
+-- watcher, so the terminal event below (or its agent's) is announced to it.
+if redis.call('SCARD', KEYS[2]) - redis.call('SISMEMBER', KEYS[2], ARGV[3]) > 0 then
+  redis.call('SREM', KEYS[2], ARGV[3])
+  return 3
+end
 redis.call('HSET', KEYS[1], 'cancel', 1)
 if h[1] == 'queued' then
   finish(P, id, h[2], 'err', '{"kind":"cancelled"}')

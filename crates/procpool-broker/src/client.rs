@@ -440,7 +440,14 @@ async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
             Ok::<(), BrokerError>(())
         };
         match read.await {
-            Ok(()) => failing_since = None,
+            Ok(()) => {
+                failing_since = None;
+                // Only right after a read of every watched task: a task that ended
+                // meanwhile had its end read, so one the broker no longer knows is lost.
+                if sweep {
+                    check_known(&shared).await;
+                }
+            }
             Err(e) => {
                 if failing_since.is_none() {
                     tracing::warn!(broker = shared.broker.url(), error = %e, "reading task events failed; retrying");
@@ -448,9 +455,6 @@ async fn watch<B: Broker>(shared: Arc<Shared<B>>) {
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-        }
-        if sweep {
-            check_known(&shared).await;
         }
     }
     // The client is gone: nobody waits for what is left.
@@ -533,7 +537,8 @@ async fn check_known<B: Broker>(shared: &Shared<B>) {
                     id,
                     Err(TaskError::Lost {
                         message: format!(
-                            "the broker at {} no longer knows the task (restarted without persistence?)",
+                            "the broker at {} no longer knows the task (its result TTL passed \
+                             before it was read, or the broker lost its data)",
                             shared.broker.url()
                         ),
                     }),
