@@ -632,6 +632,26 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     assert_eq!(redis_cli(&redis, &["XLEN", "{fence}:q"]), "0");
 }
 
+/// Agents that die without leaving (SIGKILL) stay in the agent set until a live agent
+/// reaps them; when none is left, the set itself must not outlive their leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_set_goes_once_every_agent_died() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let agents = [Agent::start(&url, 1), Agent::start(&url, 1)];
+    wait_agents(&url, 2).await;
+    for a in agents {
+        a.kill();
+    }
+    // Both leases (3 s) run out after the agents' last renewals.
+    wait_for(Duration::from_secs(20), "the agent set to go", async || {
+        redis_cli(&redis, &["EXISTS", "{procpool}:agents"]) == "0"
+    })
+    .await;
+}
+
 /// The submitter that cancels a queued task is told of its end through its inbox, like
 /// any other event: without the notice it would find the end only at its next sweep of
 /// every watched task, and a short result TTL could expire the outcome before that.

@@ -7,6 +7,7 @@
 --   P:e:<id>     task event stream, read by submitters from their last id
 --   P:r:<id>     result ("ok:" .. bytes or "err:" .. error JSON), with a TTL
 --   P:a:<agent>  agent liveness key with a short TTL; P:agents the set of agent ids
+--                (its TTL: the longest lease of a live agent)
 --   P:in:<id>    messages to a running task; P:ctl the notification channel
 --   P:w:<id>     the inboxes of the submitters watching a task (a cancel from one of
 --                them only lets go while others remain)

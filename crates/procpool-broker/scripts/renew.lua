@@ -12,6 +12,9 @@ local P, agent = ARGV[1], ARGV[2]
 local lease = tonumber(ARGV[3])
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], agent)
+-- The set lives as long as the longest lease of its live agents: dead ones are reaped by
+-- the others, and once none renews, the set goes with the last lease.
+if redis.call('PTTL', KEYS[2]) < lease then redis.call('PEXPIRE', KEYS[2], lease) end
 local lost, cancelled = {}, {}
 for i = 5, #ARGV, 3 do
   local id, entry, att = ARGV[i], ARGV[i + 1], ARGV[i + 2]
