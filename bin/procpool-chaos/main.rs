@@ -482,8 +482,11 @@ async fn cluster_end(
     if stuck {
         return;
     }
-    // Past the TTL of the last task's keys (a second for the server's expiry cycle).
-    let ttl_passed = last_verdict + args.result_ttl + Duration::from_secs(1);
+    // Past the TTL of the last task's keys, and past the leases of the agents killed
+    // near the end (the agent set lives as long as their last lease); a second more for
+    // the server's expiry cycle.
+    let leases_passed = Instant::now() + procpool_broker::AgentOptions::default().lease;
+    let ttl_passed = (last_verdict + args.result_ttl).max(leases_passed) + Duration::from_secs(1);
     tokio::time::sleep_until(ttl_passed.into()).await;
     match cluster.queue_depth().await {
         Ok((0, 0)) => {}
