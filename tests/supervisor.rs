@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -772,6 +772,46 @@ fn a_second_signal_kills_at_once() {
         records[1..].iter().all(|r| r["status"] == "cancelled"),
         "{records:#?}"
     );
+}
+
+/// Jobs on a pipe whose writer keeps it open: a signal still stops the run (nothing may
+/// wait for the next line or an end of input that never comes).
+#[test]
+fn a_signal_stops_a_run_whose_stdin_stays_open() {
+    for (signal, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        let out_arg = out.to_str().unwrap();
+        let mut cmd = base_command(
+            PROCPOOL,
+            &run_args("-", &["--workers", "1", "--out", out_arg]),
+            &[],
+        );
+        cmd.stdin(Stdio::piped());
+        let mut sup = Supervisor::spawn(cmd);
+        let stdin = sup.child.as_mut().unwrap().stdin.as_mut().unwrap();
+        let jobs = [
+            job("quick", "add", "[1, 2]"),
+            job("long", "sleep_ms", "[600000]"),
+        ];
+        stdin
+            .write_all((jobs.join("\n") + "\n").as_bytes())
+            .unwrap();
+        stdin.flush().unwrap();
+        wait_for_records(&out, 1);
+        assert!(
+            wait_until(Duration::from_secs(20), || sleeping_workers(sup.pid()) == 1),
+            "the long job never ran"
+        );
+        sup.signal(signal);
+        // The pipe is still open here: `wait` holds the child with its stdin.
+        let ended = sup.wait();
+        assert_exit(&ended, code);
+        let records = records_in(&out);
+        assert_eq!(records.len(), 2, "{records:#?}");
+        assert_eq!(records[0]["status"], "completed", "{records:#?}");
+        assert_eq!(records[1]["status"], "cancelled", "{records:#?}");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
+use crate::detached::Detached;
 use crate::ledger::{Claim, Key, Ledger};
 use crate::lines::is_blank;
 use crate::plan::Plan;
@@ -61,9 +62,13 @@ pub(crate) enum Parsed {
 const FIELDS: [&str; 6] = ["id", "task", "args", "kwargs", "timeout_ms", "retries"];
 
 /// Opens the job stream: a file, or stdin for `-`. Errors here mean nothing ran.
+/// Standard input and pipes (`--jobs <(generate)`) are read on a detached thread, so a
+/// writer that keeps them open cannot hold up the exit after a signal.
 pub(crate) async fn open(path: &Path) -> anyhow::Result<Box<dyn AsyncBufRead + Unpin + Send>> {
     if path.as_os_str() == "-" {
-        return Ok(Box::new(BufReader::new(tokio::io::stdin())));
+        let stdin = Detached::spawn("procpool-stdin", std::io::stdin())
+            .context("cannot start the thread that reads the jobs")?;
+        return Ok(Box::new(BufReader::new(stdin)));
     }
     let file = tokio::fs::File::open(path)
         .await
@@ -74,6 +79,11 @@ pub(crate) async fn open(path: &Path) -> anyhow::Result<Box<dyn AsyncBufRead + U
         .with_context(|| format!("cannot read the job file {}", path.display()))?;
     if meta.is_dir() {
         anyhow::bail!("the job file {} is a directory", path.display());
+    }
+    if !meta.is_file() {
+        let pipe = Detached::spawn("procpool-jobs", file.into_std().await)
+            .context("cannot start the thread that reads the jobs")?;
+        return Ok(Box::new(BufReader::new(pipe)));
     }
     Ok(Box::new(BufReader::new(file)))
 }

@@ -48,6 +48,7 @@ mod config;
 mod control;
 mod ctl;
 mod ctl_wire;
+mod detached;
 mod exit;
 mod extsort;
 mod jobs;
