@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{proc_stat, serial_blocking, wait_or_kill, workers_of_supervisor};
 
 const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
@@ -41,19 +41,44 @@ struct Supervisor {
 
 impl Supervisor {
     fn start(runtime_dir: &Path, args: &[&str]) -> Supervisor {
+        Supervisor::spawn(runtime_dir, args, Stdio::null())
+    }
+
+    fn spawn(runtime_dir: &Path, args: &[&str], stderr: Stdio) -> Supervisor {
         let child = Command::new(PROCPOOL)
             .args(args)
             .env("XDG_RUNTIME_DIR", runtime_dir)
             .env_remove("RUST_LOG")
+            .env_remove("PROCPOOL_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn procpool");
         Supervisor {
             child,
             runtime_dir: runtime_dir.to_owned(),
         }
+    }
+
+    /// `procpool serve ARGS` on a free loopback port, and its address (`127.0.0.1:PORT`,
+    /// from its stderr, which is read to the end so that it never blocks on it).
+    fn serve(runtime_dir: &Path, args: &[&str]) -> (Supervisor, String) {
+        let all = [&["serve", "--listen", "127.0.0.1:0"][..], args].concat();
+        let mut serve = Supervisor::spawn(runtime_dir, &all, Stdio::piped());
+        let pipe = serve.child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(DEADLINE)
+            .expect("procpool serve printed its address");
+        (serve, addr)
     }
 
     fn pid(&self) -> u32 {
@@ -394,65 +419,317 @@ fn sockets_are_found_stale_ones_replaced_live_ones_refused_and_bad_requests_answ
 }
 
 #[test]
-fn serve_answers_status_and_workers_on_its_control_socket() {
+fn jobs_shows_the_worker_of_the_current_attempt_after_a_retry() {
     let _serial = serial_blocking();
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = Supervisor::start(
+    let job_file = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &job_file,
+        "{\"id\":\"long\",\"task\":\"sleep_ms\",\"args\":[600000]}\n",
+    )
+    .unwrap();
+    let mut run = Supervisor::start(
         dir.path(),
         &[
-            "serve",
+            "run",
             "--worker",
             DEMO,
             "--workers",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
+            "1",
+            "--retries",
+            "1",
+            "--jobs",
+            job_file.to_str().unwrap(),
+            "--quiet",
         ],
     );
-    let socket = serve.socket("serve");
-    let status = wait_for(dir.path(), &socket, &["status"], |s| {
-        s["workers"]["idle"] == 2
+    let socket = run.socket("run");
+    let jobs = wait_for(dir.path(), &socket, &["jobs"], |j| {
+        j["jobs"][0]["status"] == "running"
     });
-    assert_eq!(status["supervisor"], "serve");
-    assert!(status.get("jobs").is_none(), "{status}");
-    let workers = wait_for(dir.path(), &socket, &["workers"], |_| true);
-    for w in workers["workers"].as_array().unwrap() {
-        let pid = w["pid"].as_u64().unwrap() as u32;
-        assert_eq!(proc_stat(pid).expect("a live worker").ppid, serve.pid());
+    let first = jobs["jobs"][0]["worker_pid"].as_u64().unwrap() as u32;
+    // The first attempt crashes (its worker killed from outside); the retry runs on the
+    // replacement worker.
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    let workers = wait_for(dir.path(), &socket, &["workers"], |w| {
+        w["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 1 && w[0]["pid"] != first)
+    });
+    let second = workers["workers"][0]["pid"].as_u64().unwrap() as u32;
+    let jobs = wait_for(dir.path(), &socket, &["jobs"], |j| {
+        j["jobs"][0]["worker_pid"] == second
+    });
+    assert_eq!(jobs["jobs"][0]["attempt"], 2, "{jobs}");
+    assert_eq!(jobs["jobs"][0]["status"], "running", "{jobs}");
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(), 143);
+}
+
+/// A WebSocket on `/v1/events?channel=CHANNEL` of the server at `addr`.
+fn events(addr: &str, channel: &str) -> tungstenite::WebSocket<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect(addr).expect("connect to procpool serve");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let url = format!("ws://{addr}/v1/events?channel={channel}");
+    let (socket, _) = tungstenite::client(url, stream).expect("the WebSocket handshake");
+    socket
+}
+
+/// The next events until one of `task` is terminal; returns that one.
+fn terminal_event(socket: &mut tungstenite::WebSocket<std::net::TcpStream>, task: &str) -> Value {
+    loop {
+        let message = socket.read().expect("an event before the deadline");
+        let tungstenite::Message::Text(text) = message else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).expect("a JSON event");
+        let terminal =
+            ["completed", "failed", "cancelled"].contains(&event["type"].as_str().unwrap_or(""));
+        if event["task_id"] == task && terminal {
+            return event;
+        }
     }
-    let (code, reply) = ctl_json(dir.path(), &["jobs"]);
-    assert_eq!(code, 1);
-    assert_eq!(reply["error"]["kind"], "not_supported");
-    serve.signal(Signal::SIGTERM);
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .into()
+}
+
+/// `POST /v1/tasks BODY`: the task id, or the status code of a refusal (0: no
+/// connection).
+fn submit(http: &ureq::Agent, addr: &str, body: Value) -> Result<String, u16> {
+    let answer = http
+        .post(format!("http://{addr}/v1/tasks"))
+        .header("content-type", "application/json")
+        .send(body.to_string());
+    match answer {
+        Ok(mut resp) if resp.status() == 202 => {
+            let reply: Value =
+                serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+            Ok(reply["task_id"].as_str().unwrap().to_owned())
+        }
+        Ok(resp) => Err(resp.status().as_u16()),
+        Err(_) => Err(0),
+    }
+}
+
+#[test]
+fn serve_lists_cancels_one_task_and_drains_on_request() {
+    let _serial = serial_blocking();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut serve, addr) = Supervisor::serve(dir.path(), &["--worker", DEMO, "--workers", "2"]);
+    let socket = serve.socket("serve");
+    let http = http();
+    let mut ws = events(&addr, "c");
+    // `long` ends only by a cancel; `short` outlasts the steps up to the drain.
+    let long = submit(
+        &http,
+        &addr,
+        json!({"task": "sleep_ms", "args": [600_000], "channel": "c"}),
+    )
+    .unwrap();
+    let short = submit(
+        &http,
+        &addr,
+        json!({"task": "sleep_ms", "args": [10_000], "channel": "c"}),
+    )
+    .unwrap();
+
+    let jobs = wait_for(dir.path(), &socket, &["jobs"], |j| {
+        j["jobs"].as_array().is_some_and(|jobs| {
+            jobs.len() == 2
+                && jobs
+                    .iter()
+                    .all(|j| j["status"] == "running" && j["worker_pid"].is_u64())
+        })
+    });
+    let jobs = jobs["jobs"].as_array().unwrap();
+    let job = |id: &str| jobs.iter().find(|j| j["id"] == id).expect("listed").clone();
+    assert_eq!(job(&long)["task"], "sleep_ms");
+    assert!(job(&long)["elapsed_ms"].is_u64());
+    let long_pid = job(&long)["worker_pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        proc_stat(long_pid).expect("a live worker").ppid,
+        serve.pid()
+    );
+    let (_, workers) = ctl_json(dir.path(), &["workers"]);
+    let on_long = workers["result"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["pid"] == long_pid)
+        .expect("its worker is listed")
+        .clone();
+    assert_eq!(on_long["job"], long.as_str());
+    let text = String::from_utf8(ctl(dir.path(), &["jobs"]).stdout).unwrap();
+    assert!(text.starts_with("ID") && text.contains(&long), "{text}");
+
+    // Cancel `long`: as a DELETE, its worker killed, its status and its subscribers say so.
+    let (code, reply) = ctl_json(dir.path(), &["cancel", &long]);
+    assert_eq!(code, 0, "{reply}");
+    assert_eq!(reply["result"]["was"], "running");
+    assert_eq!(terminal_event(&mut ws, &long)["type"], "cancelled");
+    let mut resp = http
+        .get(format!("http://{addr}/v1/tasks/{long}"))
+        .call()
+        .unwrap();
+    let task: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(task["status"], "cancelled", "{task}");
+    assert!(
+        wait_until_gone(long_pid),
+        "the cancelled task's worker {long_pid} lives on"
+    );
+    let (code, reply) = ctl_json(dir.path(), &["cancel", &long]);
+    assert_eq!(
+        (code, &reply["error"]["kind"]),
+        (1, &json!("unknown_job")),
+        "{reply}"
+    );
+    let (code, reply) = ctl_json(dir.path(), &["cancel", "not-a-task-id"]);
+    assert_eq!(
+        (code, &reply["error"]["kind"]),
+        (1, &json!("unknown_job")),
+        "{reply}"
+    );
+
+    // Drain: submissions are refused from then on, `short` finishes, exit as on SIGTERM.
+    let (code, reply) = ctl_json(dir.path(), &["drain"]);
+    assert_eq!(code, 0, "{reply}");
+    assert_eq!(reply["result"]["unfinished"], 1, "{reply}");
+    let deadline = Instant::now() + DEADLINE;
+    // Until the server saw the drain, a quick probe may still be accepted.
+    while submit(&http, &addr, json!({"task": "add", "args": [1, 2]})).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "submissions still accepted after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let done = terminal_event(&mut ws, &short);
+    assert_eq!(
+        (&done["type"], &done["result"]),
+        (&json!("completed"), &json!(10_000)),
+        "{done}"
+    );
     assert_eq!(serve.wait(), 143);
     assert!(!socket.exists());
 }
 
+/// Polls until `pid` is gone (reaped by its parent).
+fn wait_until_gone(pid: u32) -> bool {
+    let deadline = Instant::now() + DEADLINE;
+    while proc_stat(pid).is_some() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 #[test]
-fn agent_answers_status_and_drains_on_request() {
+fn agent_lists_and_cancels_a_broker_task_for_good_then_drains() {
     let _serial = serial_blocking();
     let redis = redis_server::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
     let mut agent = Supervisor::start(
         dir.path(),
         &[
             "agent",
             "--broker",
-            &redis.url(),
+            &url,
             "--worker",
             DEMO,
             "--workers",
             "1",
         ],
     );
-    let socket = agent.socket("agent");
-    let status = wait_for(dir.path(), &socket, &["status"], |s| {
+    let agent_socket = agent.socket("agent");
+    let status = wait_for(dir.path(), &agent_socket, &["status"], |s| {
         s["workers"]["idle"] == 1
     });
     assert_eq!(status["supervisor"], "agent");
     assert_eq!(status["draining"], false);
-    let (code, reply) = ctl_json(dir.path(), &["drain"]);
+
+    // A batch submits one task of ten minutes through the broker.
+    let job_file = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &job_file,
+        "{\"id\":\"long\",\"task\":\"sleep_ms\",\"args\":[600000]}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut run = Supervisor::start(
+        dir.path(),
+        &[
+            "run",
+            "--broker",
+            &url,
+            "--jobs",
+            job_file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ],
+    );
+    let jobs = wait_for(dir.path(), &agent_socket, &["jobs"], |j| {
+        j["jobs"][0]["status"] == "running"
+    });
+    let task = jobs["jobs"][0].clone();
+    assert_eq!(
+        (&task["task"], &task["attempt"]),
+        (&json!("sleep_ms"), &json!(1)),
+        "{task}"
+    );
+    assert!(task["elapsed_ms"].is_u64(), "{task}");
+    let pid = task["worker_pid"].as_u64().unwrap() as u32;
+    assert_eq!(proc_stat(pid).expect("a live worker").ppid, agent.pid());
+    let id = task["id"].as_str().unwrap();
+
+    let control = agent_socket.to_str().unwrap();
+    let (code, reply) = ctl_json(dir.path(), &["--control", control, "cancel", id]);
+    assert_eq!(code, 0, "{reply}");
+    assert_eq!(reply["result"]["was"], "running");
+    // The submitter sees `cancelled` (not a hand-back): its batch ends with that record.
+    assert_eq!(run.wait(), 1);
+    let records = records(&out);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["status"], "cancelled", "{records:?}");
+    assert!(
+        wait_until_gone(pid),
+        "the cancelled task's worker {pid} lives on"
+    );
+    // For good: the broker's durable cancel flag is set, though the batch still watched
+    // the task (a submitter's cancel would only have let go of it then).
+    let flag = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "HGET",
+            &format!("{{procpool}}:t:{id}"),
+            "cancel",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&flag.stdout).trim(), "1");
+    let (code, reply) = ctl_json(dir.path(), &["--control", control, "cancel", id]);
+    assert_eq!(
+        (code, &reply["error"]["kind"]),
+        (1, &json!("unknown_job")),
+        "{reply}"
+    );
+    let idle = wait_for(dir.path(), &agent_socket, &["jobs"], |j| {
+        j["jobs"] == json!([])
+    });
+    assert_eq!(idle["jobs"], json!([]));
+
+    let (code, reply) = ctl_json(dir.path(), &["--control", control, "drain"]);
     assert_eq!(code, 0, "{reply}");
     assert_eq!(agent.wait(), 143);
-    assert!(!socket.exists());
+    assert!(!agent_socket.exists());
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use procpool_core::{Pool, Task, TaskError};
+use procpool_core::{Pool, Task, TaskError, TaskWatch};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use uuid::Uuid;
 
@@ -90,6 +90,10 @@ enum Ctl {
 
 struct Running {
     lease: Lease,
+    /// The task's name, for [`AgentTasks::list`].
+    name: String,
+    /// Where it runs on the local pool, once submitted there.
+    watch: Option<TaskWatch>,
     ctl: mpsc::UnboundedSender<Ctl>,
     /// Its worker is being killed because the lease could not be vouched for: it is no
     /// longer renewed, so the broker hands the task on once the lease runs out.
@@ -127,6 +131,108 @@ impl<B> Agent<B> {
     }
 }
 
+/// The tasks an agent runs, for an operator on its host (`procpool ctl` on `procpool
+/// agent`): listed, and cancelled for good. Give a clone to [`run_agent`]; it is empty
+/// before the agent starts and after it returned. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct AgentTasks {
+    agent: Arc<Mutex<Option<Arc<dyn Operate>>>>,
+}
+
+/// A task an agent runs, as [`AgentTasks::list`] gives it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AgentTask {
+    /// Task id.
+    pub id: Uuid,
+    /// Function name.
+    pub name: String,
+    /// The broker's attempt number (1 for the first agent to run it).
+    pub attempt: u32,
+    /// The local worker running it now (after a local retry, the retry's); `None` until
+    /// one starts it.
+    pub worker_pid: Option<u32>,
+    /// Time on that worker so far.
+    pub elapsed: Option<Duration>,
+}
+
+/// The agent behind [`AgentTasks`], without its broker type.
+trait Operate: Send + Sync {
+    fn list(&self) -> Vec<AgentTask>;
+    fn cancel(&self, id: Uuid) -> futures::future::BoxFuture<'_, Result<bool, BrokerError>>;
+}
+
+impl AgentTasks {
+    /// The tasks the agent runs now, longest running first.
+    pub fn list(&self) -> Vec<AgentTask> {
+        self.agent().map(|a| a.list()).unwrap_or_default()
+    }
+
+    /// Cancels a task this agent runs, for good: the broker's durable cancel flag is set
+    /// (no other agent will run it, whoever else watches it), the worker is killed, and
+    /// its submitters see `cancelled`. `false` when this agent runs no task `id`.
+    pub async fn cancel(&self, id: Uuid) -> Result<bool, BrokerError> {
+        match self.agent() {
+            Some(agent) => agent.cancel(id).await,
+            None => Ok(false),
+        }
+    }
+
+    fn agent(&self) -> Option<Arc<dyn Operate>> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn attach(&self, agent: Option<Arc<dyn Operate>>) {
+        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = agent;
+    }
+}
+
+impl std::fmt::Debug for AgentTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTasks")
+            .field("running", &self.agent().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Broker> Operate for Agent<B> {
+    fn list(&self) -> Vec<AgentTask> {
+        let now = std::time::Instant::now();
+        let mut tasks: Vec<AgentTask> = self
+            .running()
+            .values()
+            .map(|r| {
+                let watch = r.watch.as_ref();
+                AgentTask {
+                    id: r.lease.id,
+                    name: r.name.clone(),
+                    attempt: r.lease.attempt,
+                    worker_pid: watch.and_then(TaskWatch::worker_pid),
+                    elapsed: watch
+                        .and_then(TaskWatch::attempt_started)
+                        .map(|t| now.saturating_duration_since(t)),
+                }
+            })
+            .collect();
+        tasks.sort_by(|a, b| b.elapsed.cmp(&a.elapsed).then(a.id.cmp(&b.id)));
+        tasks
+    }
+
+    fn cancel(&self, id: Uuid) -> futures::future::BoxFuture<'_, Result<bool, BrokerError>> {
+        Box::pin(async move {
+            if !self.running().contains_key(&id) {
+                return Ok(false);
+            }
+            // The flag first: should the worker's kill or the outcome's write not go
+            // through (lease lost, broker away), no agent runs the task again.
+            self.broker.cancel_for_all(id).await?;
+            tracing::info!(task = %id, "cancelled by an operator");
+            self.tell(id, Ctl::Cancel);
+            Ok(true)
+        })
+    }
+}
+
 /// A unique agent id: `host-pid-uuid`, never reused.
 fn agent_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -146,6 +252,7 @@ pub async fn run_agent<B: Broker>(
     broker: Arc<B>,
     pool: Pool,
     options: AgentOptions,
+    tasks: AgentTasks,
     stop: impl Future<Output = StopMode>,
     force: impl Future<Output = ()>,
 ) -> Result<String, BrokerError> {
@@ -166,6 +273,7 @@ pub async fn run_agent<B: Broker>(
         ended: Notify::new(),
     });
     let me = agent.info.id.clone();
+    tasks.attach(Some(agent.clone()));
     tracing::info!(agent = %me, broker = agent.broker.url(), workers = slots, "agent started");
     let background = [
         tokio::spawn(renew_loop(agent.clone())),
@@ -203,6 +311,7 @@ pub async fn run_agent<B: Broker>(
             }
         }
     }
+    tasks.attach(None);
     for task in background {
         task.abort();
     }
@@ -289,6 +398,8 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
                         id,
                         Running {
                             lease: lease.clone(),
+                            name: claimed.name.clone(),
+                            watch: None,
                             ctl,
                             abandoned: false,
                         },
@@ -374,6 +485,11 @@ async fn run_task<B: Broker>(
                 task = task.retry(agent.options.retry.with_max_retries(n));
             }
             let mut handle = agent.pool.submit(task);
+            if let Some(r) = agent.running().get_mut(&lease.id)
+                && r.lease == lease
+            {
+                r.watch = Some(handle.watch());
+            }
             for m in claimed.messages {
                 if let Err(e) = handle.send(m) {
                     tracing::warn!("message to a task dropped: {e}");

@@ -166,6 +166,13 @@ pub trait Broker: Send + Sync + 'static {
         id: Uuid,
         inbox: &str,
     ) -> impl Future<Output = Result<Cancelled, BrokerError>> + Send;
+    /// An operator cancels a task for good, for every submitter watching it: the durable
+    /// flag and the notification (a queued task ends `cancelled` at once). Never
+    /// [`Cancelled::LetGo`].
+    fn cancel_for_all(
+        &self,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Cancelled, BrokerError>> + Send;
     /// Queues a message for a task.
     fn send_message(
         &self,

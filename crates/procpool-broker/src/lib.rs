@@ -8,7 +8,8 @@
 //!   agents died too often is `lost`.
 //! - [`run_agent`] is the agent: a local pool pulling as many tasks as it has free
 //!   slots, with leases renewed by its own task, attempt fencing on every write, reaping
-//!   of dead agents and durable cancel.
+//!   of dead agents and durable cancel; [`AgentTasks`] lists its tasks and cancels
+//!   one for good, for an operator.
 //! - [`Broker`] is the seam for another engine; [`RedisBroker`] is the Redis one (its
 //!   scripts are `scripts/*.lua`, with the data model in `scripts/lib.lua`).
 //!
@@ -34,7 +35,7 @@ mod redis;
 mod url;
 mod wire;
 
-pub use agent::{AgentOptions, StopMode, run_agent};
+pub use agent::{AgentOptions, AgentTask, AgentTasks, StopMode, run_agent};
 pub use broker::{
     AgentInfo, Broker, Cancelled, Claimed, Control, Fetched, Lease, NewTask, ReadEvent, Renewal,
     Submitted, TakenResults,

@@ -140,6 +140,28 @@ impl RedisBroker {
         format!("{}:{kind}:{id}", self.prefix)
     }
 
+    /// The cancel script for `id`; `inbox` is the submitter's inbox key, empty for an
+    /// operator's cancel.
+    async fn run_cancel(&self, id: Uuid, inbox: &str) -> Result<Cancelled, BrokerError> {
+        let id = id.to_string();
+        let done: i64 = self
+            .scripts
+            .cancel
+            .prepare_invoke()
+            .key(self.key("t", &id))
+            .key(self.key("w", &id))
+            .arg(&self.prefix)
+            .arg(&id)
+            .arg(inbox)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(match done {
+            1 | 2 => Cancelled::Cancelled,
+            3 => Cancelled::LetGo,
+            _ => Cancelled::NotLive,
+        })
+    }
+
     fn queue(&self) -> String {
         format!("{}:q", self.prefix)
     }
@@ -304,23 +326,11 @@ impl Broker for RedisBroker {
     }
 
     async fn cancel(&self, id: Uuid, inbox: &str) -> Result<Cancelled, BrokerError> {
-        let id = id.to_string();
-        let done: i64 = self
-            .scripts
-            .cancel
-            .prepare_invoke()
-            .key(self.key("t", &id))
-            .key(self.key("w", &id))
-            .arg(&self.prefix)
-            .arg(&id)
-            .arg(self.key("n", inbox))
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(match done {
-            1 | 2 => Cancelled::Cancelled,
-            3 => Cancelled::LetGo,
-            _ => Cancelled::NotLive,
-        })
+        self.run_cancel(id, &self.key("n", inbox)).await
+    }
+
+    async fn cancel_for_all(&self, id: Uuid) -> Result<Cancelled, BrokerError> {
+        self.run_cancel(id, "").await
     }
 
     async fn send_message(&self, id: Uuid, bytes: Vec<u8>) -> Result<(), BrokerError> {

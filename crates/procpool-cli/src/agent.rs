@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use procpool::{Pool, Shutdown};
-use procpool_broker::{AgentOptions, ClientOptions, RedisBroker, StopMode};
+use procpool_broker::{AgentOptions, AgentTasks, ClientOptions, RedisBroker, StopMode};
 
 use crate::cli::{AgentArgs, OnSignal, PolicyArgs, SubmitArgs};
-use crate::control::{Control, ControlServer};
+use crate::control::{Control, ControlServer, Jobs};
 use crate::run::{Host, retry_policy, start_pool};
 use crate::signals::{Signals, Stop};
 use crate::{Exit, Failure};
@@ -74,7 +74,13 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
     )
     .await?;
     let (drain_tx, mut drain_rx) = tokio::sync::mpsc::unbounded_channel();
-    let control = Arc::new(Control::new("agent", pool.clone()).with_drain(drain_tx));
+    let tasks = AgentTasks::default();
+    let control = Arc::new(Control::new(
+        "agent",
+        pool.clone(),
+        Jobs::Agent(tasks.clone()),
+        drain_tx,
+    ));
     let _control_server = ControlServer::open(args.control.control.as_deref(), control.clone())
         .map_err(Failure::Setup)?;
     // The first signal stops the agent per --on-signal, and `procpool ctl drain` with a
@@ -114,6 +120,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<Exit, Failure> {
         std::sync::Arc::new(broker),
         pool.clone(),
         options,
+        tasks,
         stop,
         force,
     )

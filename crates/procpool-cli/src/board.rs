@@ -1,13 +1,15 @@
 //! The live jobs of a `procpool run`, as `procpool ctl` sees them: each dispatched job
 //! holds a [`Ticket`] on the [`Board`] until its record is made, saying which worker runs
-//! it since when, and through which a `ctl cancel` reaches it. The board also counts the
-//! records by status. The batch loop and the job futures write it; the control server
-//! (`control.rs`) only reads it and sends cancels.
+//! its current attempt since when (a [`TaskWatch`] of its task), and through which a
+//! `ctl cancel` reaches it. The board also counts the records by status. The batch loop
+//! and the job futures write it; the control server (`control.rs`) only reads it and
+//! sends cancels.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use procpool::pool::TaskWatch;
 use tokio::sync::oneshot;
 
 use crate::ctl_wire::{JobCounts, JobView};
@@ -27,8 +29,8 @@ struct Inner {
 
 struct Live {
     task: String,
-    /// The worker running it and since when; `None` while queued.
-    running: Option<(u32, Instant)>,
+    /// Where its task runs, once submitted (nested tasks run first).
+    watch: Option<TaskWatch>,
     /// Taken by the first `cancel`.
     cancel: Option<oneshot::Sender<()>>,
 }
@@ -50,7 +52,7 @@ impl Board {
             id.to_owned(),
             Live {
                 task: task.to_owned(),
-                running: None,
+                watch: None,
                 cancel: Some(tx),
             },
         );
@@ -80,7 +82,7 @@ impl Board {
     /// Records so far by status, and the live jobs running or queued.
     pub(crate) fn counts(&self) -> JobCounts {
         let inner = self.lock();
-        let running = inner.live.values().filter(|l| l.running.is_some()).count() as u64;
+        let running = inner.live.values().filter(|l| l.worker().is_some()).count() as u64;
         JobCounts {
             running,
             queued: inner.live.len() as u64 - running,
@@ -96,21 +98,17 @@ impl Board {
             .live
             .iter()
             .map(|(id, live)| {
+                let worker = live.worker();
                 let view = JobView {
                     id: id.clone(),
                     task: live.task.clone(),
-                    status: if live.running.is_some() {
-                        "running"
-                    } else {
-                        "queued"
-                    }
-                    .into(),
-                    worker_pid: live.running.map(|(pid, _)| pid),
-                    elapsed_ms: live
-                        .running
-                        .map(|(_, since)| now.duration_since(since).as_millis() as u64),
+                    status: JobView::status(worker.is_some()),
+                    attempt: worker.map(|w| w.attempt),
+                    worker_pid: worker.map(|w| w.pid),
+                    elapsed_ms: worker
+                        .map(|w| now.saturating_duration_since(w.since).as_millis() as u64),
                 };
-                (live.running.map(|(_, since)| since), view)
+                (worker.map(|w| w.since), view)
             })
             .collect();
         jobs.sort_by(|(a, x), (b, y)| match (a, b) {
@@ -122,16 +120,6 @@ impl Board {
         jobs.into_iter().map(|(_, view)| view).collect()
     }
 
-    /// The job each worker pid runs.
-    pub(crate) fn job_on(&self, pid: u32) -> Option<String> {
-        let inner = self.lock();
-        inner
-            .live
-            .iter()
-            .find(|(_, l)| l.running.is_some_and(|(p, _)| p == pid))
-            .map(|(id, _)| id.clone())
-    }
-
     /// Cancels a live job; says whether it was running or queued.
     pub(crate) fn cancel(&self, id: &str) -> Result<&'static str, CancelRefused> {
         let mut inner = self.lock();
@@ -140,7 +128,7 @@ impl Board {
         // A ticket whose job is ending right now may have stopped listening: the job
         // then ends as it would have, and the reply still says what it was doing.
         let _ = tx.send(());
-        Ok(if live.running.is_some() {
+        Ok(if live.worker().is_some() {
             "running"
         } else {
             "queued"
@@ -164,11 +152,30 @@ pub(crate) struct Ticket {
     cancel: oneshot::Receiver<()>,
 }
 
+impl Live {
+    /// The worker running its current attempt, if one started it.
+    fn worker(&self) -> Option<Worker> {
+        let watch = self.watch.as_ref()?;
+        Some(Worker {
+            pid: watch.worker_pid()?,
+            attempt: watch.attempts(),
+            since: watch.attempt_started()?,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Worker {
+    pid: u32,
+    attempt: u32,
+    since: Instant,
+}
+
 impl Ticket {
-    /// The job is on worker `pid` from now on (again, after a retry).
-    pub(crate) fn running(&self, pid: u32) {
+    /// The job's task was submitted: from now on the board follows it to its workers.
+    pub(crate) fn watch(&self, watch: TaskWatch) {
         if let Some(live) = self.board.lock().live.get_mut(&self.id) {
-            live.running = Some((pid, Instant::now()));
+            live.watch = Some(watch);
         }
     }
 

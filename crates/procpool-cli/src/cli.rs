@@ -86,14 +86,16 @@ pub(crate) struct CtlArgs {
 pub(crate) enum CtlAction {
     /// Jobs by status, queued jobs, workers by state.
     Status,
-    /// The running and queued jobs: id, task, worker pid, time running.
+    /// The running and queued jobs (tasks of serve and agent): id, task, attempt, worker
+    /// pid, time running.
     Jobs,
     /// The worker processes: pid, resident memory, the job each runs.
     Workers,
     /// Cancel one job by its id: a queued job never runs, a running one has its worker
-    /// killed; its record says `cancelled`.
+    /// killed; its record says `cancelled` (serve: its status; agent: for good, on the
+    /// broker).
     Cancel {
-        /// The job's `id` (from the job file).
+        /// The job's `id` (from the job file); the task id for serve and agent.
         id: String,
     },
     /// Stop dispatching and let the running jobs finish, as SIGTERM does with
@@ -648,9 +650,10 @@ SIGNALS:
   The first SIGTERM or SIGINT stops accepting connections, cancels the running tasks
   (or lets them finish with --on-signal drain), reaps every worker and exits 143
   (SIGTERM) or 130 (SIGINT). A second one kills every worker at once. SIGHUP is ignored.
+  `procpool ctl drain` stops it as SIGTERM with --on-signal drain.
 
 EXIT CODES:
-  130/143  stopped by SIGINT/SIGTERM
+  130/143  stopped by SIGINT/SIGTERM (143 too after `procpool ctl drain`)
   1        the server failed while running
   2        bad usage, an address it cannot listen on, a non-loopback --listen without a
            token, or a worker binary that is missing or is not a procpool worker";
@@ -663,8 +666,11 @@ EXAMPLES:
   procpool ctl drain                   no new job starts; running ones finish; exit 143
   procpool ctl --json workers          one JSON object, for scripts
 
-`procpool run` answers everything; `serve` and `agent` answer status and workers (their
-tasks are listed and cancelled over HTTP or through the broker), and `agent` also drain.
+`procpool run`, `serve` and `agent` answer every command. For serve, `cancel TASK_ID` is
+a DELETE of the task and `drain` a SIGTERM with --on-signal drain (no new submission,
+running tasks finish). For an agent, `jobs` lists the broker tasks it runs and `cancel
+TASK_ID` cancels one for good (the broker's cancel flag: no agent runs it again, its
+submitters get `cancelled`); `drain` takes no new task.
 
 PROTOCOL (for other clients): one JSON object per line each way on the Unix socket,
   {\"v\": 1, \"cmd\": \"status\"|\"jobs\"|\"workers\"|\"drain\"}
@@ -675,7 +681,7 @@ PROTOCOL (for other clients): one JSON object per line each way on the Unix sock
 
 EXIT CODES:
   0  the supervisor answered
-  1  it refused the request (unknown job, not supported by that subcommand, ...)
+  1  it refused the request (unknown job, broker unavailable, ...)
   2  no live supervisor found, several found without --control, or bad usage";
 
 const CONFIG_HELP: &str = "\

@@ -3,8 +3,10 @@
 //! its status, jobs and workers, cancels a job or starts a drain. [`ControlServer::open`]
 //! binds it (mode 0600; a stale socket of a dead process is replaced, a live one
 //! refused) and serves it until dropped, which removes it. The protocol is in
-//! `ctl_wire.rs`; the jobs of a batch come from its board (`board.rs`).
+//! `ctl_wire.rs`; the jobs of a batch come from its board (`board.rs`), the tasks of
+//! `serve` and `agent` from `procpool-serve` and `procpool-broker`.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -16,13 +18,15 @@ use anyhow::Context as _;
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, Name};
 use interprocess::os::unix::local_socket::ListenerOptionsExt as _;
-use procpool::Pool;
+use procpool::{Pool, Uuid};
+use procpool_broker::AgentTasks;
+use procpool_serve::{CancelOutcome, ServeControl};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::board::{Board, CancelRefused};
 use crate::ctl_wire::{
-    self, CancelReply, DrainReply, JobsReply, Reply, Request, StatusReply, WorkerCounts,
+    self, CancelReply, DrainReply, JobView, JobsReply, Reply, Request, StatusReply, WorkerCounts,
     WorkerView, WorkersReply,
 };
 
@@ -33,42 +37,44 @@ const MAX_CONNECTIONS: usize = 16;
 /// A connection that sends no complete request for this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// What the control socket answers from: the supervisor's pool, a batch's board, and
+/// What the control socket answers from: the supervisor's pool, its live jobs, and
 /// where a drain request goes.
 pub(crate) struct Control {
     /// `run`, `serve` or `agent`.
     subcommand: &'static str,
     pool: Pool,
-    /// The jobs of `procpool run`; `None` for `serve` and `agent`.
-    board: Option<Arc<Board>>,
-    /// Where `drain` goes; `None` where the subcommand cannot drain on request.
-    drain: Option<mpsc::UnboundedSender<()>>,
+    jobs: Jobs,
+    /// Where `drain` goes (the first time only).
+    drain: mpsc::UnboundedSender<()>,
     draining: AtomicBool,
     started: Instant,
 }
 
+/// Where a supervisor's live jobs are listed and cancelled.
+pub(crate) enum Jobs {
+    /// `procpool run`: the batch's board, which also counts the records.
+    Batch(Arc<Board>),
+    /// `procpool serve`: the server's tasks not ended yet.
+    Serve(ServeControl),
+    /// `procpool agent`: the broker tasks it runs.
+    Agent(AgentTasks),
+}
+
 impl Control {
-    pub(crate) fn new(subcommand: &'static str, pool: Pool) -> Control {
+    pub(crate) fn new(
+        subcommand: &'static str,
+        pool: Pool,
+        jobs: Jobs,
+        drain: mpsc::UnboundedSender<()>,
+    ) -> Control {
         Control {
             subcommand,
             pool,
-            board: None,
-            drain: None,
+            jobs,
+            drain,
             draining: AtomicBool::new(false),
             started: Instant::now(),
         }
-    }
-
-    /// The jobs of a batch, for `status`, `jobs`, `workers` and `cancel`.
-    pub(crate) fn with_board(mut self, board: Arc<Board>) -> Control {
-        self.board = Some(board);
-        self
-    }
-
-    /// Drains on request: `drain` sends one message on `tx` (the first time only).
-    pub(crate) fn with_drain(mut self, tx: mpsc::UnboundedSender<()>) -> Control {
-        self.drain = Some(tx);
-        self
     }
 
     /// Marks the supervisor as draining (a signal started it), for `status`.
@@ -110,12 +116,9 @@ impl Control {
         };
         match (request.cmd.as_str(), request.id) {
             ("status", None) => Reply::ok(self.status().await),
-            ("jobs", None) => match &self.board {
-                Some(board) => Reply::ok(JobsReply { jobs: board.jobs() }),
-                None => self.not_supported("jobs"),
-            },
+            ("jobs", None) => Reply::ok(JobsReply { jobs: self.jobs() }),
             ("workers", None) => Reply::ok(self.workers().await),
-            ("cancel", Some(id)) => self.cancel(id),
+            ("cancel", Some(id)) => self.cancel(id).await,
             ("drain", None) => self.drain(),
             ("cancel", None) => Reply::error("bad_request", "cancel needs the job's \"id\""),
             (cmd @ ("status" | "jobs" | "workers" | "drain"), Some(_)) => {
@@ -131,21 +134,6 @@ impl Control {
         }
     }
 
-    fn not_supported(&self, cmd: &str) -> Reply {
-        let elsewhere = match self.subcommand {
-            "serve" => "its tasks are listed and cancelled over HTTP (/v1/tasks)",
-            "agent" => "its tasks are listed and cancelled through the broker",
-            _ => "",
-        };
-        Reply::error(
-            "not_supported",
-            format!(
-                "procpool {} does not answer {cmd} on its control socket: {elsewhere}",
-                self.subcommand
-            ),
-        )
-    }
-
     async fn status(&self) -> StatusReply {
         let pool = self.pool.status().await;
         StatusReply {
@@ -153,7 +141,10 @@ impl Control {
             pid: std::process::id(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             draining: self.draining.load(Ordering::Acquire),
-            jobs: self.board.as_ref().map(|b| b.counts()),
+            jobs: match &self.jobs {
+                Jobs::Batch(board) => Some(board.counts()),
+                Jobs::Serve(_) | Jobs::Agent(_) => None,
+            },
             pool_queued: pool.queued,
             workers: WorkerCounts {
                 busy: pool.busy,
@@ -164,7 +155,55 @@ impl Control {
         }
     }
 
+    /// The live jobs, running ones first (longest running first).
+    fn jobs(&self) -> Vec<JobView> {
+        let millis = |d: Duration| d.as_millis() as u64;
+        match &self.jobs {
+            Jobs::Batch(board) => board.jobs(),
+            Jobs::Serve(server) => server
+                .tasks()
+                .into_iter()
+                .map(|t| JobView {
+                    id: t.id.to_string(),
+                    task: t.task,
+                    status: JobView::status(t.running),
+                    attempt: None,
+                    worker_pid: t.worker_pids.first().copied(),
+                    elapsed_ms: Some(millis(t.elapsed)),
+                })
+                .collect(),
+            Jobs::Agent(agent) => agent
+                .list()
+                .into_iter()
+                .map(|t| JobView {
+                    id: t.id.to_string(),
+                    task: t.name,
+                    status: JobView::status(t.worker_pid.is_some()),
+                    attempt: Some(t.attempt),
+                    worker_pid: t.worker_pid,
+                    elapsed_ms: t.elapsed.map(millis),
+                })
+                .collect(),
+        }
+    }
+
     async fn workers(&self) -> WorkersReply {
+        // Every worker of a serve task's graph, not only the one `jobs` shows.
+        let on: HashMap<u32, String> = match &self.jobs {
+            Jobs::Serve(server) => server
+                .tasks()
+                .into_iter()
+                .flat_map(|t| {
+                    let id = t.id.to_string();
+                    t.worker_pids.into_iter().map(move |pid| (pid, id.clone()))
+                })
+                .collect(),
+            _ => self
+                .jobs()
+                .into_iter()
+                .filter_map(|j| Some((j.worker_pid?, j.id)))
+                .collect(),
+        };
         let workers = self
             .pool
             .worker_pids()
@@ -173,53 +212,81 @@ impl Control {
             .map(|pid| WorkerView {
                 pid,
                 rss_bytes: procpool::pool::rss_bytes(pid),
-                job: self.board.as_ref().and_then(|b| b.job_on(pid)),
+                job: on.get(&pid).cloned(),
             })
             .collect();
         WorkersReply { workers }
     }
 
-    fn cancel(&self, id: String) -> Reply {
-        let Some(board) = &self.board else {
-            return self.not_supported("cancel");
-        };
-        match board.cancel(&id) {
-            Ok(was) => {
-                tracing::info!(job = %id, was, "job cancelled by procpool ctl");
-                Reply::ok(CancelReply {
-                    id,
-                    was: was.into(),
-                })
-            }
-            Err(CancelRefused::Unknown) => Reply::error(
+    async fn cancel(&self, id: String) -> Reply {
+        let unknown = || {
+            Reply::error(
                 "unknown_job",
                 format!("no running or queued job has the id {id:?}"),
-            ),
-            Err(CancelRefused::AlreadyCancelled) => Reply::error(
-                "unknown_job",
-                format!("job {id:?} is already cancelled; its record is on its way"),
-            ),
-        }
+            )
+        };
+        let was = match &self.jobs {
+            Jobs::Batch(board) => match board.cancel(&id) {
+                Ok(was) => was,
+                Err(CancelRefused::Unknown) => return unknown(),
+                Err(CancelRefused::AlreadyCancelled) => {
+                    return Reply::error(
+                        "unknown_job",
+                        format!("job {id:?} is already cancelled; its record is on its way"),
+                    );
+                }
+            },
+            Jobs::Serve(server) => {
+                let Ok(uuid) = Uuid::parse_str(&id) else {
+                    return unknown();
+                };
+                match server.cancel(uuid).await {
+                    CancelOutcome::Cancelled { was_running: true } => "running",
+                    CancelOutcome::Cancelled { was_running: false } => "queued",
+                    CancelOutcome::AlreadyFinished => {
+                        return Reply::error("unknown_job", format!("task {id} already finished"));
+                    }
+                    _ => return unknown(),
+                }
+            }
+            Jobs::Agent(agent) => {
+                let Ok(uuid) = Uuid::parse_str(&id) else {
+                    return unknown();
+                };
+                let was = match agent.list().iter().find(|t| t.id == uuid) {
+                    Some(t) if t.worker_pid.is_none() => "queued",
+                    _ => "running",
+                };
+                match agent.cancel(uuid).await {
+                    Ok(true) => was,
+                    Ok(false) => return unknown(),
+                    Err(e) => {
+                        return Reply::error(
+                            "unavailable",
+                            format!("cannot cancel task {id} on the broker: {e}"),
+                        );
+                    }
+                }
+            }
+        };
+        tracing::info!(job = %id, was, "job cancelled by procpool ctl");
+        Reply::ok(CancelReply {
+            id,
+            was: was.into(),
+        })
     }
 
     fn drain(&self) -> Reply {
-        let Some(tx) = &self.drain else {
-            return Reply::error(
-                "not_supported",
-                format!(
-                    "procpool {} does not drain on request: send it SIGTERM with \
-                     --on-signal drain",
-                    self.subcommand
-                ),
-            );
-        };
         if !self.draining.swap(true, Ordering::AcqRel) {
             tracing::info!("procpool ctl drain: no new job starts; the running ones finish");
             // The receiver lives as long as the supervisor's loop; after it, nothing is
             // left to drain.
-            let _ = tx.send(());
+            let _ = self.drain.send(());
         }
-        let unfinished = self.board.as_ref().map_or(0, |b| b.unfinished());
+        let unfinished = match &self.jobs {
+            Jobs::Batch(board) => board.unfinished(),
+            _ => self.jobs().len() as u64,
+        };
         Reply::ok(DrainReply { unfinished })
     }
 }

@@ -164,12 +164,17 @@ fn human(action: &CtlAction, result: serde_json::Value) -> anyhow::Result<String
                     j.id,
                     j.task,
                     j.status,
+                    j.attempt.map_or("-".into(), |a| a.to_string()),
                     j.worker_pid.map_or("-".into(), |p| p.to_string()),
                     j.elapsed_ms
                         .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
                 ]
             });
-            table(&mut s, ["ID", "TASK", "STATUS", "WORKER", "ELAPSED"], rows);
+            table(
+                &mut s,
+                ["ID", "TASK", "STATUS", "ATTEMPT", "WORKER", "ELAPSED"],
+                rows,
+            );
         }
         CtlAction::Workers => {
             let r: WorkersReply = parse(result)?;

@@ -43,8 +43,8 @@ pub(crate) struct Reply {
 /// Why a request was refused.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ReplyError {
-    /// `bad_request`, `too_large`, `unsupported_version`, `unknown_job`,
-    /// `not_supported`, `busy`.
+    /// `bad_request`, `too_large`, `unsupported_version`, `unknown_job`, `busy`,
+    /// `unavailable` (an agent's broker could not be reached).
     pub(crate) kind: String,
     pub(crate) message: String,
 }
@@ -90,7 +90,7 @@ pub(crate) struct StatusReply {
     pub(crate) uptime_ms: u64,
     /// A drain was asked for (by `ctl drain` or a signal): no new job starts.
     pub(crate) draining: bool,
-    /// Jobs by status (`run` only: the others list their tasks elsewhere).
+    /// Jobs by status (`run` only: a batch counts its records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) jobs: Option<JobCounts>,
     /// Tasks waiting in the pool for a worker.
@@ -121,23 +121,38 @@ pub(crate) struct WorkerCounts {
     pub(crate) size: usize,
 }
 
-/// `jobs`: the live jobs, running first, then queued, each by id.
+/// `jobs`: the live jobs, running first (longest running first), then queued.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct JobsReply {
     pub(crate) jobs: Vec<JobView>,
 }
 
+/// A live job of `run`, a task of `serve` not ended yet, or a broker task an `agent` runs.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct JobView {
+    /// The job's id (`run`), the task id (`serve`, `agent`): what `cancel` takes.
     pub(crate) id: String,
     pub(crate) task: String,
     /// `running` or `queued`.
     pub(crate) status: String,
+    /// The attempt running: 2 and on after retries (`run`); the broker's attempt
+    /// (`agent`). Absent for `serve` and while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) attempt: Option<u32>,
+    /// The worker of the current attempt (`serve`: one of the task's workers, for a
+    /// graph of nested tasks running on several).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) worker_pid: Option<u32>,
-    /// Time on its worker so far.
+    /// Time on that worker so far (`serve`: since the task was accepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) elapsed_ms: Option<u64>,
+}
+
+impl JobView {
+    /// The `status` of a job on a worker, or not yet.
+    pub(crate) fn status(running: bool) -> String {
+        if running { "running" } else { "queued" }.into()
+    }
 }
 
 /// `workers`: the live worker processes by pid.
@@ -152,7 +167,7 @@ pub(crate) struct WorkerView {
     /// Resident memory of the worker process; absent if it could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rss_bytes: Option<u64>,
-    /// The job it runs (`run` only).
+    /// The job (or task) it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) job: Option<String>,
 }

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::board::{Board, Ticket};
 use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RetryKind, RunArgs, SubmitArgs, WorkerArgs};
-use crate::control::{Control, ControlServer};
+use crate::control::{Control, ControlServer, Jobs};
 use crate::exit::{Exit, Failure};
 use crate::jobs::{self, Job, JobPolicy, JobReader, Parsed, Seen};
 use crate::ledger::Ledger;
@@ -108,11 +108,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
     tracing::info!(workers = pool.size(), "pool started");
     let board = Arc::new(Board::default());
     let (drain_tx, drain_rx) = mpsc::unbounded_channel();
-    let control = Arc::new(
-        Control::new("run", pool.clone())
-            .with_board(board.clone())
-            .with_drain(drain_tx),
-    );
+    let control = Arc::new(Control::new(
+        "run",
+        pool.clone(),
+        Jobs::Batch(board.clone()),
+        drain_tx,
+    ));
     let _control_server = ControlServer::open(args.control.control.as_deref(), control.clone())
         .map_err(Failure::Setup)?;
     let earlier_not_completed = previous.as_ref().map_or(0, |p| p.not_completed);
@@ -604,13 +605,11 @@ async fn finish(job: Job, mut handle: TaskHandle<Value>, mut ticket: Ticket) -> 
     if let Poll::Ready(outcome) = early {
         return Record::finished(job, outcome, handle.attempts(), submitted.elapsed());
     }
+    ticket.watch(handle.watch());
     let mut by_ctl = false;
     let began = tokio::select! {
         started = handle.started() => match started {
-            Some(pid) => {
-                ticket.running(pid);
-                Instant::now()
-            }
+            Some(_) => Instant::now(),
             None => submitted,
         },
         () = ticket.cancelled() => {

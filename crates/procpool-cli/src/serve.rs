@@ -7,10 +7,10 @@ use anyhow::Context as _;
 use procpool_serve::{OnSignal, ServeSettings, Server};
 
 use crate::cli::ServeArgs;
-use crate::control::{Control, ControlServer};
+use crate::control::{Control, ControlServer, Jobs};
 use crate::exit::{Exit, Failure};
 use crate::run::{Host, open_pool};
-use crate::signals::Signals;
+use crate::signals::{Signals, Stop};
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let mut settings = ServeSettings::default();
@@ -38,11 +38,6 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let signals = Signals::install()
         .context("cannot install the signal handlers")
         .map_err(Failure::Setup)?;
-    // The server stops gracefully at the first signal and at once at the second.
-    let stops = Box::pin(futures::stream::unfold(signals, |mut s| async move {
-        let stop = s.recv().await;
-        Some((stop, s))
-    }));
     let pool = open_pool(
         &args.broker,
         Some(&args.submit),
@@ -52,20 +47,43 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         Host::OwnThread,
     )
     .await?;
-    let control = Arc::new(Control::new("serve", pool.clone()));
-    let server = Server::bind(pool, settings)
+    let server = Server::bind(pool.clone(), settings)
         .await
         .map_err(|e| Failure::Setup(e.into()))?;
-    let _control_server =
-        ControlServer::open(args.control.control.as_deref(), control).map_err(Failure::Setup)?;
+    let tasks = server.control();
+    let (drain_tx, mut drain_rx) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(Control::new(
+        "serve",
+        pool,
+        Jobs::Serve(tasks.clone()),
+        drain_tx,
+    ));
+    // `procpool ctl drain`: the server drains as on a signal with --on-signal drain.
+    tokio::spawn(async move {
+        if drain_rx.recv().await.is_some() {
+            tasks.drain();
+        }
+    });
+    let _control_server = ControlServer::open(args.control.control.as_deref(), control.clone())
+        .map_err(Failure::Setup)?;
+    // The server stops gracefully at the first signal and at once at the second.
+    let stops = Box::pin(futures::stream::unfold(signals, move |mut s| {
+        let control = control.clone();
+        async move {
+            let stop = s.recv().await;
+            control.set_draining();
+            Some((stop, s))
+        }
+    }));
     say!(
         "procpool serve: listening on http://{}",
         server.local_addr()
     );
-    let signal = server
+    let stop = server
         .run(stops)
         .await
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    say!("procpool serve: stopped by {}", signal.name());
-    Ok(signal.exit())
+        .map_err(|e| Failure::Runtime(e.into()))?
+        .unwrap_or(Stop::Drain);
+    say!("procpool serve: stopped by {}", stop.name());
+    Ok(stop.exit())
 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Instant;
 
 use procpool_proto::{Encoding, TaskId, TaskInfo};
 use tokio::sync::{Notify, oneshot};
@@ -17,6 +18,8 @@ pub(crate) struct TaskShared {
     /// Pid of the worker that runs (or ran) the task; 0 until one starts it.
     pid: AtomicU32,
     attempts: AtomicU32,
+    /// When the current (last) attempt started; for status reports only.
+    started_at: Mutex<Option<Instant>>,
     ended: AtomicBool,
     changed: Notify,
     /// Messages from the task not yet read by the handle. A queue in place of a channel:
@@ -46,6 +49,7 @@ pub(crate) struct InboxFull {
 
 impl TaskShared {
     pub(crate) fn start(&self, pid: u32) {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.attempts.fetch_add(1, Ordering::AcqRel);
         self.pid.store(pid, Ordering::Release);
         self.changed.notify_waiters();
@@ -69,6 +73,10 @@ impl TaskShared {
 
     pub(crate) fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn started_at(&self) -> Option<Instant> {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {

@@ -62,6 +62,7 @@ mod remote;
 mod spawn;
 mod task;
 mod types;
+mod watch;
 mod worker_env;
 mod writer;
 
@@ -77,3 +78,4 @@ pub use procpool_proto::{ParamInfo, TaskInfo};
 pub use remote::{RemoteBackend, RemoteSubmission, Served, dedupe_id};
 pub use task::{Task, TaskHandle};
 pub use types::{CapturedOutput, PoolStatus, Progress, Shutdown};
+pub use watch::TaskWatch;

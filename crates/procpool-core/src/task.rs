@@ -18,6 +18,7 @@ use crate::errors::TaskError;
 use crate::host;
 use crate::internal::{Command, MessagesTx, Submission, TaskShared};
 use crate::types::{CapturedOutput, Progress, ProgressFn};
+use crate::watch::TaskWatch;
 
 /// One registered function with its arguments, ready to run in a worker.
 ///
@@ -384,6 +385,14 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     /// How many times the task was started so far (retries included); 0 while queued.
     pub fn attempts(&self) -> u32 {
         self.shared.attempts()
+    }
+
+    /// A view of where the task runs, for status reports: cheap to clone and keep beside
+    /// the handle (e.g. in a table a control socket reads).
+    pub fn watch(&self) -> TaskWatch {
+        TaskWatch {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Waits until a worker starts the task and returns its pid (at once if it already

@@ -1,7 +1,8 @@
 //! The HTTP and WebSocket control plane over a [`TaskManager`](procpool::TaskManager):
 //! what `procpool serve` runs. It defines [`Server`] (bind, serve, stop on a signal),
-//! [`ServeSettings`] and [`OnSignal`] (how it is configured) and [`ServeError`]; what stops
-//! it is any stream the caller gives (`procpool-cli` gives SIGTERM and SIGINT). It is not the pool (`procpool-core`)
+//! [`ServeSettings`] and [`OnSignal`] (how it is configured), [`ServeControl`] (its tasks
+//! and its drain for an operator, e.g. `procpool ctl`) and [`ServeError`]; what stops it
+//! is any stream the caller gives (`procpool-cli` gives SIGTERM and SIGINT), or a drain. It is not the pool (`procpool-core`)
 //! nor the orchestration (`procpool-manager`): every task goes through the task manager's
 //! public API, which gives the sharing by cache key, the events and nested `$task`
 //! arguments; the command line that builds the pool is `procpool-cli`.
@@ -35,7 +36,10 @@
 //! let server = Server::bind(pool, settings).await?;
 //! eprintln!("listening on http://{}", server.local_addr());
 //! let signal = server.run(stops).await?;
-//! eprintln!("stopped by {signal}");
+//! match signal {
+//!     Some(signal) => eprintln!("stopped by {signal}"),
+//!     None => eprintln!("drained"),
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -57,6 +61,7 @@
 #![deny(missing_docs)]
 
 mod clients;
+mod control;
 mod errors;
 mod events;
 mod metrics;
@@ -67,6 +72,7 @@ mod settings;
 mod shared;
 mod table;
 
+pub use control::{CancelOutcome, LiveTask, ServeControl};
 pub use errors::ServeError;
 pub use server::Server;
 pub use settings::{OnSignal, ServeSettings};

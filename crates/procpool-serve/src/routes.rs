@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::events::{self, WireEvent};
 use crate::metrics::{self, PoolGauges};
 use crate::report::Status;
-use crate::shared::Shared;
+use crate::shared::{Cancel, Shared};
 use crate::table::{Entry, Lookup};
 
 /// Longest channel name and cache key accepted, in bytes.
@@ -451,34 +451,17 @@ async fn read(State(shared): Ctx, Path(id): Path<String>) -> Result<Json<Value>,
 
 async fn cancel(State(shared): Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
     let uuid = parse_id(&id)?;
-    let pending = {
-        let mut table = shared.table();
-        match table.lookup(uuid, Instant::now()) {
-            Lookup::Known(entry) => match &entry.pending {
-                Some(pending) => pending.clone(),
-                None => return Ok(already_finished(&shared, uuid, entry)),
-            },
-            Lookup::Expired => return Err(expired(&shared, uuid)),
-            Lookup::Unknown => return Err(not_found(&id)),
-        }
+    let cancelled = match shared.cancel(uuid).await {
+        Cancel::Cancelled => true,
+        Cancel::AlreadyFinished => false,
+        Cancel::Expired => return Err(expired(&shared, uuid)),
+        Cancel::Unknown => return Err(not_found(&id)),
     };
-    // Returns once the task ended: its workers are killed and reaped. It may have ended
-    // on its own just before (then it is not running any more, and that is the answer).
-    let cancelled = shared.manager.cancel_task(uuid, true).await.is_ok();
-    let outcome = pending.value().await;
-    shared.finish(uuid, &outcome, Instant::now());
     let mut table = shared.table();
-    let Some(entry) = table.entry(uuid) else {
-        return Err(expired(&shared, uuid));
-    };
-    let was_cancelled = entry
-        .end
-        .as_ref()
-        .is_some_and(|e| e.status == Status::Cancelled);
-    if cancelled && was_cancelled {
-        Ok(Json(describe(&shared, uuid, entry)).into_response())
-    } else {
-        Ok(already_finished(&shared, uuid, entry))
+    match table.entry(uuid) {
+        Some(entry) if cancelled => Ok(Json(describe(&shared, uuid, entry)).into_response()),
+        Some(entry) => Ok(already_finished(&shared, uuid, entry)),
+        None => Err(expired(&shared, uuid)),
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use crate::clients::Clients;
+use crate::control::ServeControl;
 use crate::errors::ServeError;
 use crate::events::{self, INTERNAL_CHANNEL, MANAGER_BUFFER};
 use crate::metrics::Metrics;
@@ -87,6 +88,7 @@ impl Server {
             accepting: AtomicBool::new(true),
             closing: watch::channel(false).0,
             ended: Notify::new(),
+            drain: watch::channel(false).0,
         });
         Ok(Server {
             shared,
@@ -101,18 +103,24 @@ impl Server {
         self.addr
     }
 
+    /// Lists and cancels its tasks, and drains it, for an operator (`procpool ctl`).
+    pub fn control(&self) -> ServeControl {
+        ServeControl::new(self.shared.clone())
+    }
+
     /// Serves until the first item of `stops` (a stop signal, typically SIGTERM or
-    /// SIGINT), then shuts down gracefully and returns that item:
+    /// SIGINT) or a [`ServeControl::drain`], then shuts down gracefully and returns that
+    /// item (`None` after a drain):
     ///
     /// 1. no new connection is accepted and submissions get `503`;
     /// 2. running tasks are cancelled (their workers killed) or, with
-    ///    [`OnSignal::Drain`], finish;
+    ///    [`OnSignal::Drain`] or after [`ServeControl::drain`], finish;
     /// 3. the pool stops, every worker reaped;
     /// 4. the last events go out and the WebSocket streams close;
     /// 5. requests in progress get up to 5 s to finish.
     ///
     /// A second item of `stops` during this kills every worker at once and returns.
-    pub async fn run<S>(self, mut stops: S) -> Result<S::Item, ServeError>
+    pub async fn run<S>(self, mut stops: S) -> Result<Option<S::Item>, ServeError>
     where
         S: Stream + Send + Unpin,
         S::Item: std::fmt::Debug,
@@ -131,8 +139,11 @@ impl Server {
                 .into_future(),
         );
 
+        let mut drain = shared.drain.subscribe();
         let first = tokio::select! {
-            Some(signal) = stops.next() => signal,
+            Some(signal) = stops.next() => Some(signal),
+            // The sender lives in `shared`: this ends only with a drain request.
+            Ok(_) = drain.wait_for(|d| *d) => None,
             outcome = &mut http => {
                 forwarder.abort();
                 sweeper.abort();
@@ -144,13 +155,17 @@ impl Server {
                 return Err(ServeError::Serve(err));
             }
         };
-        tracing::info!(signal = ?first, mode = ?shared.settings.on_signal, "stopping");
+        let mode = match first {
+            Some(_) => shared.settings.on_signal,
+            None => OnSignal::Drain,
+        };
+        tracing::info!(signal = ?first, ?mode, "stopping");
         shared.accepting.store(false, Ordering::SeqCst);
         let _ = stop_http.send(true);
 
         let pool = shared.manager.pool().clone();
         let wind_down = async {
-            match shared.settings.on_signal {
+            match mode {
                 OnSignal::Cancel => {
                     shared.manager.cancel_all_tasks().await;
                     // A submission that raced the signal is killed too.

@@ -13,8 +13,9 @@ use uuid::Uuid;
 
 use crate::clients::Clients;
 use crate::metrics::Metrics;
+use crate::report::Status;
 use crate::settings::ServeSettings;
-use crate::table::Table;
+use crate::table::{Lookup, Table};
 
 /// The state every route, the forwarder and the sweeper share.
 pub(crate) struct Shared {
@@ -32,6 +33,20 @@ pub(crate) struct Shared {
     pub(crate) closing: watch::Sender<bool>,
     /// Woken whenever a task ends (a drain waits on it).
     pub(crate) ended: Notify,
+    /// Set by [`ServeControl::drain`](crate::ServeControl::drain): stop as on a signal,
+    /// with a drain.
+    pub(crate) drain: watch::Sender<bool>,
+}
+
+/// What [`Shared::cancel`] did.
+pub(crate) enum Cancel {
+    /// It ended cancelled.
+    Cancelled,
+    /// It had ended otherwise, or ended on its own before the cancel reached it.
+    AlreadyFinished,
+    /// It ended and its result expired.
+    Expired,
+    Unknown,
 }
 
 impl Shared {
@@ -47,6 +62,40 @@ impl Shared {
         if let Some(f) = finished {
             self.metrics.ended(f.status, f.kind, f.took);
             self.ended.notify_waiters();
+        }
+    }
+
+    /// Cancels task `id` for every submission that shares it; returns once it ended (its
+    /// workers killed and reaped, its outcome recorded and published).
+    pub(crate) async fn cancel(&self, id: Uuid) -> Cancel {
+        let pending = {
+            let mut table = self.table();
+            match table.lookup(id, Instant::now()) {
+                Lookup::Known(entry) => match &entry.pending {
+                    Some(pending) => pending.clone(),
+                    None => return Cancel::AlreadyFinished,
+                },
+                Lookup::Expired => return Cancel::Expired,
+                Lookup::Unknown => return Cancel::Unknown,
+            }
+        };
+        // It may have ended on its own just before (then it is not running any more, and
+        // that is the answer).
+        let cancelled = self.manager.cancel_task(id, true).await.is_ok();
+        let outcome = pending.value().await;
+        self.finish(id, &outcome, Instant::now());
+        let mut table = self.table();
+        let Some(entry) = table.entry(id) else {
+            return Cancel::Expired;
+        };
+        let ended_cancelled = entry
+            .end
+            .as_ref()
+            .is_some_and(|e| e.status == Status::Cancelled);
+        if cancelled && ended_cancelled {
+            Cancel::Cancelled
+        } else {
+            Cancel::AlreadyFinished
         }
     }
 

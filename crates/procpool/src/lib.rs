@@ -157,7 +157,7 @@ pub use uuid::Uuid;
 pub mod pool {
     pub use procpool_core::OrphanReaper;
     pub use procpool_core::{
-        CancelOnDropHandle, CapturedOutput, MapItem, MapIter, MapStream, TaskOutput,
+        CancelOnDropHandle, CapturedOutput, MapItem, MapIter, MapStream, TaskOutput, TaskWatch,
     };
     pub use procpool_core::{ParamInfo, PoolStatus, TaskInfo};
     pub use procpool_os::{rss_bytes, signal_name};
