@@ -21,6 +21,9 @@ use crate::types::{PoolStatus, Shutdown};
 /// Consecutive start failures, with no worker up, after which queued tasks are failed.
 const UNHEALTHY_AFTER: u32 = 5;
 
+/// Most events and commands handled between two pumps.
+const BATCH: usize = 64;
+
 /// Longest pause between attempts to start a worker that keeps dying at start.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(5);
 
@@ -146,12 +149,28 @@ impl Dispatcher {
                     None => self.begin_shutdown(Shutdown::Kill),
                 },
             }
+            self.take_ready();
             self.pump();
         }
         // Nothing runs any more: whatever still waits ends now, `started()` included.
         self.reject_waiting(TaskError::PoolClosed);
         for w in self.shutdown_waiters.drain(..) {
             let _ = w.send(());
+        }
+    }
+
+    /// Handles what else is already waiting, worker events before each command as in the
+    /// loop's `biased` select, so that a burst (submissions, a prefetching worker's ends)
+    /// is pumped once, not once per item.
+    fn take_ready(&mut self) {
+        for _ in 0..BATCH {
+            if let Ok(ev) = self.events.try_recv() {
+                self.on_event(ev);
+            } else if let Ok(cmd) = self.commands.try_recv() {
+                self.on_command(cmd);
+            } else {
+                break;
+            }
         }
     }
 

@@ -33,6 +33,12 @@ const RSS_CHECK_EVERY: Duration = Duration::from_millis(20);
 /// How long to wait for the rest of a dead worker's stderr before writing the verdict.
 const STDERR_DRAIN: Duration = Duration::from_millis(100);
 
+/// Most frames (or commands) handled in one turn of the executor's loop. A prefetching
+/// worker's results come in many per read: one turn each re-armed every other branch of
+/// the loop for each (its cost per task was above that of the frame itself). The bound
+/// keeps timers and the other branches served under a flood.
+const BATCH: usize = 64;
+
 /// Starts a worker process (where the pool spawns them) and its executor task; returns
 /// the executor's command channel at once. A spawn that fails (missing binary, no
 /// permission) or a worker that fails its handshake is reported later as
@@ -286,113 +292,140 @@ impl Executor {
         let mut exit_by: Option<Instant> = None;
         // Set once frames can no longer reach the worker.
         let mut write_failed: Option<WriteFailure> = None;
-        let end = loop {
+        let end = 'run: loop {
             tokio::select! {
-                frame = frames.next() => match frame {
-                    Some(Ok(frame)) => match self.answer(frame, &inflight) {
-                        Ok(answer) => match answer {
-                            Answer::Nothing => {}
-                            Answer::Done(outcome) => {
-                                let sub = inflight.pop_front().expect("Done answers the running task");
-                                if self.output.captures() {
-                                    self.sync_output().await;
-                                    sub.shared.set_output(self.output.take_captured());
+                frame = frames.next() => {
+                    // This frame, then those already read with it (see `BATCH`).
+                    let mut frame = frame;
+                    for left in (0..BATCH).rev() {
+                        match frame {
+                            Some(Ok(frame)) => match self.answer(frame, &inflight) {
+                                Ok(answer) => match answer {
+                                    Answer::Nothing => {}
+                                    Answer::Done(outcome) => {
+                                        let sub = inflight.pop_front().expect("Done answers the running task");
+                                        if self.output.captures() {
+                                            self.sync_output().await;
+                                            sub.shared.set_output(self.output.take_captured());
+                                        }
+                                        let task = sub.id;
+                                        tasks_run += 1;
+                                        let answer = self.retry_or_answer(sub, outcome);
+                                        if self.settings.max_tasks_per_worker.is_some_and(|max| tasks_run >= max) {
+                                            // Recycle: let the worker exit; the dispatcher starts a fresh one.
+                                            draining = true;
+                                        }
+                                        if draining && inflight.is_empty() {
+                                            writer.send(&ToWorker::Shutdown);
+                                            exit_by = after(self.settings.grace);
+                                        }
+                                        // The dispatcher hears of the end before the handle does (see
+                                        // its `biased` select).
+                                        let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
+                                        if let Some((sub, outcome)) = answer {
+                                            finish(sub, outcome);
+                                        }
+                                        match inflight.front_mut() {
+                                            // The worker starts its next prefetched task right away.
+                                            Some(next) => self.start(next, &mut timers),
+                                            None => timers.clear(),
+                                        }
+                                    }
+                                    Answer::Skipped(task) => {
+                                        if let Some(pos) = inflight.iter().position(|s| s.id == task) {
+                                            let sub = inflight.remove(pos).expect("position is in range");
+                                            let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
+                                            finish(sub, Err(TaskError::Cancelled));
+                                        }
+                                    }
+                                    Answer::InboxFull(limit) => break 'run End::Unread(limit),
+                                    // A cancel reached a prefetched task after it started.
+                                    Answer::Running(task) if inflight.front().is_some_and(|s| s.id == task) => {
+                                        break 'run End::Killed(KillReason::Cancelled);
+                                    }
+                                    Answer::Running(_) => {}
+                                },
+                                Err(e) => break 'run End::Protocol(format!("undecodable frame from worker: {e}")),
+                            },
+                            // A worker that dies with a frame of ours still unread in its socket
+                            // resets the channel (ECONNRESET) instead of closing it: that is its
+                            // death, and its exit status is the verdict, not a protocol error.
+                            Some(Err(procpool_proto::FrameError::Io(e)))
+                                if e.kind() == std::io::ErrorKind::ConnectionReset => break 'run End::Eof,
+                            Some(Err(e)) => break 'run End::Protocol(format!("bad frame from worker: {e}")),
+                            None => break 'run End::Eof,
+                        }
+                        if left == 0 {
+                            break;
+                        }
+                        match frames.next().now_or_never() {
+                            Some(next) => frame = next,
+                            None => break,
+                        }
+                    }
+                }
+                cmd = self.commands.recv() => {
+                    // This command, then those already queued behind it (see `BATCH`). A
+                    // `break 'run` leaves the rest in the channel, for `unstarted`.
+                    let mut cmd = cmd;
+                    for left in (0..BATCH).rev() {
+                        match cmd {
+                            Some(ExecutorCommand::Run(mut sub)) => {
+                                writer.send(&RunRef::Run {
+                                    task_id: sub.id,
+                                    name: &sub.name,
+                                    args: &sub.args,
+                                    encoding: sub.encoding,
+                                });
+                                // Keep the arguments only when another attempt may need them, or
+                                // when a prefetched task may come back unstarted.
+                                if sub.retry.max_retries() == 0 && self.settings.prefetch == 0 {
+                                    sub.args = Vec::new();
                                 }
-                                let task = sub.id;
-                                tasks_run += 1;
-                                let answer = self.retry_or_answer(sub, outcome);
-                                if self.settings.max_tasks_per_worker.is_some_and(|max| tasks_run >= max) {
-                                    // Recycle: let the worker exit; the dispatcher starts a fresh one.
-                                    draining = true;
+                                for bytes in std::mem::take(&mut sub.early_messages) {
+                                    writer.send(&ToWorker::Message { task_id: sub.id, bytes });
                                 }
-                                if draining && inflight.is_empty() {
+                                if inflight.is_empty() {
+                                    self.start(&mut sub, &mut timers);
+                                }
+                                inflight.push_back(sub);
+                            }
+                            Some(ExecutorCommand::Message(task_id, bytes)) => {
+                                // A prefetching worker keeps messages for its queued tasks.
+                                if inflight.iter().any(|s| s.id == task_id) {
+                                    writer.send(&ToWorker::Message { task_id, bytes });
+                                }
+                            }
+                            Some(ExecutorCommand::Kill(task_id, reason)) => {
+                                // The task may have finished while the kill was on its way: then
+                                // the worker is healthy and stays.
+                                if inflight.front().is_some_and(|s| s.id == task_id) {
+                                    break 'run End::Killed(reason);
+                                }
+                                // Prefetched: the worker drops it (Skipped) or says it just started
+                                // it (Running, then we kill).
+                                if inflight.iter().any(|s| s.id == task_id) {
+                                    writer.send(&ToWorker::Cancel { task_id });
+                                }
+                            }
+                            Some(ExecutorCommand::KillNow) | None => break 'run End::Killed(KillReason::PoolClosed),
+                            Some(ExecutorCommand::Shutdown) => {
+                                draining = true;
+                                if inflight.is_empty() && exit_by.is_none() {
                                     writer.send(&ToWorker::Shutdown);
                                     exit_by = after(self.settings.grace);
                                 }
-                                // The dispatcher hears of the end before the handle does (see
-                                // its `biased` select).
-                                let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
-                                if let Some((sub, outcome)) = answer {
-                                    finish(sub, outcome);
-                                }
-                                match inflight.front_mut() {
-                                    // The worker starts its next prefetched task right away.
-                                    Some(next) => self.start(next, &mut timers),
-                                    None => timers.clear(),
-                                }
                             }
-                            Answer::Skipped(task) => {
-                                if let Some(pos) = inflight.iter().position(|s| s.id == task) {
-                                    let sub = inflight.remove(pos).expect("position is in range");
-                                    let _ = self.events.send(WorkerEvent::Finished { worker: self.worker, task, retiring: draining });
-                                    finish(sub, Err(TaskError::Cancelled));
-                                }
-                            }
-                            Answer::InboxFull(limit) => break End::Unread(limit),
-                            // A cancel reached a prefetched task after it started.
-                            Answer::Running(task) if inflight.front().is_some_and(|s| s.id == task) => {
-                                break End::Killed(KillReason::Cancelled);
-                            }
-                            Answer::Running(_) => {}
-                        },
-                        Err(e) => break End::Protocol(format!("undecodable frame from worker: {e}")),
-                    },
-                    // A worker that dies with a frame of ours still unread in its socket
-                    // resets the channel (ECONNRESET) instead of closing it: that is its
-                    // death, and its exit status is the verdict, not a protocol error.
-                    Some(Err(procpool_proto::FrameError::Io(e)))
-                        if e.kind() == std::io::ErrorKind::ConnectionReset => break End::Eof,
-                    Some(Err(e)) => break End::Protocol(format!("bad frame from worker: {e}")),
-                    None => break End::Eof,
-                },
-                cmd = self.commands.recv() => match cmd {
-                    Some(ExecutorCommand::Run(mut sub)) => {
-                        writer.send(&RunRef::Run {
-                            task_id: sub.id,
-                            name: &sub.name,
-                            args: &sub.args,
-                            encoding: sub.encoding,
-                        });
-                        // Keep the arguments only when another attempt may need them, or
-                        // when a prefetched task may come back unstarted.
-                        if sub.retry.max_retries() == 0 && self.settings.prefetch == 0 {
-                            sub.args = Vec::new();
                         }
-                        for bytes in std::mem::take(&mut sub.early_messages) {
-                            writer.send(&ToWorker::Message { task_id: sub.id, bytes });
+                        if left == 0 {
+                            break;
                         }
-                        if inflight.is_empty() {
-                            self.start(&mut sub, &mut timers);
-                        }
-                        inflight.push_back(sub);
-                    }
-                    Some(ExecutorCommand::Message(task_id, bytes)) => {
-                        // A prefetching worker keeps messages for its queued tasks.
-                        if inflight.iter().any(|s| s.id == task_id) {
-                            writer.send(&ToWorker::Message { task_id, bytes });
+                        match self.commands.try_recv() {
+                            Ok(next) => cmd = Some(next),
+                            Err(_) => break,
                         }
                     }
-                    Some(ExecutorCommand::Kill(task_id, reason)) => {
-                        // The task may have finished while the kill was on its way: then
-                        // the worker is healthy and stays.
-                        if inflight.front().is_some_and(|s| s.id == task_id) {
-                            break End::Killed(reason);
-                        }
-                        // Prefetched: the worker drops it (Skipped) or says it just started
-                        // it (Running, then we kill).
-                        if inflight.iter().any(|s| s.id == task_id) {
-                            writer.send(&ToWorker::Cancel { task_id });
-                        }
-                    }
-                    Some(ExecutorCommand::KillNow) | None => break End::Killed(KillReason::PoolClosed),
-                    Some(ExecutorCommand::Shutdown) => {
-                        draining = true;
-                        if inflight.is_empty() && exit_by.is_none() {
-                            writer.send(&ToWorker::Shutdown);
-                            exit_by = after(self.settings.grace);
-                        }
-                    }
-                },
+                }
                 // The worker cannot get its frames: kill it here (its leader is not reaped
                 // yet, so the group is still ours) and read on to the EOF, so the results
                 // it sent before dying still reach their tasks and only the task it died
