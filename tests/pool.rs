@@ -678,6 +678,37 @@ async fn task_ids_are_fresh_v4_unless_given() {
     assert_no_children();
 }
 
+/// The pool keeps no set of live ids until a caller chooses one (issue 16): the first
+/// chosen id is still checked against the tasks submitted with generated ids before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_id_is_checked_against_tasks_with_generated_ids() {
+    let _serial = serial().await;
+    let pool = demo_pool(1);
+    let running = pool.submit(demo::sleep_ms::task(60_000));
+    running.started().await.unwrap();
+    let queued = pool.submit(demo::square::task(3));
+    for dup in [running.id(), queued.id()] {
+        let err = pool
+            .run(demo::square::task(2).with_id(dup))
+            .await
+            .unwrap_err();
+        assert_eq!(err, TaskError::DuplicateId { id: dup });
+    }
+    // Generated ids submitted once the set exists are in it too.
+    let later = pool.submit(demo::square::task(5));
+    let err = pool
+        .run(demo::square::task(2).with_id(later.id()))
+        .await
+        .unwrap_err();
+    assert_eq!(err, TaskError::DuplicateId { id: later.id() });
+    running.cancel();
+    assert_eq!(running.await.unwrap_err(), TaskError::Cancelled);
+    assert_eq!(queued.await.unwrap(), 9);
+    assert_eq!(later.await.unwrap(), 25);
+    drop(pool);
+    assert_no_children();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_task_id_cannot_be_reused() {
     let _serial = serial().await;

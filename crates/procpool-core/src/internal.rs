@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 use std::time::Instant;
 
 use procpool_proto::{Encoding, TaskId, TaskInfo};
@@ -28,6 +28,30 @@ pub(crate) struct TaskShared {
     inbox_changed: Notify,
     /// The task's output, under `TaskOutput::Capture`; set before its result is sent.
     output: Mutex<Option<CapturedOutput>>,
+    /// Callers waiting in `started` or `next_message`. A change wakes them only when there
+    /// are any: a `Notify` takes its lock even when nobody waits, and every task changes
+    /// four times (started, inbox closed, ended twice), mostly with nobody waiting.
+    waiting: AtomicU32,
+}
+
+/// Counts a waiter of a `TaskShared` for as long as it lives.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        // Pairs with the fence in `TaskShared::wake`. Without both, a change made between
+        // this count and the waiter's check of the state could be missed by both sides:
+        // the waker not seeing the waiter, the waiter not seeing the change.
+        fence(Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -52,12 +76,20 @@ impl TaskShared {
         *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.attempts.fetch_add(1, Ordering::AcqRel);
         self.pid.store(pid, Ordering::Release);
-        self.changed.notify_waiters();
+        self.wake(&self.changed);
     }
 
     pub(crate) fn end(&self) {
         self.ended.store(true, Ordering::Release);
-        self.changed.notify_waiters();
+        self.wake(&self.changed);
+    }
+
+    /// Wakes the waiters of a change already made, if there are any (see `Waiting`).
+    fn wake(&self, notify: &Notify) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            notify.notify_waiters();
+        }
     }
 
     pub(crate) fn set_output(&self, output: Option<CapturedOutput>) {
@@ -104,7 +136,7 @@ impl TaskShared {
         inbox.bytes += bytes.len();
         inbox.items.push_back(bytes);
         drop(inbox);
-        self.inbox_changed.notify_waiters();
+        self.wake(&self.inbox_changed);
         Ok(())
     }
 
@@ -119,11 +151,12 @@ impl TaskShared {
     /// No message will follow.
     pub(crate) fn close_messages(&self) {
         self.inbox().closed = true;
-        self.inbox_changed.notify_waiters();
+        self.wake(&self.inbox_changed);
     }
 
     /// Next message from the task; `None` once no more can come and all were read.
     pub(crate) async fn next_message(&self) -> Option<Vec<u8>> {
+        let _waiting = Waiting::enter(&self.waiting);
         loop {
             // Register before checking, so a message between check and await is not missed.
             let changed = self.inbox_changed.notified();
@@ -143,6 +176,7 @@ impl TaskShared {
 
     /// Waits for a worker to start the task; `None` if it ended without starting.
     pub(crate) async fn started(&self) -> Option<u32> {
+        let _waiting = Waiting::enter(&self.waiting);
         loop {
             // Register before checking, so a change between check and await is not missed.
             let changed = self.changed.notified();
@@ -161,6 +195,8 @@ impl TaskShared {
 /// `reply` exactly once.
 pub(crate) struct Submission {
     pub(crate) id: TaskId,
+    /// Whether `id` is the caller's choice (see the dispatcher's `live`).
+    pub(crate) chosen_id: bool,
     pub(crate) name: String,
     pub(crate) args: Vec<u8>,
     pub(crate) encoding: Encoding,

@@ -27,6 +27,8 @@ use crate::watch::TaskWatch;
 /// [`Task::with_id`].
 pub struct Task<R> {
     pub(crate) id: Uuid,
+    /// Whether `id` is the caller's (`with_id`) rather than generated.
+    pub(crate) chosen_id: bool,
     pub(crate) name: String,
     pub(crate) args: Result<Vec<u8>, String>,
     pub(crate) encoding: Encoding,
@@ -68,6 +70,7 @@ impl<R> Task<R> {
     pub(crate) fn new(name: String, args: Result<Vec<u8>, String>, encoding: Encoding) -> Self {
         Task {
             id: Uuid::new_v4(),
+            chosen_id: false,
             name,
             args,
             encoding,
@@ -96,6 +99,7 @@ impl<R> Task<R> {
     /// Uses `id` instead of a fresh UUID.
     pub fn with_id(mut self, id: Uuid) -> Self {
         self.id = id;
+        self.chosen_id = true;
         self
     }
 
@@ -265,6 +269,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         } else {
             let sub = Box::new(Submission {
                 id: procpool_proto::TaskId(task.id.as_u128()),
+                chosen_id: task.chosen_id,
                 name: task.name,
                 args: task.args.unwrap_or_default(),
                 encoding: task.encoding,
