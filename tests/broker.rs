@@ -27,6 +27,9 @@ use support::{children_of, demo_worker, proc_stat, serial};
 use uuid::Uuid;
 
 const PROCPOOL: &str = env!("CARGO_BIN_EXE_procpool");
+/// A second worker binary: it serves `triple`, which the demo worker does not, and
+/// nothing else.
+const TRIPLE: &str = env!("CARGO_BIN_EXE_procpool-demo-triple");
 
 /// A `procpool agent` process; SIGTERMed (then SIGKILLed) and reaped with its workers
 /// when dropped.
@@ -45,8 +48,13 @@ impl Agent {
     }
 
     fn start_logging(url: &str, workers: usize, flags: &[&str], stderr: Stdio) -> Agent {
+        Agent::start_on(url, demo_worker(), workers, flags, stderr)
+    }
+
+    /// An agent on the worker binary `worker`.
+    fn start_on(url: &str, worker: &str, workers: usize, flags: &[&str], stderr: Stdio) -> Agent {
         let child = Command::new(PROCPOOL)
-            .args(["agent", "--broker", url, "--worker", demo_worker()])
+            .args(["agent", "--broker", url, "--worker", worker])
             .args(["--workers", &workers.to_string()])
             .args(flags)
             .env_remove("RUST_LOG")
@@ -1574,4 +1582,102 @@ async fn serve_stops_on_sigterm_after_its_broker_is_gone() {
     .unwrap();
     assert_eq!(stopped, Some(143));
     drop(agent);
+}
+
+/// Agents on different worker binaries: a task goes only to an agent that serves it.
+/// A batch of `add` (served by the demo worker's agent only) and `triple` (by the other
+/// binary's agent only) completes with every right result; then tasks whose only serving
+/// agent leaves wait queued (the other agent never takes them) and run once an agent
+/// serving them comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_agents_take_only_the_tasks_they_serve() {
+    let _serial = serial().await;
+    become_subreaper();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let demo_agent = Agent::start(&url, 2);
+    let triple_agent = Agent::start_on(&url, TRIPLE, 2, &[], Stdio::null());
+    wait_agents(&url, 2).await;
+    let jobs: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"add{i}\",\"task\":\"add\",\"args\":[{i},1]}}\n\
+                 {{\"id\":\"triple{i}\",\"task\":\"triple\",\"args\":[{i},0]}}\n"
+            )
+        })
+        .collect();
+    let run = spawn_run(&url, &[], &jobs);
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .unwrap()
+        .expect("procpool run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let got = verdicts(&out.stdout);
+    assert_eq!(got.len(), 40, "{got:?} {stderr}");
+    for i in 0..20i64 {
+        assert_eq!(got[&format!("add{i}")].0, "completed", "{got:?}");
+        assert_eq!(got[&format!("add{i}")].1, i + 1, "{got:?}");
+        assert_eq!(got[&format!("triple{i}")].0, "completed", "{got:?}");
+        assert_eq!(got[&format!("triple{i}")].1, 3 * i, "{got:?}");
+    }
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+
+    // Only one worker serves `triple` now: three tasks, one running, two queued.
+    assert_eq!(triple_agent.stop(), Some(143));
+    let triple_agent = Agent::start_on(&url, TRIPLE, 1, &[], Stdio::null());
+    wait_agents(&url, 2).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let tasks: Vec<_> = (1..=3)
+        .map(|x| pool.submit(Task::<Value>::json("triple", serde_json::json!([x, 2000]))))
+        .collect();
+    let pid = tasks[0].started().await.expect("started");
+    assert_eq!(proc_stat(pid).expect("the worker").ppid, triple_agent.pid);
+    let tasks: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+    // Its agent leaves (the running one handed back): nobody serves them, they wait.
+    assert_eq!(triple_agent.stop(), Some(143));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for t in &tasks {
+        assert!(!t.is_finished(), "a task no live agent serves ended");
+    }
+    let _triple_agent = Agent::start_on(&url, TRIPLE, 2, &[], Stdio::null());
+    for (x, t) in (1..=3i64).zip(tasks) {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("the task ends")
+            .expect("the task's future");
+        assert_eq!(outcome, Ok(Value::from(3 * x)));
+    }
+    drop(pool);
+    assert_eq!(demo_agent.stop(), Some(143));
+}
+
+/// A cancel made while the broker is away ends the handle at once and reaches the broker
+/// once it answers again: the worker on the agent dies then. The broker persists (it
+/// comes back with its data) and the agent's lease outlasts the outage, so nothing but
+/// the cancel can stop the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_made_while_the_broker_is_away_is_sent_when_it_is_back() {
+    let _serial = serial().await;
+    become_subreaper();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut redis = RedisServer::start_persistent(dir.path());
+    let url = redis.url();
+    let agent = Agent::start_with(&url, 1, &["--lease", "120s"]);
+    wait_agents(&url, 1).await;
+    let pool = pool(&url, ClientOptions::default()).await;
+    let running = pool.submit(demo::sleep_ms::task(120_000));
+    let pid = running.started().await.expect("started");
+    assert_eq!(proc_stat(pid).expect("the worker").ppid, agent.pid);
+    redis.kill();
+    running.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(30), running).await;
+    assert_eq!(ended, Ok(Err(TaskError::Cancelled)));
+    assert!(!dead(pid), "the worker died while the broker was away");
+    redis.restart();
+    wait_for(Duration::from_secs(30), "the worker's death", async || {
+        dead(pid)
+    })
+    .await;
+    drop(pool);
+    assert_eq!(agent.stop(), Some(143));
 }

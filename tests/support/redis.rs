@@ -1,5 +1,5 @@
 //! A private `redis-server` per test: on a port it picked, without persistence
-//! (`--save "" --appendonly no`), stopped by pid when dropped. Include it with
+//! (`--save "" --appendonly no`) unless asked, stopped by pid when dropped. Include it with
 //! `#[path = "support/redis.rs"] mod redis_server;`.
 
 use std::net::TcpStream;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
-    /// The arguments beside the port (TLS, password).
+    /// The arguments beside the port (TLS, password, persistence).
     extra: Vec<String>,
     url: String,
 }
@@ -19,11 +19,28 @@ impl RedisServer {
     /// Starts one on a free port and waits until it accepts connections. Panics with the
     /// install command when `redis-server` is not on PATH: never a silent skip.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(vec!["--save".into(), "".into(), "--appendonly".into(), "no".into()])
+    }
+
+    /// One that logs every write to an append-only file in `dir` before it answers, so a
+    /// [`restart`](Self::restart) (even after a SIGKILL) finds its data again.
+    pub fn start_persistent(dir: &std::path::Path) -> RedisServer {
+        let dir = dir.to_string_lossy().into_owned();
+        RedisServer::start_with(
+            ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", &dir]
+                .map(str::to_owned)
+                .to_vec(),
+        )
+    }
+
+    fn start_with(persistence: Vec<String>) -> RedisServer {
         let port = free_port();
+        let mut extra = vec!["--port".into(), port.to_string()];
+        extra.extend(persistence);
         let mut server = RedisServer {
             child: None,
             port,
-            extra: vec!["--port".into(), port.to_string()],
+            extra,
             url: format!("redis://127.0.0.1:{port}"),
         };
         server.spawn();
@@ -64,6 +81,10 @@ impl RedisServer {
             "no",
             "--requirepass",
             password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ];
         let mut server = RedisServer {
             child: None,
@@ -88,6 +109,10 @@ impl RedisServer {
             "yes".to_owned(),
             "--cluster-config-file".to_owned(),
             nodes,
+            "--save".to_owned(),
+            "".to_owned(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
         ];
         let mut server = RedisServer {
             child: None,
@@ -117,7 +142,6 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(&self.extra)
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -143,7 +167,7 @@ impl RedisServer {
         self.url.clone()
     }
 
-    /// Kills the server (its data is gone: no persistence).
+    /// Kills the server (SIGKILL: its data is gone, unless it persists).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -151,7 +175,8 @@ impl RedisServer {
         }
     }
 
-    /// Kills it and starts an empty one on the same port.
+    /// Kills it and starts it again on the same port: empty, or with its data when it
+    /// persists.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
