@@ -559,7 +559,8 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     let b = RedisBroker::connect(&redis.url(), "fence", 1 << 20)
         .await
         .expect("connect");
-    b.prepare().await.unwrap();
+    let names = ["add".to_owned()];
+    b.prepare(&names).await.unwrap();
     let id = Uuid::new_v4();
     let task = NewTask {
         id,
@@ -588,9 +589,16 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     b.renew(&agent("x"), Duration::from_millis(100), &[])
         .await
         .unwrap();
-    let fetched = b.fetch("x", 1, Duration::from_secs(1)).await.unwrap();
+    let fetched = b
+        .fetch("x", &names, 1, Duration::from_secs(1))
+        .await
+        .unwrap();
     let entry = fetched[0].entry.clone();
-    let first = b.start("x", &entry, id).await.unwrap().expect("claimed");
+    let first = b
+        .start("x", &fetched[0], id)
+        .await
+        .unwrap()
+        .expect("claimed");
     assert_eq!(first.attempt, 1);
     let stale = Lease {
         id,
@@ -605,9 +613,12 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
         b.reap("y").await.unwrap() == 1
     })
     .await;
-    let fetched = b.fetch("y", 1, Duration::from_secs(1)).await.unwrap();
+    let fetched = b
+        .fetch("y", &names, 1, Duration::from_secs(1))
+        .await
+        .unwrap();
     let second = b
-        .start("y", &fetched[0].entry, id)
+        .start("y", &fetched[0], id)
         .await
         .unwrap()
         .expect("claimed again");
@@ -637,7 +648,7 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     assert_eq!(b.take_results(&[id]).await.unwrap(), [Some(Ok(three))]);
     assert_eq!(b.take_results(&[id]).await.unwrap(), [None]);
     // The queue is empty: the entry left with the terminal write.
-    assert_eq!(redis_cli(&redis, &["XLEN", "{fence}:q"]), "0");
+    assert_eq!(redis_cli(&redis, &["XLEN", "{fence}:q:add"]), "0");
 }
 
 /// Agents that die without leaving (SIGKILL) stay in the agent set until a live agent
@@ -670,7 +681,8 @@ async fn the_submitter_cancelling_a_queued_task_is_notified_of_its_end() {
     let b = RedisBroker::connect(&redis.url(), "notice", 1 << 20)
         .await
         .expect("connect");
-    b.prepare().await.unwrap();
+    let names = ["add".to_owned()];
+    b.prepare(&names).await.unwrap();
     let id = Uuid::new_v4();
     let task = NewTask {
         id,
@@ -712,13 +724,16 @@ async fn hostile_queue_entries_do_not_stop_an_agent() {
     let url = redis.url();
     let agent = Agent::start(&url, 1);
     wait_agents(&url, 1).await;
-    redis_cli(&redis, &["XADD", "{procpool}:q", "*", "foo", "bar"]);
-    redis_cli(&redis, &["XADD", "{procpool}:q", "*", "id", "not-a-uuid"]);
+    redis_cli(&redis, &["XADD", "{procpool}:q:add", "*", "foo", "bar"]);
+    redis_cli(
+        &redis,
+        &["XADD", "{procpool}:q:add", "*", "id", "not-a-uuid"],
+    );
     redis_cli(
         &redis,
         &[
             "XADD",
-            "{procpool}:q",
+            "{procpool}:q:add",
             "*",
             "id",
             &Uuid::new_v4().to_string(),
@@ -736,7 +751,7 @@ async fn hostile_queue_entries_do_not_stop_an_agent() {
             "zz", "att", "0", "proto", "2", "ttl", "60000", "cancel", "0",
         ],
     );
-    redis_cli(&redis, &["XADD", "{procpool}:q", entry, "id", &bad]);
+    redis_cli(&redis, &["XADD", "{procpool}:q:add", entry, "id", &bad]);
     wait_for(
         Duration::from_secs(10),
         "the malformed task's end",
@@ -756,7 +771,7 @@ async fn hostile_queue_entries_do_not_stop_an_agent() {
             "j", "att", "0", "proto", "1", "ttl", "60000", "cancel", "0",
         ],
     );
-    redis_cli(&redis, &["XADD", "{procpool}:q", entry, "id", &old]);
+    redis_cli(&redis, &["XADD", "{procpool}:q:add", entry, "id", &old]);
     wait_for(Duration::from_secs(10), "the old task's end", async || {
         redis_cli(&redis, &["HGET", &key, "st"]) == "done"
     })
@@ -1082,7 +1097,8 @@ async fn a_task_over_the_agents_frame_cap_never_reaches_it() {
     let b = RedisBroker::connect(&redis.url(), "cap", 1024)
         .await
         .expect("connect");
-    b.prepare().await.unwrap();
+    let names = ["add".to_owned()];
+    b.prepare(&names).await.unwrap();
     let id = Uuid::new_v4();
     let args = vec![b'1'; 4096];
     let task = NewTask {
@@ -1096,8 +1112,11 @@ async fn a_task_over_the_agents_frame_cap_never_reaches_it() {
         result_ttl: Duration::from_secs(60),
     };
     b.submit(&task, "submitter").await.unwrap();
-    let fetched = b.fetch("x", 1, Duration::from_secs(1)).await.unwrap();
-    assert!(b.start("x", &fetched[0].entry, id).await.unwrap().is_none());
+    let fetched = b
+        .fetch("x", &names, 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(b.start("x", &fetched[0], id).await.unwrap().is_none());
     let [outcome] = &b.take_results(&[id]).await.unwrap()[..] else {
         panic!("one result")
     };

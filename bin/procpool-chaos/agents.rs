@@ -488,23 +488,33 @@ impl Cluster {
         Ok(out)
     }
 
-    /// Entries in the namespace's task stream, and entries pending in its group.
+    /// Entries in the namespace's queues (one stream per task name), and entries
+    /// pending in their groups.
     pub(crate) async fn queue_depth(&self) -> anyhow::Result<(u64, u64)> {
         let mut conn = self.conn().await?;
-        let q = format!("{{{}}}:q", self.command.namespace);
-        let len: u64 = redis::cmd("XLEN").arg(&q).query_async(&mut conn).await?;
-        let pending: redis::Value = redis::cmd("XPENDING")
-            .arg(&q)
-            .arg("agents")
+        let ns = &self.command.namespace;
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{{{ns}}}:names"))
             .query_async(&mut conn)
             .await?;
-        let pending = match pending {
-            redis::Value::Array(v) => match v.first() {
-                Some(redis::Value::Int(n)) => *n as u64,
-                _ => 0,
-            },
-            _ => 0,
-        };
+        let (mut len, mut pending) = (0, 0);
+        for name in names {
+            let q = format!("{{{ns}}}:q:{name}");
+            len += redis::cmd("XLEN")
+                .arg(&q)
+                .query_async::<u64>(&mut conn)
+                .await?;
+            let summary: redis::Value = redis::cmd("XPENDING")
+                .arg(&q)
+                .arg("agents")
+                .query_async(&mut conn)
+                .await?;
+            if let redis::Value::Array(v) = summary
+                && let Some(redis::Value::Int(n)) = v.first()
+            {
+                pending += *n as u64;
+            }
+        }
         Ok((len, pending))
     }
 
@@ -553,13 +563,15 @@ fn start_time(pid: u32) -> u64 {
 /// Which of the broker's remaining keys a finished run may keep, and why; the others are
 /// violations. `ns` is the namespace.
 ///
-/// - `{ns}:q`, the task stream with the consumer group `agents`: the design keeps it
-///   for good (the group's read position lives in it), but it must be empty: every entry
-///   of a finished task is acked and deleted.
+/// - `{ns}:q:<name>`, the queue of the tasks named `<name>` (a stream with the consumer
+///   group `agents`), and `{ns}:names`, the set of those names: the design keeps them
+///   for good (a group's read position lives in its stream, and the reaper finds a dead
+///   agent's entries through the set), but the queues must be empty: every entry of a
+///   finished task is acked and deleted (checked by [`Cluster::queue_depth`]).
 ///
 /// Everything else (`t:`, `e:`, `r:`, `in:`, `w:` of a task, a submitter's inbox `n:`,
 /// agents' liveness keys, the agent set once every agent has left) must be gone after the
 /// result TTL.
 pub(crate) fn key_allowed(ns: &str, key: &str) -> bool {
-    key == format!("{{{ns}}}:q")
+    key == format!("{{{ns}}}:names") || key.starts_with(&format!("{{{ns}}}:q:"))
 }

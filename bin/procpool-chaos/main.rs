@@ -491,9 +491,9 @@ async fn cluster_end(
     match cluster.queue_depth().await {
         Ok((0, 0)) => {}
         Ok((len, pending)) => tally.violation(format!(
-            "the task stream still holds {len} entries ({pending} pending) after the run"
+            "the task queues still hold {len} entries ({pending} pending) after the run"
         )),
-        Err(e) => tally.violation(format!("cannot read the task stream: {e:#}")),
+        Err(e) => tally.violation(format!("cannot read the task queues: {e:#}")),
     }
     match cluster.keys().await {
         Ok(keys) => {

@@ -19,7 +19,12 @@ impl RedisServer {
     /// Starts one on a free port and waits until it accepts connections. Panics with the
     /// install command when `redis-server` is not on PATH: never a silent skip.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(vec!["--save".into(), "".into(), "--appendonly".into(), "no".into()])
+        RedisServer::start_with(vec![
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+        ])
     }
 
     /// One that logs every write to an append-only file in `dir` before it answers, so a
@@ -27,9 +32,18 @@ impl RedisServer {
     pub fn start_persistent(dir: &std::path::Path) -> RedisServer {
         let dir = dir.to_string_lossy().into_owned();
         RedisServer::start_with(
-            ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", &dir]
-                .map(str::to_owned)
-                .to_vec(),
+            [
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                &dir,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         )
     }
 

@@ -1,28 +1,29 @@
--- reap: requeue the pending entries of an agent whose liveness key expired, then forget
--- the agent. A started attempt counts against the task's lost budget; an entry read but
--- never started does not.
--- KEYS[1] P:q  KEYS[2] P:agents  KEYS[3] P:a:<agent>
+-- reap: requeue the pending entries of an agent whose liveness key expired, in every
+-- queue, then forget the agent. A started attempt counts against the task's lost budget;
+-- an entry read but never started does not.
+-- KEYS[1] P:names  KEYS[2] P:agents  KEYS[3] P:a:<agent>
 -- ARGV[1] P  [2] agent
 -- Returns the number of entries handled, or -1 when the agent is alive.
 local P, agent = ARGV[1], ARGV[2]
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local pending = redis.call('XPENDING', KEYS[1], 'agents', '-', '+', 100, agent)
-for _, p in ipairs(pending) do
-  local entry = p[1]
-  local id = entry_task(P, entry)
-  if not id then
-    redis.call('XACK', KEYS[1], 'agents', entry)
-  else
-    local h = redis.call('HMGET', P .. ':t:' .. id, 'st', 'entry', 'agent')
-    if not h[1] or h[1] == 'done' or h[2] ~= entry then
-      drop_entry(P, entry)
-    else
-      requeue(P, id, entry, h[1] == 'running' and h[3] == agent)
+local names = redis.call('SMEMBERS', KEYS[1])
+-- At most this many entries per call: the rest on the next round.
+local budget = 100
+local handled = 0
+for _, name in ipairs(names) do
+  local q = queue(P, name)
+  -- A queue without its group (made by a write after a data loss) holds nothing pending.
+  local pending = redis.pcall('XPENDING', q, 'agents', '-', '+', budget - handled, agent)
+  if type(pending) == 'table' and not pending.err then
+    for _, p in ipairs(pending) do
+      reclaim(P, q, p[1], agent)
+      handled = handled + 1
     end
   end
+  if handled >= budget then return handled end
 end
-if #pending < 100 then
-  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'agents', agent)
-  redis.call('SREM', KEYS[2], agent)
+for _, name in ipairs(names) do
+  redis.pcall('XGROUP', 'DELCONSUMER', queue(P, name), 'agents', agent)
 end
-return #pending
+redis.call('SREM', KEYS[2], agent)
+return handled

@@ -1,6 +1,6 @@
 -- start: an agent read a queue entry; claim the task for a new attempt, or drop an entry
 -- that is stale (task finished, vanished, requeued under another entry) or cancelled.
--- KEYS[1] P:q  KEYS[2] P:t:<id>
+-- KEYS[1] the queue the entry was read from, P:q:<name>  KEYS[2] P:t:<id>
 -- ARGV[1] P  [2] id  [3] entry  [4] agent  [5] the agent's frame cap (bytes)
 -- Returns {} (nothing to run) or {attempt, name, args, enc, timeout, retries, proto,
 -- messages}: the messages sent before the start are taken with it.
@@ -9,8 +9,8 @@
 local P, id, entry, agent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local h = redis.call('HMGET', KEYS[2], 'st', 'entry', 'cancel', 'att', 'name', 'args',
   'enc', 'tmo', 'rty', 'proto')
-if not h[1] or h[1] == 'done' or h[2] ~= entry then
-  drop_entry(P, entry)
+if not h[1] or h[1] == 'done' or h[2] ~= entry or queue(P, h[5]) ~= KEYS[1] then
+  drop_entry(KEYS[1], entry)
   return {}
 end
 if h[3] == '1' then

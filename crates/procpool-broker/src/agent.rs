@@ -19,7 +19,7 @@ use procpool_core::{Pool, Task, TaskError, TaskWatch};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use uuid::Uuid;
 
-use crate::broker::{AgentInfo, Broker, Claimed, Fetched, Lease};
+use crate::broker::{AgentInfo, Broker, Claimed, Lease};
 use crate::errors::BrokerError;
 use crate::wire::Event;
 
@@ -104,6 +104,8 @@ struct Agent<B> {
     broker: Arc<B>,
     pool: Pool,
     info: AgentInfo,
+    /// The names of the tasks it serves: the queues it reads.
+    names: Vec<String>,
     options: AgentOptions,
     running: Mutex<HashMap<Uuid, Running>>,
     /// Notified whenever a running task ends.
@@ -264,10 +266,12 @@ pub async fn run_agent<B: Broker>(
         protocol: procpool_proto::PROTOCOL_VERSION,
         tasks: pool.tasks().to_vec(),
     };
+    let names = info.tasks.iter().map(|t| t.name.clone()).collect();
     let agent = Arc::new(Agent {
         broker,
         pool,
         info,
+        names,
         options,
         running: Mutex::new(HashMap::new()),
         ended: Notify::new(),
@@ -329,7 +333,7 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
     let mut prepared = false;
     loop {
         if !prepared {
-            match agent.broker.prepare().await {
+            match agent.broker.prepare(&agent.names).await {
                 Ok(()) => prepared = true,
                 Err(e) => {
                     backoff(&agent, &mut down_since, &mut delay, &e).await;
@@ -343,7 +347,7 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
         let count = free.available_permits() + 1;
         let fetched = agent
             .broker
-            .fetch(&agent.info.id, count, Duration::from_secs(1))
+            .fetch(&agent.info.id, &agent.names, count, Duration::from_secs(1))
             .await;
         let fetched = match fetched {
             Ok(f) => f,
@@ -360,7 +364,7 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
         }
         let mut first = Some(first);
         let mut claims = Vec::new();
-        for Fetched { entry, task } in fetched {
+        for fetched in fetched {
             let permit = match first.take() {
                 Some(p) => p,
                 None => match free.clone().try_acquire_owned() {
@@ -370,11 +374,15 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
                     Err(_) => break,
                 },
             };
-            match task {
-                Ok(id) => claims.push((entry, id, permit)),
+            match &fetched.task {
+                Ok(id) => claims.push((*id, fetched, permit)),
                 Err(message) => {
-                    tracing::warn!(entry, message, "dropping an unreadable queue entry");
-                    let _ = agent.broker.discard(&entry).await;
+                    tracing::warn!(
+                        entry = fetched.entry,
+                        message,
+                        "dropping an unreadable queue entry"
+                    );
+                    let _ = agent.broker.discard(&fetched).await;
                 }
             }
         }
@@ -382,15 +390,15 @@ async fn fetch_loop<B: Broker>(agent: Arc<Agent<B>>, free: Arc<Semaphore>) {
         let started = futures::future::join_all(
             claims
                 .iter()
-                .map(|(entry, id, _)| agent.broker.start(&agent.info.id, entry, *id)),
+                .map(|(id, fetched, _)| agent.broker.start(&agent.info.id, fetched, *id)),
         )
         .await;
-        for ((entry, id, permit), started) in claims.into_iter().zip(started) {
+        for ((id, fetched, permit), started) in claims.into_iter().zip(started) {
             match started {
                 Ok(Some(claimed)) => {
                     let lease = Lease {
                         id,
-                        entry,
+                        entry: fetched.entry,
                         attempt: claimed.attempt,
                     };
                     let (ctl, rx) = mpsc::unbounded_channel();
@@ -683,7 +691,7 @@ async fn renew_loop<B: Broker>(agent: Arc<Agent<B>>) {
 
 /// Requeues dead agents' entries, and every entry whose lease was not renewed in time.
 async fn reap_loop<B: Broker>(agent: Arc<Agent<B>>) {
-    let mut cursor = "0-0".to_owned();
+    let mut cursors = vec!["0-0".to_owned(); agent.names.len()];
     loop {
         // Jitter: agents started together do not reap in lockstep.
         let jitter = Duration::from_millis(u64::from(Uuid::new_v4().as_u128() as u8) % 200);
@@ -695,7 +703,12 @@ async fn reap_loop<B: Broker>(agent: Arc<Agent<B>>) {
         }
         match agent
             .broker
-            .autoclaim(&agent.info.id, agent.options.lease, &mut cursor)
+            .autoclaim(
+                &agent.info.id,
+                &agent.names,
+                agent.options.lease,
+                &mut cursors,
+            )
             .await
         {
             Ok(0) => {}

@@ -135,9 +135,11 @@ pub struct ReadEvent {
     pub event: Result<Event, String>,
 }
 
-/// An entry an agent read from the queue.
+/// An entry an agent read from a queue.
 #[derive(Debug)]
 pub struct Fetched {
+    /// The task name whose queue it was read from.
+    pub name: String,
     /// Queue entry id.
     pub entry: String,
     /// Task id, or why the entry is unreadable.
@@ -204,13 +206,16 @@ pub trait Broker: Send + Sync + 'static {
 
     // Agent side.
 
-    /// Creates the consumer group if it is missing (at start and after a broker restart).
-    fn prepare(&self) -> impl Future<Output = Result<(), BrokerError>> + Send;
-    /// Reads up to `count` new entries for `agent`, blocking up to `block`, on a
+    /// Makes the queues of the task `names` an agent serves, where missing (at start and
+    /// after a broker restart).
+    fn prepare(&self, names: &[String]) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Reads up to `count` new entries for `agent` from the queues of the task `names`
+    /// it serves (so it never gets a task it cannot run), blocking up to `block`, on a
     /// connection of its own.
     fn fetch(
         &self,
         agent: &str,
+        names: &[String],
         count: usize,
         block: Duration,
     ) -> impl Future<Output = Result<Vec<Fetched>, BrokerError>> + Send;
@@ -218,11 +223,11 @@ pub trait Broker: Send + Sync + 'static {
     fn start(
         &self,
         agent: &str,
-        entry: &str,
+        fetched: &Fetched,
         id: Uuid,
     ) -> impl Future<Output = Result<Option<Claimed>, BrokerError>> + Send;
     /// Drops an unreadable entry.
-    fn discard(&self, entry: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    fn discard(&self, fetched: &Fetched) -> impl Future<Output = Result<(), BrokerError>> + Send;
     /// Publishes an event of a running attempt; `false` when the lease is lost.
     fn emit(
         &self,
@@ -252,13 +257,15 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Renewal, BrokerError>> + Send;
     /// Requeues the entries of dead agents; returns how many were handled.
     fn reap(&self, me: &str) -> impl Future<Output = Result<usize, BrokerError>> + Send;
-    /// Requeues entries idle past `min_idle` (leases not renewed in time), scanning on
-    /// from `cursor` (`0-0` at first), which it advances.
+    /// Requeues the entries idle past `min_idle` (leases not renewed in time) in the
+    /// queues of the task `names` this agent serves, scanning each on from its cursor
+    /// (`cursors[i]` for `names[i]`, `0-0` at first), which it advances.
     fn autoclaim(
         &self,
         me: &str,
+        names: &[String],
         min_idle: Duration,
-        cursor: &mut String,
+        cursors: &mut [String],
     ) -> impl Future<Output = Result<usize, BrokerError>> + Send;
     /// Takes the messages waiting for a task.
     fn take_messages(

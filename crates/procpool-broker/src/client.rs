@@ -131,6 +131,9 @@ struct Shared<B> {
 struct State {
     tasks: HashMap<Uuid, Watched>,
     agents: Vec<AgentInfo>,
+    /// Cancels that could not reach the broker: their handles ended, and each is sent
+    /// once the broker answers again (the script is idempotent), so the run stops then.
+    unsent_cancels: HashSet<Uuid>,
     /// The last client handle is gone: end every watch.
     closed: bool,
 }
@@ -141,6 +144,9 @@ struct Watched {
     /// The submit went through (until then the broker may not know the task yet).
     submitted: bool,
     started: bool,
+    /// Submitted while no agent was up: its name, still to be matched against what the
+    /// agents serve once one is.
+    unchecked: Option<String>,
 }
 
 impl<B> Shared<B> {
@@ -222,15 +228,23 @@ impl<B: Broker> RemoteBackend for Client<B> {
 /// connection, so a cancel or message made after a submit still follows it.
 const SUBMIT_BATCH: usize = 256;
 
-/// Applies submits, cancels and messages in the order they were made.
+/// How often cancels that could not reach the broker are tried again.
+const RESEND_CANCELS_EVERY: Duration = Duration::from_secs(1);
+
+/// Applies submits, cancels and messages in the order they were made, and sends again
+/// the cancels that could not reach the broker.
 async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut next = None;
     loop {
         let op = match next.take() {
             Some(op) => op,
-            None => match rx.recv().await {
-                Some(op) => op,
-                None => return,
+            None => match tokio::time::timeout(RESEND_CANCELS_EVERY, rx.recv()).await {
+                Ok(Some(op)) => op,
+                Ok(None) => return,
+                Err(_) => {
+                    resend_cancels(&shared).await;
+                    continue;
+                }
             },
         };
         match op {
@@ -273,48 +287,69 @@ async fn cancel<B: Broker>(shared: &Shared<B>, id: Uuid) {
         Ok(Cancelled::Cancelled | Cancelled::NotLive) => {}
         Err(e) => {
             // The handle ends here all the same: a cancel (or a shutdown) never waits on
-            // an unreachable broker. What runs on an agent may go on to its end.
-            tracing::warn!(task = %id, error = %e, "cancel could not reach the broker; the task is given up here");
+            // an unreachable broker. The cancel is kept and sent once the broker answers.
+            tracing::warn!(task = %id, error = %e, "cancel could not reach the broker; the task is given up here and the cancel sent when the broker is back");
+            shared.lock().unsent_cancels.insert(id);
             shared.end(id, Err(TaskError::Cancelled));
         }
     }
 }
 
+/// Sends the cancels that could not reach the broker, until one fails again.
+async fn resend_cancels<B: Broker>(shared: &Shared<B>) {
+    let ids: Vec<Uuid> = shared.lock().unsent_cancels.iter().copied().collect();
+    for id in ids {
+        match shared.broker.cancel(id, &shared.inbox).await {
+            Ok(_) => {
+                tracing::info!(task = %id, "a cancel made while the broker was away reached it");
+                shared.lock().unsent_cancels.remove(&id);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Why the live `agents` cannot run a task named `name`; `None` when they can, or when
+/// no agent is up (the task waits for one).
+fn refusal(agents: &[AgentInfo], name: &str) -> Option<TaskError> {
+    if agents.is_empty() {
+        None
+    } else if !agents
+        .iter()
+        .any(|a| a.protocol == procpool_proto::PROTOCOL_VERSION)
+    {
+        Some(TaskError::Protocol {
+            message: format!(
+                "no live agent speaks protocol version {} (theirs: {:?})",
+                procpool_proto::PROTOCOL_VERSION,
+                agents.iter().map(|a| a.protocol).collect::<Vec<_>>()
+            ),
+        })
+    } else if !agents.iter().flat_map(|a| &a.tasks).any(|t| t.name == name) {
+        Some(TaskError::UnknownTask {
+            name: name.to_owned(),
+        })
+    } else {
+        None
+    }
+}
+
 /// Refuses what no live agent can run, then queues the task and starts watching it.
+/// A task goes only to an agent that serves it: one whose agents all left waits in the
+/// queue for the next.
 async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
     let id = sub.id();
-    let refusal = {
-        let state = shared.lock();
-        let agents = &state.agents;
-        if agents.is_empty() {
-            None
-        } else if !agents
-            .iter()
-            .any(|a| a.protocol == procpool_proto::PROTOCOL_VERSION)
-        {
-            Some(TaskError::Protocol {
-                message: format!(
-                    "no live agent speaks protocol version {} (theirs: {:?})",
-                    procpool_proto::PROTOCOL_VERSION,
-                    agents.iter().map(|a| a.protocol).collect::<Vec<_>>()
-                ),
-            })
-        } else if !agents
-            .iter()
-            .flat_map(|a| &a.tasks)
-            .any(|t| t.name == sub.name())
-        {
-            Some(TaskError::UnknownTask {
-                name: sub.name().to_owned(),
-            })
-        } else {
-            None
+    let unchecked = {
+        let mut state = shared.lock();
+        // Submitted again: a cancel of an earlier run not sent yet would stop this one.
+        state.unsent_cancels.remove(&id);
+        if let Some(e) = refusal(&state.agents, sub.name()) {
+            drop(state);
+            sub.finish(Err(e));
+            return;
         }
+        state.agents.is_empty().then(|| sub.name().to_owned())
     };
-    if let Some(e) = refusal {
-        sub.finish(Err(e));
-        return;
-    }
     // Watched before the submit, so its first announced event finds it.
     {
         let mut state = shared.lock();
@@ -329,6 +364,7 @@ async fn submit<B: Broker>(shared: &Shared<B>, sub: RemoteSubmission) {
                 subs: Vec::new(),
                 submitted: false,
                 started: false,
+                unchecked,
             },
         );
     }
@@ -519,7 +555,35 @@ fn apply_event<B: Broker>(
     }
 }
 
-/// Ends `lost` the tasks the broker no longer knows, and refreshes the live agents.
+/// The tasks submitted while no agent was up that the agents up now cannot run (their
+/// names are matched once there are agents).
+fn refuse_unchecked(state: &mut State) -> Vec<(Uuid, TaskError)> {
+    if state.agents.is_empty() {
+        return Vec::new();
+    }
+    let mut refused = Vec::new();
+    for (id, w) in &mut state.tasks {
+        if !w.submitted {
+            continue;
+        }
+        if let Some(name) = w.unchecked.take()
+            && let Some(e) = refusal(&state.agents, &name)
+        {
+            refused.push((*id, e));
+        }
+    }
+    refused
+}
+
+/// Cancels a refused task on the broker (later, when the broker is away).
+async fn cancel_refused<B: Broker>(shared: &Shared<B>, id: Uuid) {
+    if shared.broker.cancel(id, &shared.inbox).await.is_err() {
+        shared.lock().unsent_cancels.insert(id);
+    }
+}
+
+/// Ends `lost` the tasks the broker no longer knows, refreshes the live agents, and
+/// refuses what was submitted before any agent was up and the agents now up cannot run.
 async fn check_known<B: Broker>(shared: &Shared<B>) {
     let ids: Vec<Uuid> = shared
         .lock()
@@ -548,7 +612,16 @@ async fn check_known<B: Broker>(shared: &Shared<B>) {
     }
     if let Ok(agents) = shared.broker.agents().await {
         let now = summary(&agents);
-        shared.lock().agents = agents;
+        let refused = {
+            let mut state = shared.lock();
+            state.agents = agents;
+            refuse_unchecked(&mut state)
+        };
+        for (id, e) in refused {
+            // Out of its queue, where no agent would ever take it.
+            cancel_refused(shared, id).await;
+            shared.end(id, Err(e));
+        }
         shared.served.send_if_modified(|served| {
             let changed = served.workers != now.workers || served.tasks != now.tasks;
             if changed {

@@ -1,6 +1,7 @@
 //! [`Broker`] on Redis Streams (Redis >= 7.0). The data model and every script are
 //! described in `scripts/lib.lua`; each state change is one script call.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -35,6 +36,8 @@ struct Scripts {
     reap: Script,
     autoclaim: Script,
     cancel: Script,
+    take: Script,
+    handback: Script,
 }
 
 impl Scripts {
@@ -51,6 +54,8 @@ impl Scripts {
             reap: s(include_str!("../scripts/reap.lua")),
             autoclaim: s(include_str!("../scripts/autoclaim.lua")),
             cancel: s(include_str!("../scripts/cancel.lua")),
+            take: s(include_str!("../scripts/take.lua")),
+            handback: s(include_str!("../scripts/handback.lua")),
         }
     }
 }
@@ -68,6 +73,8 @@ pub struct RedisBroker {
     fetch_conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     scripts: Scripts,
     max_frame: usize,
+    /// Which of an agent's queues its next fetch reads first (turns, so none starves).
+    turn: AtomicUsize,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -133,6 +140,7 @@ impl RedisBroker {
             fetch_conn: tokio::sync::Mutex::new(None),
             scripts: Scripts::load(),
             max_frame,
+            turn: AtomicUsize::new(0),
         })
     }
 
@@ -162,8 +170,14 @@ impl RedisBroker {
         })
     }
 
-    fn queue(&self) -> String {
-        format!("{}:q", self.prefix)
+    /// The queue of the tasks named `name`.
+    fn queue(&self, name: &str) -> String {
+        format!("{}:q:{name}", self.prefix)
+    }
+
+    /// The set of the task names that have a queue.
+    fn names_set(&self) -> String {
+        format!("{}:names", self.prefix)
     }
 
     fn agents_set(&self) -> String {
@@ -172,6 +186,60 @@ impl RedisBroker {
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// The entries of an XREADGROUP-shaped reply over the queues.
+    fn fetched(&self, reply: &Value) -> Vec<Fetched> {
+        let queue_prefix = format!("{}:q:", self.prefix);
+        streams(reply)
+            .into_iter()
+            .filter_map(|(key, entries)| {
+                Some((key.strip_prefix(&queue_prefix)?.to_owned(), entries))
+            })
+            .flat_map(|(name, entries)| {
+                entries.into_iter().map(move |(entry, fields)| {
+                    let task = fields
+                        .iter()
+                        .find(|(k, _)| k == b"id")
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                        .ok_or_else(|| format!("queue entry {entry} has no task id"));
+                    Fetched {
+                        name: name.clone(),
+                        entry,
+                        task,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// After a failed read: a missing consumer group (the broker restarted without its
+    /// data) is made again and the read comes back empty; any other error is returned.
+    async fn regroup(&self, names: &[String], e: BrokerError) -> Result<Vec<Fetched>, BrokerError> {
+        match e {
+            BrokerError::Command(m) if m.contains("NOGROUP") => {
+                self.prepare(names).await?;
+                Ok(Vec::new())
+            }
+            other => Err(other),
+        }
+    }
+
+    /// Puts a read entry this agent will not start back at the end of its queue.
+    async fn hand_back(&self, fetched: &Fetched, id: Uuid) -> Result<(), BrokerError> {
+        let _: i64 = self
+            .scripts
+            .handback
+            .prepare_invoke()
+            .key(self.queue(&fetched.name))
+            .key(self.key("t", id))
+            .arg(&self.prefix)
+            .arg(id.to_string())
+            .arg(&fetched.entry)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     /// Runs a blocking command on its own connection (made on first use, dropped after
@@ -302,7 +370,7 @@ impl Broker for RedisBroker {
             .submit
             .prepare_invoke()
             .key(self.key("t", &id))
-            .key(self.queue())
+            .key(self.queue(task.name))
             .key(self.key("e", &id))
             .key(self.key("n", inbox))
             .key(self.key("w", &id))
@@ -469,76 +537,116 @@ impl Broker for RedisBroker {
             .collect())
     }
 
-    async fn prepare(&self) -> Result<(), BrokerError> {
-        let made: Result<Value, _> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.queue())
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn())
-            .await;
-        match made {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other.map(drop).map_err(Into::into),
+    async fn prepare(&self, names: &[String]) -> Result<(), BrokerError> {
+        let mut conn = self.conn();
+        if !names.is_empty() {
+            let _: Value = redis::cmd("SADD")
+                .arg(self.names_set())
+                .arg(names)
+                .query_async(&mut conn)
+                .await?;
         }
+        for name in names {
+            let made: Result<Value, _> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.queue(name))
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match made {
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                other => drop(other?),
+            }
+        }
+        Ok(())
     }
 
     async fn fetch(
         &self,
         agent: &str,
+        names: &[String],
         count: usize,
         block: Duration,
     ) -> Result<Vec<Fetched>, BrokerError> {
+        if names.is_empty() {
+            tokio::time::sleep(block).await;
+            return Ok(Vec::new());
+        }
+        let count = count.max(1);
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % names.len();
+        let queues: Vec<String> = names[turn..]
+            .iter()
+            .chain(&names[..turn])
+            .map(|n| self.queue(n))
+            .collect();
+        // What is waiting, exactly `count` at most, without blocking.
+        let mut take = self.scripts.take.prepare_invoke();
+        for q in &queues {
+            take.key(q);
+        }
+        take.arg(agent).arg(count);
+        let taken: Result<Value, BrokerError> = take
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(Into::into);
+        let mut fetched = match taken {
+            Ok(reply) => self.fetched(&reply),
+            Err(e) => return self.regroup(names, e).await,
+        };
+        if !fetched.is_empty() {
+            return Ok(fetched);
+        }
+        // Nothing: wait for the next entry in any of the queues.
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(agent)
             .arg("COUNT")
-            .arg(count.max(1))
+            .arg(count)
             .arg("BLOCK")
             .arg(block.as_millis() as u64)
             .arg("STREAMS")
-            .arg(self.queue())
-            .arg(">");
-        let reply = match self.blocking(&self.fetch_conn, cmd, block).await {
-            Err(BrokerError::Command(m)) if m.contains("NOGROUP") => {
-                // The broker restarted without its data: make the group again.
-                self.prepare().await?;
-                return Ok(Vec::new());
+            .arg(&queues);
+        for _ in &queues {
+            cmd.arg(">");
+        }
+        match self.blocking(&self.fetch_conn, cmd, block).await {
+            Ok(reply) => fetched = self.fetched(&reply),
+            Err(e) => return self.regroup(names, e).await,
+        }
+        // COUNT applies per queue: what is beyond `count` goes back for any agent.
+        if fetched.len() > count {
+            for extra in fetched.split_off(count) {
+                let handed = match extra.task {
+                    Ok(id) => self.hand_back(&extra, id).await,
+                    Err(_) => self.discard(&extra).await,
+                };
+                if let Err(e) = handed {
+                    // It stays pending here: the autoclaim backstop requeues it.
+                    tracing::warn!(entry = extra.entry, error = %e, "could not hand back an entry read beyond the free slots");
+                }
             }
-            other => other?,
-        };
-        Ok(streams(&reply)
-            .into_iter()
-            .flat_map(|(_, entries)| entries)
-            .map(|(entry, fields)| {
-                let task = fields
-                    .iter()
-                    .find(|(k, _)| k == b"id")
-                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                    .ok_or_else(|| format!("queue entry {entry} has no task id"));
-                Fetched { entry, task }
-            })
-            .collect())
+        }
+        Ok(fetched)
     }
 
     async fn start(
         &self,
         agent: &str,
-        entry: &str,
+        fetched: &Fetched,
         id: Uuid,
     ) -> Result<Option<Claimed>, BrokerError> {
         let reply: Value = self
             .scripts
             .start
             .prepare_invoke()
-            .key(self.queue())
+            .key(self.queue(&fetched.name))
             .key(self.key("t", id))
             .arg(&self.prefix)
             .arg(id.to_string())
-            .arg(entry)
+            .arg(&fetched.entry)
             .arg(agent)
             .arg(self.max_frame)
             .invoke_async(&mut self.conn())
@@ -589,11 +697,13 @@ impl Broker for RedisBroker {
         Ok(Some(claimed))
     }
 
-    async fn discard(&self, entry: &str) -> Result<(), BrokerError> {
+    async fn discard(&self, fetched: &Fetched) -> Result<(), BrokerError> {
+        let queue = self.queue(&fetched.name);
+        let entry = [&fetched.entry];
         let _: Value = redis::pipe()
             .atomic()
-            .xack(self.queue(), GROUP, &[entry])
-            .xdel(self.queue(), &[entry])
+            .xack(&queue, GROUP, &entry)
+            .xdel(&queue, &entry)
             .query_async(&mut self.conn())
             .await?;
         Ok(())
@@ -682,7 +792,6 @@ impl Broker for RedisBroker {
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key("a", &info.id))
             .key(self.agents_set())
-            .key(self.queue())
             .arg(&self.prefix)
             .arg(&info.id)
             .arg(ttl.as_millis() as u64)
@@ -710,7 +819,7 @@ impl Broker for RedisBroker {
                 .scripts
                 .reap
                 .prepare_invoke()
-                .key(self.queue())
+                .key(self.names_set())
                 .key(self.agents_set())
                 .key(self.key("a", agent))
                 .arg(&self.prefix)
@@ -725,22 +834,32 @@ impl Broker for RedisBroker {
     async fn autoclaim(
         &self,
         me: &str,
+        names: &[String],
         min_idle: Duration,
-        cursor: &mut String,
+        cursors: &mut [String],
     ) -> Result<usize, BrokerError> {
-        let (n, next): (i64, String) = self
-            .scripts
-            .autoclaim
-            .prepare_invoke()
-            .key(self.queue())
-            .arg(&self.prefix)
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.scripts.autoclaim.prepare_invoke();
+        for name in names {
+            inv.key(self.queue(name));
+        }
+        inv.arg(&self.prefix)
             .arg(me)
-            .arg(min_idle.as_millis() as u64)
-            .arg(&*cursor)
-            .invoke_async(&mut self.conn())
-            .await?;
-        *cursor = next;
-        Ok(usize::try_from(n).unwrap_or(0))
+            .arg(min_idle.as_millis() as u64);
+        for cursor in cursors.iter() {
+            inv.arg(cursor);
+        }
+        let reply: Vec<Value> = inv.invoke_async(&mut self.conn()).await?;
+        for (cursor, next) in cursors.iter_mut().zip(reply.iter().skip(1)) {
+            *cursor = text(next).unwrap_or_else(|| "0-0".into());
+        }
+        Ok(reply
+            .first()
+            .and_then(int)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0))
     }
 
     async fn take_messages(&self, id: Uuid) -> Result<Vec<Vec<u8>>, BrokerError> {
@@ -786,7 +905,7 @@ impl Broker for RedisBroker {
             .scripts
             .reap
             .prepare_invoke()
-            .key(self.queue())
+            .key(self.names_set())
             .key(self.agents_set())
             .key(self.key("a", agent))
             .arg(&self.prefix)

@@ -1,0 +1,19 @@
+-- take: an agent reads up to COUNT new entries, without waiting, from the queues of the
+-- tasks it serves, in the order given (the agent rotates it, so no queue starves). One
+-- XREADGROUP over several streams would return up to COUNT from each: more than the
+-- agent has slots for.
+-- KEYS the queues P:q:<name>
+-- ARGV[1] agent  [2] count
+-- Returns the entries as XREADGROUP does: {{queue, {{entry, fields}, ...}}, ...}.
+local left = tonumber(ARGV[2])
+local out = {}
+for _, q in ipairs(KEYS) do
+  if left <= 0 then break end
+  local r = redis.call('XREADGROUP', 'GROUP', 'agents', ARGV[1], 'COUNT', left,
+    'STREAMS', q, '>')
+  if r then
+    out[#out + 1] = r[1]
+    left = left - #r[1][2]
+  end
+end
+return out
