@@ -1,6 +1,7 @@
-//! The agent: an ordinary local [`Pool`] fed from the broker's queue.
+//! The agent: an ordinary local [`Pool`] fed from the broker's queues.
 //!
-//! It reads only as many entries as it has free worker slots, claims each with a fenced
+//! It reads only the queues of the tasks its workers serve (one per task name), only as
+//! many entries as it has free worker slots, claims each with a fenced
 //! `start`, runs it on the pool and writes events and the outcome back under the same
 //! attempt. Its lease is renewed by a task of its own (never by task code): a renewal
 //! that reports a lease lost kills that task's worker, and when no renewal went through

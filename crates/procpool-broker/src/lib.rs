@@ -3,9 +3,10 @@
 //! API as a local pool.
 //!
 //! - [`connect`] gives a broker-backed `Pool`: submit, await, cancel, progress and
-//!   messages work as on a local one; a task name no live agent serves is
-//!   `unknown_task`, a task the broker forgot (restart without persistence) or whose
-//!   agents died too often is `lost`.
+//!   messages work as on a local one; a task goes only to an agent that serves it, a
+//!   task name no live agent serves is `unknown_task`, a task the broker forgot (restart
+//!   without persistence) or whose agents died too often is `lost`, and a cancel made
+//!   while the broker is away is sent when it is back.
 //! - [`run_agent`] is the agent: a local pool pulling as many tasks as it has free
 //!   slots, with leases renewed by its own task, attempt fencing on every write, reaping
 //!   of dead agents and durable cancel; [`AgentTasks`] lists its tasks and cancels
