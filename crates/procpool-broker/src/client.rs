@@ -1,9 +1,9 @@
 //! The submitter side: a [`Pool`] whose tasks go through a [`Broker`] to the agents.
 //!
 //! One task of the runtime applies submits, cancels and messages in order (consecutive
-//! submits together, pipelined), and every second sends again the cancels that could not
-//! reach the broker (their handles ended at once); another waits on the client's inbox, where the broker
-//! announces each event of a task the client watches, reads the event streams of just
+//! submits together, pipelined), and every second sends again the cancels that could
+//! not reach the broker (their handles ended at once); another waits on the client's
+//! inbox, where the broker announces each event of a task the client watches, reads the event streams of just
 //! those tasks and feeds each handle: started, progress, messages, then the terminal
 //! event. Every second it also reads every watched stream (so a lost announcement costs
 //! at most a second), checks that the broker still knows each task (one it forgot,
@@ -237,16 +237,19 @@ const RESEND_CANCELS_EVERY: Duration = Duration::from_secs(1);
 /// the cancels that could not reach the broker.
 async fn apply_ops<B: Broker>(shared: Arc<Shared<B>>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut next = None;
+    let mut resent = Instant::now();
     loop {
+        // Between ops too, so a steady stream of submits does not hold them back.
+        if resent.elapsed() >= RESEND_CANCELS_EVERY {
+            resend_cancels(&shared).await;
+            resent = Instant::now();
+        }
         let op = match next.take() {
             Some(op) => op,
             None => match tokio::time::timeout(RESEND_CANCELS_EVERY, rx.recv()).await {
                 Ok(Some(op)) => op,
                 Ok(None) => return,
-                Err(_) => {
-                    resend_cancels(&shared).await;
-                    continue;
-                }
+                Err(_) => continue,
             },
         };
         match op {
@@ -299,7 +302,13 @@ async fn cancel<B: Broker>(shared: &Shared<B>, id: Uuid) {
 
 /// Sends the cancels that could not reach the broker, until one fails again.
 async fn resend_cancels<B: Broker>(shared: &Shared<B>) {
-    let ids: Vec<Uuid> = shared.lock().unsent_cancels.iter().copied().collect();
+    let ids: Vec<Uuid> = {
+        let state = shared.lock();
+        if state.unsent_cancels.is_empty() {
+            return;
+        }
+        state.unsent_cancels.iter().copied().collect()
+    };
     for id in ids {
         match shared.broker.cancel(id, &shared.inbox).await {
             Ok(_) => {
