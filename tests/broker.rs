@@ -1701,104 +1701,69 @@ async fn a_cancel_made_while_the_broker_is_away_is_sent_when_it_is_back() {
     assert_eq!(agent.stop(), Some(143));
 }
 
-/// A fetch never returns more than the agent's free slots, though a blocking read over
-/// several queues may return up to COUNT entries from each (Redis >= 7.2 serves a woken
-/// read from every queue that got entries; 7.0 from the first): what is beyond goes back
-/// to its queue (no attempt counted), pending on nobody, and is read next by any agent.
+/// A fetch never returns more than the agent's free slots, though one read over several
+/// queues returns up to COUNT entries from each: what is beyond goes back to the end of
+/// its queue (no attempt counted), pending on nobody, and is read next by any agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_read_beyond_the_free_slots_are_handed_back() {
     let _serial = serial().await;
     let redis = RedisServer::start();
-    let b = Arc::new(
-        RedisBroker::connect(&redis.url(), "over", 1 << 20)
-            .await
-            .expect("connect"),
-    );
+    let b = RedisBroker::connect(&redis.url(), "over", 1 << 20)
+        .await
+        .expect("connect");
     let names = ["add".to_owned(), "square".to_owned()];
     b.prepare(&names).await.unwrap();
-    // Two queued tasks whose entries (ids chosen) are added together, in one script,
-    // while the agent waits: its blocked read wakes up to both.
-    let tasks = [
-        ("add", Uuid::new_v4(), "9999999999999-0"),
-        ("square", Uuid::new_v4(), "9999999999999-1"),
-    ];
-    for (name, id, entry) in &tasks {
-        redis_cli(
-            &redis,
-            &[
-                "HSET",
-                &format!("{{over}}:t:{id}"),
-                "st",
-                "queued",
-                "entry",
-                entry,
-                "name",
-                name,
-                "args",
-                "[2,2]",
-                "enc",
-                "j",
-                "att",
-                "0",
-                "proto",
-                "2",
-                "ttl",
-                "60000",
-                "cancel",
-                "0",
-                "lost",
-                "0",
-                "budget",
-                "3",
-            ],
-        );
+    let mut ids = Vec::new();
+    for (name, args) in [
+        ("add", &b"[1,2]"[..]),
+        ("add", b"[3,4]"),
+        ("square", b"[5]"),
+    ] {
+        let id = Uuid::new_v4();
+        let task = NewTask {
+            id,
+            name,
+            args,
+            encoding: Encoding::Json,
+            timeout: None,
+            retries: None,
+            lost_budget: 3,
+            result_ttl: Duration::from_secs(60),
+        };
+        b.submit(&task, "submitter").await.unwrap();
+        ids.push(id);
     }
-    let blocked = tokio::spawn({
-        let b = b.clone();
-        let names = names.clone();
-        async move { b.fetch("x", &names, 1, Duration::from_secs(20)).await }
-    });
-    wait_for(Duration::from_secs(10), "the blocked read", async || {
-        redis_cli(&redis, &["INFO", "clients"]).contains("blocked_clients:1")
-    })
-    .await;
-    let add_both = "redis.call('XADD', KEYS[1], ARGV[1], 'id', ARGV[2]) \
-                    redis.call('XADD', KEYS[2], ARGV[3], 'id', ARGV[4])";
-    redis_cli(
-        &redis,
-        &[
-            "EVAL",
-            add_both,
-            "2",
-            "{over}:q:add",
-            "{over}:q:square",
-            tasks[0].2,
-            &tasks[0].1.to_string(),
-            tasks[1].2,
-            &tasks[1].1.to_string(),
-        ],
-    );
-    let first = blocked.await.unwrap().unwrap();
-    assert_eq!(first.len(), 1, "{first:?}");
-    let kept = first[0].task.clone().unwrap();
-    let (other_name, other, _) = *tasks.iter().find(|t| t.1 != kept).unwrap();
-    // Queued, in its queue, pending on nobody.
-    let key = format!("{{over}}:t:{other}");
-    let queue = format!("{{over}}:q:{other_name}");
-    assert_eq!(redis_cli(&redis, &["HGET", &key, "st"]), "queued");
-    assert_eq!(redis_cli(&redis, &["XLEN", &queue]), "1");
-    assert!(redis_cli(&redis, &["XPENDING", &queue, "agents"]).starts_with('0'));
-    // Read next (by another agent here), and claimed for its first attempt.
-    let next = b
-        .fetch("y", &names, 1, Duration::from_secs(1))
+    let entry_of = |id: Uuid| redis_cli(&redis, &["HGET", &format!("{{over}}:t:{id}"), "entry"]);
+    let queued: Vec<String> = ids.iter().map(|id| entry_of(*id)).collect();
+    // One free slot, entries in both queues: one is read, the other queue's goes back.
+    let first = b
+        .fetch("x", &names, 1, Duration::from_secs(1))
         .await
         .unwrap();
-    assert_eq!(next.len(), 1, "{next:?}");
-    assert_eq!(next[0].task, Ok(other));
-    let claimed = b
-        .start("y", &next[0], other)
-        .await
-        .unwrap()
-        .expect("claimed");
-    assert_eq!(claimed.attempt, 1);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let back = if first[0].task == Ok(ids[2]) { 0 } else { 2 };
+    let back_queue = if back == 0 {
+        "{over}:q:add"
+    } else {
+        "{over}:q:square"
+    };
+    assert_ne!(entry_of(ids[back]), queued[back], "a new entry at the end");
+    let pending = redis_cli(&redis, &["XPENDING", back_queue, "agents"]);
+    assert!(pending.starts_with('0'), "{pending}");
+    // The rest, one per fetch (by another agent here), each claimed for its first attempt.
+    let mut seen = vec![first[0].task.clone().unwrap()];
+    for _ in 0..2 {
+        let next = b
+            .fetch("y", &names, 1, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 1, "{next:?}");
+        let id = next[0].task.clone().unwrap();
+        let claimed = b.start("y", &next[0], id).await.unwrap().expect("claimed");
+        assert_eq!(claimed.attempt, 1);
+        seen.push(id);
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
 }

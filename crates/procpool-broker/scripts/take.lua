@@ -1,7 +1,7 @@
 -- take: an agent reads up to COUNT new entries, without waiting, from the queues of the
--- tasks it serves, in the order given (the agent rotates it, so no queue starves). One
--- XREADGROUP over several streams would return up to COUNT from each: more than the
--- agent has slots for.
+-- tasks it serves, in the order given (the agent rotates it, so no queue starves). Used
+-- while several of its queues hold entries: one XREADGROUP over several streams returns
+-- up to COUNT from each, more than the agent has slots for.
 -- KEYS the queues P:q:<name>
 -- ARGV[1] agent  [2] count
 -- Returns the entries as XREADGROUP does: {{queue, {{entry, fields}, ...}}, ...}.

@@ -1,7 +1,7 @@
 //! [`Broker`] on Redis Streams (Redis >= 7.0). The data model and every script are
 //! described in `scripts/lib.lua`; each state change is one script call.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -75,6 +75,10 @@ pub struct RedisBroker {
     max_frame: usize,
     /// Which of an agent's queues its next fetch reads first (turns, so none starves).
     turn: AtomicUsize,
+    /// A read found entries in several of the agent's queues: until they are drained,
+    /// its fetches take exactly their count (the `take` script) instead of reading up to
+    /// the count from each queue and handing back the rest.
+    backlog: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -141,6 +145,7 @@ impl RedisBroker {
             scripts: Scripts::load(),
             max_frame,
             turn: AtomicUsize::new(0),
+            backlog: AtomicBool::new(false),
         })
     }
 
@@ -581,24 +586,31 @@ impl Broker for RedisBroker {
             .chain(&names[..turn])
             .map(|n| self.queue(n))
             .collect();
-        // What is waiting, exactly `count` at most, without blocking.
-        let mut take = self.scripts.take.prepare_invoke();
-        for q in &queues {
-            take.key(q);
+        if self.backlog.load(Ordering::Relaxed) {
+            // Several queues hold entries: exactly `count` of them, queue after queue.
+            let mut take = self.scripts.take.prepare_invoke();
+            for q in &queues {
+                take.key(q);
+            }
+            take.arg(agent).arg(count);
+            let taken: Result<Value, BrokerError> = take
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(Into::into);
+            let fetched = match taken {
+                Ok(reply) => self.fetched(&reply),
+                Err(e) => return self.regroup(names, e).await,
+            };
+            if fetched.len() < count {
+                // Fewer than asked for: every queue was drained.
+                self.backlog.store(false, Ordering::Relaxed);
+            }
+            if !fetched.is_empty() {
+                return Ok(fetched);
+            }
         }
-        take.arg(agent).arg(count);
-        let taken: Result<Value, BrokerError> = take
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(Into::into);
-        let mut fetched = match taken {
-            Ok(reply) => self.fetched(&reply),
-            Err(e) => return self.regroup(names, e).await,
-        };
-        if !fetched.is_empty() {
-            return Ok(fetched);
-        }
-        // Nothing: wait for the next entry in any of the queues.
+        // What is waiting, or else the next entry in any of the queues: one round trip,
+        // as with a single queue.
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -612,12 +624,14 @@ impl Broker for RedisBroker {
         for _ in &queues {
             cmd.arg(">");
         }
-        match self.blocking(&self.fetch_conn, cmd, block).await {
-            Ok(reply) => fetched = self.fetched(&reply),
+        let mut fetched = match self.blocking(&self.fetch_conn, cmd, block).await {
+            Ok(reply) => self.fetched(&reply),
             Err(e) => return self.regroup(names, e).await,
-        }
-        // COUNT applies per queue: what is beyond `count` goes back for any agent.
+        };
+        // COUNT applies per queue: what is beyond `count` goes back for any agent, and
+        // the next reads take exactly `count` until the queues are drained.
         if fetched.len() > count {
+            self.backlog.store(true, Ordering::Relaxed);
             for extra in fetched.split_off(count) {
                 let handed = match extra.task {
                     Ok(id) => self.hand_back(&extra, id).await,
