@@ -118,6 +118,11 @@ struct Cli {
     #[arg(long)]
     worker: Option<PathBuf>,
 
+    /// `max_rss` in bytes for the pools of the `procpool` columns (not for `queued_*`, nor
+    /// the command line's metrics): the memory checks' cost, read against the floors.
+    #[arg(long)]
+    max_rss: Option<u64>,
+
     /// The `procpool` command line measured by `cli_jobs_per_s` and `cli_rtt_us`, with
     /// --worker as its worker. Default: `procpool` next to this binary.
     #[arg(long)]
@@ -312,10 +317,10 @@ fn run(cli: Cli) -> Result<()> {
             "floor_pipe" => System::Pipe(floor_pipe::FloorPipe::new(&exe)),
             "floor_tokio" => System::Tokio(floor_tokio::FloorTokio::new(&exe)),
             "procpool" => {
-                System::Procpool(pp::Procpool::new(&worker, &exe, &cli_path, pp::Mode::Start))
+                System::Procpool(pp::Procpool::new(&worker, cli.max_rss, &exe, &cli_path, pp::Mode::Start))
             }
             "procpool_build" => {
-                System::Procpool(pp::Procpool::new(&worker, &exe, &cli_path, pp::Mode::Build))
+                System::Procpool(pp::Procpool::new(&worker, cli.max_rss, &exe, &cli_path, pp::Mode::Build))
             }
             "procspawn" => {
                 let path = cli

@@ -36,6 +36,9 @@ impl Mode {
 
 pub struct Procpool {
     worker: PathBuf,
+    /// `PoolBuilder::max_rss` for the pools measured here (`--max-rss`), so the cost of
+    /// the memory checks can be read beside the floors.
+    max_rss: Option<u64>,
     exe: PathBuf,
     mode: Mode,
     /// The `procpool` command line over the same worker (measured in `procpool` only).
@@ -48,9 +51,12 @@ async fn close(pool: Pool) {
     pool.shutdown(Shutdown::Kill).await;
 }
 
-fn builder(worker: &Path) -> PoolBuilder {
+fn builder(worker: &Path, max_rss: Option<u64>) -> PoolBuilder {
     let mut b = Pool::builder();
     b.worker(worker).workers(2);
+    if let Some(bytes) = max_rss {
+        b.max_rss(bytes);
+    }
     b
 }
 
@@ -78,9 +84,16 @@ async fn settle(pool: &Pool, idle: usize, starts: Option<u64>) -> Result<()> {
 }
 
 impl Procpool {
-    pub fn new(worker: &Path, exe: &Path, cli: &Path, mode: Mode) -> Procpool {
+    pub fn new(
+        worker: &Path,
+        max_rss: Option<u64>,
+        exe: &Path,
+        cli: &Path,
+        mode: Mode,
+    ) -> Procpool {
         Procpool {
             worker: worker.to_owned(),
+            max_rss,
             exe: exe.to_owned(),
             mode,
             cli: crate::cli::Cli::new(cli, worker),
@@ -103,11 +116,11 @@ impl Procpool {
     }
 
     async fn measure_async(&mut self, g: Group, p: &Params) -> Result<Outcome> {
-        let w = &self.worker;
+        let (w, max_rss) = (&self.worker, self.max_rss);
         let mode = self.mode;
         match g {
             Group::Rtt => {
-                let pool = mode.open(&builder(w)).await?;
+                let pool = mode.open(&builder(w, max_rss)).await?;
                 for i in 0..100 {
                     add(&pool, i).await?;
                 }
@@ -123,7 +136,7 @@ impl Procpool {
                 Ok(Outcome::one("rtt_us", median(chunks)))
             }
             Group::TputStrict => {
-                let pool = mode.open(&builder(w)).await?;
+                let pool = mode.open(&builder(w, max_rss)).await?;
                 let v = throughput(&pool, p.tput_n).await?;
                 close(pool).await;
                 Ok(Outcome::one("tput_strict_per_s", v))
@@ -131,7 +144,7 @@ impl Procpool {
             Group::TputWindow => {
                 // `prefetch(k)` keeps k tasks queued in a busy worker beside the running one.
                 let pool = mode
-                    .open(builder(w).prefetch(p.window as usize - 1))
+                    .open(builder(w, max_rss).prefetch(p.window as usize - 1))
                     .await?;
                 let v = throughput(&pool, p.window_n).await?;
                 close(pool).await;
@@ -141,7 +154,7 @@ impl Procpool {
                 let mut total = Duration::ZERO;
                 for _ in 0..p.spawn_k {
                     let t = Instant::now();
-                    let pool = mode.open(&builder(w)).await?;
+                    let pool = mode.open(&builder(w, max_rss)).await?;
                     add(&pool, 1).await?;
                     total += t.elapsed();
                     close(pool).await;
@@ -149,7 +162,7 @@ impl Procpool {
                 Ok(Outcome::one("spawn_ready_ms", ms(total) / p.spawn_k as f64))
             }
             Group::FreshProcess => {
-                let pool = mode.open(builder(w).max_tasks_per_worker(1)).await?;
+                let pool = mode.open(builder(w, max_rss).max_tasks_per_worker(1)).await?;
                 let before = pool.status().await.worker_starts;
                 let t = Instant::now();
                 let handles: Vec<_> = (0..p.fresh_n)
@@ -169,7 +182,7 @@ impl Procpool {
                 Ok(Outcome::one("fresh_process_per_s", v))
             }
             Group::Cancel => {
-                let pool = mode.open(&builder(w)).await?;
+                let pool = mode.open(&builder(w, max_rss)).await?;
                 add(&pool, 1).await?;
                 let mut resolve = Duration::ZERO;
                 let mut replace = Duration::ZERO;
@@ -202,7 +215,7 @@ impl Procpool {
                 ]))
             }
             Group::Crash => {
-                let pool = mode.open(&builder(w)).await?;
+                let pool = mode.open(&builder(w, max_rss)).await?;
                 add(&pool, 1).await?;
                 let mut total = Duration::ZERO;
                 for _ in 0..p.crash_k {
@@ -222,7 +235,7 @@ impl Procpool {
                 ))
             }
             Group::Blob => {
-                let pool = mode.open(&builder(w)).await?;
+                let pool = mode.open(&builder(w, max_rss)).await?;
                 let n = p.blob_bytes;
                 let one = || async {
                     let b: Bytes = pool.submit(demo::bytes::task(n)).await?;
@@ -242,7 +255,7 @@ impl Procpool {
                 ))
             }
             Group::IdleRss => {
-                let pool = mode.open(&builder(w)).await?;
+                let pool = mode.open(&builder(w, max_rss)).await?;
                 let (a, b) = tokio::join!(
                     pool.submit(demo::sleep_ms::task(5)),
                     pool.submit(demo::sleep_ms::task(5))
@@ -309,7 +322,7 @@ pub fn queued_child(worker: &Path, n: u64, mode: Mode) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let pool = mode.open(&builder(worker)).await?;
+        let pool = mode.open(&builder(worker, None)).await?;
         add(&pool, 1).await?;
         let blockers = [
             pool.submit(demo::sleep_ms::task(600_000)),
