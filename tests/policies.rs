@@ -324,6 +324,87 @@ async fn max_rss_kills_with_limit_exceeded_and_the_slot_recovers() {
     assert_no_children();
 }
 
+/// The limit of the peak tests: a demo worker idles at a few MiB, and `alloc_mb(PEAK_MB)`
+/// is served by its own mapping (above the 32 MiB the worker keeps in its heap), touched
+/// and unmapped within a few milliseconds: a peak the 20 ms readings mostly miss.
+const PEAK_LIMIT: u64 = 32 << 20;
+const PEAK_MB: u64 = 48;
+
+/// Asserts that `err` is the verdict of a task whose memory went above [`PEAK_LIMIT`].
+fn assert_over_peak_limit(err: &TaskError) {
+    match err {
+        TaskError::LimitExceeded { message } => {
+            assert!(
+                message.contains("32 MiB"),
+                "the figure is missing: {message}"
+            )
+        }
+        other => panic!("expected limit_exceeded, got {other:?}"),
+    }
+}
+
+/// A task that allocates past `max_rss` and returns between two readings still ends
+/// `limit_exceeded` (the worker's high-water mark is read at its end), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_peak_between_two_readings_ends_limit_exceeded() {
+    let _serial = serial().await;
+    let pool = demo(1).max_rss(PEAK_LIMIT).build().unwrap();
+    for _ in 0..20 {
+        let pid = pool.worker_pids().await[0];
+        let err = pool.run(demo::alloc_mb::task(PEAK_MB)).await.unwrap_err();
+        assert_over_peak_limit(&err);
+        // The worker that went over does not serve again (its memory may stay high).
+        support::assert_serves_on_a_new_worker(&pool, pid, (1, 2)).await;
+    }
+    drop(pool);
+    assert_no_children();
+}
+
+/// With a prefetch window each task's peak is its own: tasks over the limit fail, the
+/// small ones sent behind them to the same worker complete (the high-water mark is reset
+/// at each task's start, in the worker, in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_peaks_are_per_task_in_a_prefetch_window() {
+    let _serial = serial().await;
+    let pool = demo(1).max_rss(PEAK_LIMIT).prefetch(8).build().unwrap();
+    let (mut over, mut small, mut adds) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..20i64 {
+        over.push(pool.submit(demo::alloc_mb::task(PEAK_MB)));
+        small.push(pool.submit(demo::alloc_mb::task(1)));
+        adds.push(pool.submit(demo::add::task(i, 1)));
+    }
+    for h in over {
+        assert_over_peak_limit(&h.await.unwrap_err());
+    }
+    for h in small {
+        assert_eq!(h.await, Ok(1), "a small task behind a memory peak");
+    }
+    for (i, h) in adds.into_iter().enumerate() {
+        assert_eq!(h.await, Ok(i as i64 + 1), "a no-op behind a memory peak");
+    }
+    drop(pool);
+    assert_no_children();
+}
+
+/// No false positive: tasks whose peaks stay under `max_rss` complete, one after another
+/// on the same worker, however high the one before them went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_under_max_rss_complete_on_the_same_worker() {
+    let _serial = serial().await;
+    let pool = demo(1).max_rss(PEAK_LIMIT + (32 << 20)).build().unwrap();
+    let pid = pool.worker_pids().await[0];
+    for i in 0..20i64 {
+        assert_eq!(
+            pool.run(demo::alloc_mb::task(PEAK_MB - 8)).await,
+            Ok(PEAK_MB - 8)
+        );
+        assert_eq!(pool.run(demo::add::task(i, 1)).await, Ok(i + 1));
+    }
+    assert_eq!(pool.worker_pids().await, [pid], "no worker was replaced");
+    drop(pool);
+    assert_no_children();
+}
+
 /// `rlimit_cpu_seconds(1)`: the worker gets SIGXCPU after one CPU second and the task
 /// fails with `limit_exceeded` (as `PoolBuilder::rlimit_cpu_seconds` documents). The hard
 /// limit sits one second above the soft one: with equal limits Linux sends SIGKILL first.

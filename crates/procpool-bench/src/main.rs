@@ -316,12 +316,20 @@ fn run(cli: Cli) -> Result<()> {
         let s = match name.as_str() {
             "floor_pipe" => System::Pipe(floor_pipe::FloorPipe::new(&exe)),
             "floor_tokio" => System::Tokio(floor_tokio::FloorTokio::new(&exe)),
-            "procpool" => {
-                System::Procpool(pp::Procpool::new(&worker, cli.max_rss, &exe, &cli_path, pp::Mode::Start))
-            }
-            "procpool_build" => {
-                System::Procpool(pp::Procpool::new(&worker, cli.max_rss, &exe, &cli_path, pp::Mode::Build))
-            }
+            "procpool" => System::Procpool(pp::Procpool::new(
+                &worker,
+                cli.max_rss,
+                &exe,
+                &cli_path,
+                pp::Mode::Start,
+            )),
+            "procpool_build" => System::Procpool(pp::Procpool::new(
+                &worker,
+                cli.max_rss,
+                &exe,
+                &cli_path,
+                pp::Mode::Build,
+            )),
             "procspawn" => {
                 let path = cli
                     .procspawn_peer

@@ -162,7 +162,9 @@ impl Procpool {
                 Ok(Outcome::one("spawn_ready_ms", ms(total) / p.spawn_k as f64))
             }
             Group::FreshProcess => {
-                let pool = mode.open(builder(w, max_rss).max_tasks_per_worker(1)).await?;
+                let pool = mode
+                    .open(builder(w, max_rss).max_tasks_per_worker(1))
+                    .await?;
                 let before = pool.status().await.worker_starts;
                 let t = Instant::now();
                 let handles: Vec<_> = (0..p.fresh_n)

@@ -328,7 +328,8 @@ pub(crate) struct PolicyArgs {
 
     /// Kill a worker whose resident memory goes above SIZE while it runs a job, e.g.
     /// `512MiB`, `1GB`, `300M` (K, M, G are powers of 1000; KiB, MiB, GiB of 1024); the job
-    /// is `limit_exceeded` and a fresh worker takes the next one.
+    /// is `limit_exceeded` and a fresh worker takes the next one. Read every 20 ms; on
+    /// Linux the job's peak is checked too when it ends, so a brief one is not missed.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(crate) max_rss: Option<u64>,
 

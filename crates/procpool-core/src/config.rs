@@ -323,9 +323,21 @@ impl PoolBuilder {
     }
 
     /// Kill a worker whose resident memory goes above `bytes` while it runs a task, failing
-    /// the task with `limit_exceeded`. Checked every 20 ms while a task runs. The memory
-    /// is that of the worker's process group: the task's children count too (on Linux,
-    /// those still in the worker's process tree; see `procpool_os::group_rss_bytes`).
+    /// the task with `limit_exceeded`. Checked two ways:
+    ///
+    /// - every 20 ms while a task runs, the memory of the worker's process group, killed
+    ///   at the first reading above the limit (the task's children count too: on Linux,
+    ///   those still in the worker's process tree; see `procpool_os::group_rss_bytes`);
+    /// - on Linux, when a task ends, the worker's own peak over that task (its `VmHWM`,
+    ///   reset at the task's start through `/proc/self/clear_refs`, by the worker itself,
+    ///   so tasks sent ahead with [`prefetch`](Self::prefetch) each get their own). A task
+    ///   that went above the limit between two readings and returned still ends
+    ///   `limit_exceeded`, its message giving the peak, and its worker is replaced.
+    ///
+    /// The peak is the worker process's alone: a brief peak in a child the task started is
+    /// seen by the readings only. Where no peak can be measured (macOS; a `/proc` missing
+    /// or refusing the reset) the readings alone enforce the limit, and a task that
+    /// allocates and frees a large block between two of them can finish under it.
     pub fn max_rss(&mut self, bytes: u64) -> &mut Self {
         self.max_rss = Some(bytes);
         self

@@ -115,8 +115,9 @@ struct Executor {
 /// What a frame from the worker means for the tasks in flight.
 enum Answer {
     Nothing,
-    /// The running task ended.
-    Done(Result<Bytes, TaskError>),
+    /// The running task ended, with the worker's peak resident memory during it when the
+    /// worker measured one above the limit.
+    Done(Result<Bytes, TaskError>, Option<u64>),
     /// A prefetched task was dropped before it started.
     Skipped(TaskId),
     /// A task we asked to drop had already started.
@@ -290,8 +291,11 @@ impl Executor {
         let mut draining = false;
         // Set once Shutdown is sent: past it, a worker that has not exited is killed.
         let mut exit_by: Option<Instant> = None;
+        let mut shutdown_sent = false;
         // Set once frames can no longer reach the worker.
         let mut write_failed: Option<WriteFailure> = None;
+        // Tasks that came after the Shutdown: the worker will not read them.
+        let mut late: Vec<Box<Submission>> = Vec::new();
         let end = 'run: loop {
             tokio::select! {
                 frame = frames.next() => {
@@ -302,8 +306,19 @@ impl Executor {
                             Some(Ok(frame)) => match self.answer(frame, &inflight) {
                                 Ok(answer) => match answer {
                                     Answer::Nothing => {}
-                                    Answer::Done(outcome) => {
+                                    Answer::Done(outcome, peak) => {
                                         let sub = inflight.pop_front().expect("Done answers the running task");
+                                        // A peak above the limit between two readings: the
+                                        // task's verdict all the same, and the worker retires,
+                                        // since what it holds now may stay high. Tasks sent
+                                        // ahead to it run on: each one's peak is its own.
+                                        let outcome = match self.peak_above_limit(peak) {
+                                            Some(message) => {
+                                                draining = true;
+                                                Err(TaskError::LimitExceeded { message })
+                                            }
+                                            None => outcome,
+                                        };
                                         if self.output.captures() {
                                             self.sync_output().await;
                                             sub.shared.set_output(self.output.take_captured());
@@ -317,6 +332,7 @@ impl Executor {
                                         }
                                         if draining && inflight.is_empty() {
                                             writer.send(&ToWorker::Shutdown);
+                                            shutdown_sent = true;
                                             exit_by = after(self.settings.grace);
                                         }
                                         // The dispatcher hears of the end before the handle does (see
@@ -370,6 +386,12 @@ impl Executor {
                     let mut cmd = cmd;
                     for left in (0..BATCH).rev() {
                         match cmd {
+                            // A worker that retires on its own (a task's peak above
+                            // `max_rss`) may get a task sent ahead by a dispatcher that has
+                            // not yet heard it retires. Sent after the Shutdown, it would
+                            // never run, and the worker's exit would be blamed on it: it
+                            // goes back to the queue.
+                            Some(ExecutorCommand::Run(sub)) if shutdown_sent => late.push(sub),
                             Some(ExecutorCommand::Run(mut sub)) => {
                                 writer.send(&RunRef::Run {
                                     task_id: sub.id,
@@ -411,8 +433,9 @@ impl Executor {
                             Some(ExecutorCommand::KillNow) | None => break 'run End::Killed(KillReason::PoolClosed),
                             Some(ExecutorCommand::Shutdown) => {
                                 draining = true;
-                                if inflight.is_empty() && exit_by.is_none() {
+                                if inflight.is_empty() && !shutdown_sent {
                                     writer.send(&ToWorker::Shutdown);
+                                    shutdown_sent = true;
                                     exit_by = after(self.settings.grace);
                                 }
                             }
@@ -536,6 +559,7 @@ impl Executor {
             self.retry_or_answer(sub, Err(err))
         });
         let mut unstarted: Vec<Box<Submission>> = inflight.into_iter().collect();
+        unstarted.extend(late);
         unstarted.extend(self.unstarted());
         // The dispatcher hears of the end before the handle does (see its `biased` select).
         let _ = self.events.send(WorkerEvent::Exited {
@@ -590,11 +614,12 @@ impl Executor {
         inflight: &VecDeque<Box<Submission>>,
     ) -> Result<Answer, procpool_proto::CodecError> {
         match procpool_proto::decode_done_in_place(&frame) {
-            Some((task_id, outcome)) if inflight.front().is_some_and(|s| s.id == task_id) => {
-                Ok(Answer::Done(match outcome {
+            Some(done) if inflight.front().is_some_and(|s| s.id == done.task_id) => {
+                let outcome = match done.outcome {
                     Ok(range) => Ok(frame.freeze().slice(range)),
                     Err(failure) => Err(TaskError::from_failure(failure)),
-                }))
+                };
+                Ok(Answer::Done(outcome, done.peak_rss))
             }
             Some(_) => {
                 log!(debug!(
@@ -635,10 +660,15 @@ impl Executor {
                     Err(full) => Answer::InboxFull(full.limit),
                 }
             }
-            FromWorker::Done { task_id, outcome } if task_id == head.id => Answer::Done(
+            FromWorker::Done {
+                task_id,
+                peak_rss,
+                outcome,
+            } if task_id == head.id => Answer::Done(
                 outcome
                     .map(|b| Bytes::from(b.into_vec()))
                     .map_err(TaskError::from_failure),
+                peak_rss,
             ),
             FromWorker::Skipped { task_id } => Answer::Skipped(task_id),
             FromWorker::Running { task_id } => Answer::Running(task_id),
@@ -667,6 +697,19 @@ impl Executor {
         if self.settings.max_rss.is_some() {
             timers.rss_check.reset();
         }
+    }
+
+    /// The `limit_exceeded` message for a task whose peak resident memory, as its worker
+    /// measured it, went above `max_rss`; logged, since the readings missed it.
+    fn peak_above_limit(&self, peak: Option<u64>) -> Option<String> {
+        let (peak, max) = (peak?, self.settings.max_rss?);
+        (peak > max).then(|| {
+            log!(debug!(
+                worker_pid = self.pid,
+                peak, max, "a task's peak memory went above the limit between two readings"
+            ));
+            crate::limits::rss_peak_above_limit(peak, max)
+        })
     }
 
     /// Hands the task back for another attempt when its retry policy says so; otherwise

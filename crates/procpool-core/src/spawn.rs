@@ -6,7 +6,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use procpool_os::{Pgid, Signal};
-use procpool_proto::{ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER};
+use procpool_proto::{
+    ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PEAK_RSS, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER,
+};
 use tokio::process::Child;
 use tokio::sync::oneshot;
 
@@ -111,6 +113,7 @@ fn spawn_process(settings: &Settings, groups: &Arc<Groups>) -> Result<Spawned, R
         .env(ENV_MAX_FRAME, settings.max_frame.to_string())
         .envs(settings.rlimits.to_env().map(|v| (ENV_RLIMITS, v)))
         .envs((settings.prefetch > 0).then_some((ENV_PREFETCH, "1")))
+        .envs(settings.max_rss.map(|max| (ENV_PEAK_RSS, max.to_string())))
         // The worker end rides in on stdin; the worker moves it to a high descriptor and
         // reopens stdin on /dev/null. No pre_exec closure: std keeps its posix_spawn path.
         .stdin(Stdio::from(theirs))

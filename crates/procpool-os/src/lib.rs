@@ -4,7 +4,8 @@
 //! It defines [`Pgid`] (a worker's process group, the unit every kill addresses), the
 //! channel handed to a worker ([`channel_pair`] on the supervisor side,
 //! [`take_worker_channel`] in the worker), the worker's own orphan protection
-//! ([`die_with_parent`]), the memory a worker's group holds ([`group_rss_bytes`]), the
+//! ([`die_with_parent`]), the memory a worker's group holds ([`group_rss_bytes`]) and a
+//! worker's own peak ([`PeakRss`]), the
 //! resource limits a worker applies to itself ([`Rlimit`], [`apply_rlimits`]), the
 //! adoption of orphaned grandchildren by a subreaper supervisor ([`become_subreaper`],
 //! [`reap_adopted`], [`kill_adopted`]), the one long-lived thread workers can be spawned
@@ -43,7 +44,9 @@
 //!   decisions are platform-neutral code, unit-tested on Linux.
 //! - **Memory.** Linux reads `/proc`; macOS asks libproc (`proc_listpgrppids`, then
 //!   `proc_pidinfo(PROC_PIDTASKINFO)` for each member's resident size), part of the
-//!   system library, so no C compiler or extra crate is needed.
+//!   system library, so no C compiler or extra crate is needed. A peak since a reset
+//!   ([`PeakRss`]) is Linux's `VmHWM` with `clear_refs`; macOS has none, and
+//!   [`PeakRss::open`] fails there.
 //! - **Resource limits.** macOS accepts `RLIMIT_AS` but does not enforce it:
 //!   [`check_rlimit`] refuses it there, so a pool asking for it fails at build time
 //!   instead of running unbounded. `RLIMIT_CPU` (with `SIGXCPU`) and `RLIMIT_NOFILE`
@@ -93,7 +96,9 @@ pub use errors::OsError;
 pub use exit::{ExitVerdict, signal_name};
 pub use kill::{Pgid, Signal};
 pub use orphans::{become_subreaper, kill_adopted, reap_adopted, spawn_worker, worker_reaped};
-pub use os::{channel_pair, die_with_parent, group_rss_bytes, keep_freed_memory, rss_bytes};
+pub use os::{
+    PeakRss, channel_pair, die_with_parent, group_rss_bytes, keep_freed_memory, rss_bytes,
+};
 pub use rlimits::{Rlimit, apply_rlimits, check_rlimit};
 pub use spawner::{SpawnJob, on_spawner_thread, start_spawner};
 pub use worker::{take_worker_channel, wait_readable};

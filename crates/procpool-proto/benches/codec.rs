@@ -30,6 +30,7 @@ fn run(args: Vec<u8>) -> ToWorker {
 fn done(result: Vec<u8>) -> FromWorker {
     FromWorker::Done {
         task_id: TaskId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        peak_rss: None,
         outcome: Ok(ByteBuf::from(result)),
     }
 }
@@ -151,8 +152,8 @@ fn frames(c: &mut Criterion) {
             || one.clone(),
             |mut buf| {
                 let frame = codec.decode(&mut buf).unwrap().unwrap();
-                let (_, range) = decode_done_in_place(&frame).unwrap();
-                black_box(frame.freeze().slice(range.unwrap()))
+                let done = decode_done_in_place(&frame).unwrap();
+                black_box(frame.freeze().slice(done.outcome.unwrap()))
             },
             BatchSize::LargeInput,
         )
@@ -195,6 +196,7 @@ fn frames(c: &mut Criterion) {
                 &mut sink,
                 &mut head,
                 TaskId(1),
+                None,
                 black_box(&big_result),
                 DEFAULT_MAX_FRAME,
             )

@@ -73,25 +73,40 @@ enum DoneView<'a> {
     Message,
     Done {
         task_id: TaskId,
+        peak_rss: Option<u64>,
         #[serde(borrow)]
         outcome: Result<&'a serde_bytes::Bytes, TaskFailure>,
     },
 }
 
+/// A `FromWorker::Done` read in place (see [`decode_done_in_place`]).
+#[derive(Debug)]
+pub struct DoneInPlace {
+    /// Finished task.
+    pub task_id: TaskId,
+    /// The worker's peak resident memory during the task, if it measured one.
+    pub peak_rss: Option<u64>,
+    /// On success, where the result lies in the payload.
+    pub outcome: Result<std::ops::Range<usize>, TaskFailure>,
+}
+
 /// A `FromWorker::Done` read in place: on success, where its result lies in `payload`,
 /// so a large result reaches the caller without a copy. `None` when the frame is not a
 /// well-formed `Done` (decode it with [`decode_message`] then).
-pub fn decode_done_in_place(
-    payload: &[u8],
-) -> Option<(TaskId, Result<std::ops::Range<usize>, TaskFailure>)> {
+pub fn decode_done_in_place(payload: &[u8]) -> Option<DoneInPlace> {
     match bincode_decode::<DoneView<'_>>(payload).ok()? {
-        DoneView::Done { task_id, outcome } => {
-            let outcome = outcome.map(|bytes| {
+        DoneView::Done {
+            task_id,
+            peak_rss,
+            outcome,
+        } => Some(DoneInPlace {
+            task_id,
+            peak_rss,
+            outcome: outcome.map(|bytes| {
                 let start = bytes.as_ptr() as usize - payload.as_ptr() as usize;
                 start..start + bytes.len()
-            });
-            Some((task_id, outcome))
-        }
+            }),
+        }),
         _ => None,
     }
 }
@@ -104,6 +119,7 @@ pub fn write_done_ok(
     w: &mut impl std::io::Write,
     head: &mut Vec<u8>,
     task_id: TaskId,
+    peak_rss: Option<u64>,
     result: &[u8],
     max: usize,
 ) -> Result<(), FrameError> {
@@ -111,6 +127,7 @@ pub fn write_done_ok(
     head.extend_from_slice(&[0; PREFIX]);
     let empty: FromWorker = FromWorker::Done {
         task_id,
+        peak_rss,
         outcome: Ok(serde_bytes::ByteBuf::new()),
     };
     let io = |e| FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
@@ -385,6 +402,7 @@ mod tests {
     fn frames_roundtrip_through_both_paths() {
         let msg = FromWorker::Done {
             task_id: TaskId(u128::MAX),
+            peak_rss: Some(u64::MAX),
             outcome: Err(TaskFailure::User {
                 type_name: "E".into(),
                 message: "boom".into(),
@@ -402,32 +420,40 @@ mod tests {
 
     #[test]
     fn done_in_place_and_vectored_done_match_the_message() {
-        for result in [vec![], vec![7u8; 3], vec![1u8; 300], vec![9u8; 70_000]] {
+        let peaks = [None, Some(0), Some(48 << 20), Some(u64::MAX)];
+        for (result, peak_rss) in [vec![], vec![7u8; 3], vec![1u8; 300], vec![9u8; 70_000]]
+            .into_iter()
+            .zip(peaks)
+        {
             let msg = FromWorker::Done {
                 task_id: TaskId(42 << 70),
+                peak_rss,
                 outcome: Ok(serde_bytes::ByteBuf::from(result.clone())),
             };
             let mut framed = Vec::new();
             encode_frame(&msg, &mut framed, 1 << 20).unwrap();
             let mut vectored = Vec::new();
             let mut head = Vec::new();
-            write_done_ok(&mut vectored, &mut head, TaskId(42 << 70), &result, 1 << 20).unwrap();
+            let id = TaskId(42 << 70);
+            write_done_ok(&mut vectored, &mut head, id, peak_rss, &result, 1 << 20).unwrap();
             assert_eq!(vectored, framed, "result of {} bytes", result.len());
             let payload = &framed[PREFIX..];
-            let (id, range) = decode_done_in_place(payload).unwrap();
-            assert_eq!(id, TaskId(42 << 70));
-            assert_eq!(&payload[range.unwrap()], &result[..]);
+            let done = decode_done_in_place(payload).unwrap();
+            assert_eq!((done.task_id, done.peak_rss), (id, peak_rss));
+            assert_eq!(&payload[done.outcome.unwrap()], &result[..]);
         }
         let failed = FromWorker::Done {
             task_id: TaskId(1),
+            peak_rss: Some(7),
             outcome: Err(TaskFailure::User {
                 type_name: "E".into(),
                 message: "boom".into(),
             }),
         };
         let payload = encode_message(&failed).unwrap();
-        let (_, outcome) = decode_done_in_place(&payload).unwrap();
-        assert!(matches!(outcome, Err(TaskFailure::User { .. })));
+        let done = decode_done_in_place(&payload).unwrap();
+        assert_eq!(done.peak_rss, Some(7));
+        assert!(matches!(done.outcome, Err(TaskFailure::User { .. })));
         let other = encode_message(&FromWorker::Skipped { task_id: TaskId(1) }).unwrap();
         assert!(decode_done_in_place(&other).is_none());
         let progress = encode_message(&FromWorker::Progress {
@@ -439,7 +465,7 @@ mod tests {
         assert!(decode_done_in_place(&progress).is_none());
         let mut out = Vec::new();
         assert!(matches!(
-            write_done_ok(&mut out, &mut Vec::new(), TaskId(1), &[0; 100], 50),
+            write_done_ok(&mut out, &mut Vec::new(), TaskId(1), None, &[0; 100], 50),
             Err(FrameError::TooLarge { .. })
         ));
         assert!(out.is_empty());

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message enums below. Bump on any change to their layout.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// First bytes of the handshake frame: lets the supervisor tell "not a procpool worker"
 /// from "a procpool worker of another version" before decoding anything else.
@@ -27,6 +27,11 @@ pub const ENV_RLIMITS: &str = "PROCPOOL_RLIMITS";
 /// Set when the supervisor may send `Run`s ahead of time (a prefetch window): the worker
 /// then reads its channel on a separate thread so it can answer `Cancel` while a task runs.
 pub const ENV_PREFETCH: &str = "PROCPOOL_PREFETCH";
+
+/// The pool's memory limit in bytes (`max_rss`), when it has one: the worker then resets
+/// its resident-memory high-water mark at each task's start and reports in its `Done` a
+/// peak above this limit, where the platform has such a mark (Linux).
+pub const ENV_PEAK_RSS: &str = "PROCPOOL_PEAK_RSS";
 
 /// Largest frame accepted unless the pool is configured otherwise (64 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
@@ -122,6 +127,12 @@ pub enum FromWorker {
     Done {
         /// Finished task.
         task_id: TaskId,
+        /// The most memory the worker held resident while the task ran, in bytes (its
+        /// high-water mark, reset at the task's start), when that went above the limit
+        /// given in `ENV_PEAK_RSS`; otherwise `None`, as where the platform has no such
+        /// mark. Before `outcome`, so a result can still end the frame (see
+        /// `write_done_ok`).
+        peak_rss: Option<u64>,
         /// Encoded result, or why there is none.
         outcome: Result<serde_bytes::ByteBuf, TaskFailure>,
     },

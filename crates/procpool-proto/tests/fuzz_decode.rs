@@ -361,12 +361,17 @@ fn from_worker() -> impl Strategy<Value = FromWorker> {
         (task_id(), blob()).prop_map(|(task_id, bytes)| FromWorker::Message { task_id, bytes }),
         (
             task_id(),
+            proptest::option::of(any::<u64>()),
             prop_oneof![
                 blob().prop_map(|b| Ok(ByteBuf::from(b))),
                 failure().prop_map(Err)
             ]
         )
-            .prop_map(|(task_id, outcome)| FromWorker::Done { task_id, outcome }),
+            .prop_map(|(task_id, peak_rss, outcome)| FromWorker::Done {
+                task_id,
+                peak_rss,
+                outcome
+            }),
         task_id().prop_map(|task_id| FromWorker::Skipped { task_id }),
         task_id().prop_map(|task_id| FromWorker::Running { task_id }),
     ]

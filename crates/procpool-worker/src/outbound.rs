@@ -61,26 +61,33 @@ impl Outbound {
 
     /// Sends a failed `Done`. A failure too large for a frame (a huge user error message)
     /// is replaced by a codec error that says so.
-    pub(crate) fn send_done_err(&self, task_id: TaskId, failure: TaskFailure) {
+    pub(crate) fn send_done_err(
+        &self,
+        task_id: TaskId,
+        peak_rss: Option<u64>,
+        failure: TaskFailure,
+    ) {
         let done = FromWorker::Done {
             task_id,
+            peak_rss,
             outcome: Err(failure),
         };
         if let Err(Oversized { len, max }) = self.send(&done) {
-            self.send_too_large(task_id, len, max);
+            self.send_too_large(task_id, peak_rss, len, max);
         }
     }
 
     /// Sends a successful `Done`: the result goes out from where it lies, in one vectored
     /// write behind the message head, without being copied into a frame first.
-    pub(crate) fn send_done_ok(&self, task_id: TaskId, result: &[u8]) {
+    pub(crate) fn send_done_ok(&self, task_id: TaskId, peak_rss: Option<u64>, result: &[u8]) {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Writer { stream, buf } = &mut *w;
-        match procpool_proto::write_done_ok(stream, buf, task_id, result, self.max_frame) {
+        match procpool_proto::write_done_ok(stream, buf, task_id, peak_rss, result, self.max_frame)
+        {
             Ok(()) => {}
             Err(FrameError::TooLarge { len, max }) => {
                 drop(w);
-                self.send_too_large(task_id, len, max);
+                self.send_too_large(task_id, peak_rss, len, max);
             }
             Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 eprintln!("procpool worker: dropping an unsendable frame: {e}");
@@ -92,9 +99,10 @@ impl Outbound {
 
     /// Reports a result that does not fit a frame, instead of sending a frame the
     /// supervisor would reject.
-    fn send_too_large(&self, task_id: TaskId, len: usize, max: usize) {
+    fn send_too_large(&self, task_id: TaskId, peak_rss: Option<u64>, len: usize, max: usize) {
         let done = FromWorker::Done {
             task_id,
+            peak_rss,
             outcome: Err(TaskFailure::Codec {
                 message: format!("result frame of {len} bytes exceeds the {max} byte limit"),
             }),

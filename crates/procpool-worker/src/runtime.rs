@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use procpool_proto::{
-    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PREFETCH, ENV_RLIMITS, ENV_WORKER, Hello,
-    PROTOCOL_VERSION, TaskFailure, ToWorker,
+    DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PEAK_RSS, ENV_PREFETCH, ENV_RLIMITS,
+    ENV_WORKER, Hello, PROTOCOL_VERSION, TaskFailure, ToWorker,
 };
 
 use crate::context::{CHANNEL, Channel, Inbound, Reader, shutdown_requested};
@@ -20,12 +20,13 @@ use crate::window::Window;
 
 /// Every variable the supervisor sets for its worker. `init` removes them all, so a
 /// program a task starts (a procpool binary above all) does not believe it is a worker.
-const WORKER_VARS: [&str; 5] = [
+const WORKER_VARS: [&str; 6] = [
     ENV_WORKER,
     ENV_PARENT_PID,
     ENV_MAX_FRAME,
     ENV_RLIMITS,
     ENV_PREFETCH,
+    ENV_PEAK_RSS,
 ];
 
 /// Set by `init` when it takes this process into worker mode (and removes `ENV_WORKER`).
@@ -89,6 +90,8 @@ struct WorkerEnv {
     max_frame: usize,
     rlimits: Option<String>,
     prefetch: bool,
+    /// The pool's memory limit: report a task's peak resident memory above it.
+    max_rss: Option<u64>,
 }
 
 impl WorkerEnv {
@@ -128,6 +131,7 @@ impl WorkerEnv {
             max_frame,
             rlimits: std::env::var(ENV_RLIMITS).ok(),
             prefetch: std::env::var_os(ENV_PREFETCH).is_some(),
+            max_rss: env_number(ENV_PEAK_RSS)?,
         })
     }
 }
@@ -154,6 +158,14 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
         .try_clone()
         .map_err(|e| WorkerError::Frame(e.into()))?;
     install_panic_hook();
+    // Where the platform has no resettable mark (macOS, a read-only `/proc`), nothing is
+    // reported and the supervisor's sampling alone enforces the limit.
+    let mut peak = env.max_rss.and_then(|limit| {
+        Some(PeakCheck {
+            mark: procpool_os::PeakRss::open().ok()?,
+            limit,
+        })
+    });
 
     let hello = procpool_proto::encode_hello(&Hello {
         version: PROTOCOL_VERSION,
@@ -191,7 +203,7 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
                 .spawn(move || window.read_loop(&channel.outbound, max_frame, stream))
                 .map_err(|e| WorkerError::Frame(e.into()))?;
             while let Some(q) = window.next() {
-                run_one(channel, q.task_id, &q.name, &q.args, q.encoding);
+                run_one(channel, &mut peak, q.task_id, &q.name, &q.args, q.encoding);
                 window.done();
             }
         }
@@ -211,7 +223,7 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
                         name,
                         args,
                         encoding,
-                    } => run_one(channel, task_id, &name, &args, encoding),
+                    } => run_one(channel, &mut peak, task_id, &name, &args, encoding),
                     // A late message for a task that already finished.
                     ToWorker::Message { .. } => {}
                     ToWorker::Cancel { .. } => {
@@ -226,16 +238,31 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// Runs one task and reports its outcome.
+/// The pool's memory limit and this worker's high-water mark, checked per task.
+struct PeakCheck {
+    mark: procpool_os::PeakRss,
+    limit: u64,
+}
+
+/// Runs one task and reports its outcome, with its peak resident memory when `peak`
+/// measured one above the pool's limit.
 fn run_one(
     channel: &Channel,
+    peak: &mut Option<PeakCheck>,
     task_id: procpool_proto::TaskId,
     name: &str,
     args: &[u8],
     encoding: procpool_proto::Encoding,
 ) {
     *channel.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(task_id);
+    // Reset here, in the worker, right before the call: tasks run one after another on
+    // this thread, so the mark is this task's alone even when the next one was sent
+    // ahead (a reset by the supervisor would race the worker starting it). A reset that
+    // failed leaves the mark of earlier tasks: then no figure is sent.
+    let check = peak.as_mut().and_then(|p| p.mark.reset().ok().map(|()| p));
     let outcome = call(name, args, encoding);
+    // After the call, which also encoded the result: that memory is the task's too.
+    let peak_rss = check.and_then(|p| p.mark.above(p.limit).ok().flatten());
     // Flush task output before the result, so the supervisor sees a task's own lines
     // before it hears that the task ended.
     let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -244,11 +271,12 @@ fn run_one(
     // the parent must not take the run for complete.
     let unsent = channel.take_unsent();
     match (outcome, unsent) {
-        (Ok(result), None) => channel.outbound.send_done_ok(task_id, &result),
-        (Ok(_), Some(why)) => channel
-            .outbound
-            .send_done_err(task_id, TaskFailure::Codec { message: why }),
-        (Err(failure), _) => channel.outbound.send_done_err(task_id, failure),
+        (Ok(result), None) => channel.outbound.send_done_ok(task_id, peak_rss, &result),
+        (Ok(_), Some(why)) => {
+            let failure = TaskFailure::Codec { message: why };
+            channel.outbound.send_done_err(task_id, peak_rss, failure)
+        }
+        (Err(failure), _) => channel.outbound.send_done_err(task_id, peak_rss, failure),
     }
 }
 

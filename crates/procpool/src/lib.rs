@@ -120,9 +120,12 @@
 //! - **Encoding**: arguments and results are bincode 2 for typed tasks and JSON for
 //!   [`Task::json`]; use [`Bytes`] for byte payloads (a plain `Vec<u8>` is encoded element
 //!   by element). Frames are capped ([`PoolBuilder::max_frame_bytes`], 64 MiB by default).
-//! - **Memory limit**: [`PoolBuilder::max_rss`] samples the resident memory of the worker
-//!   process only (its group leader), not of the processes a task starts: a task whose
-//!   memory sits in a child it spawned is not recycled by it. Bound those with an rlimit
+//! - **Memory limit**: [`PoolBuilder::max_rss`] reads the resident memory of the worker's
+//!   process tree every 20 ms while a task runs and, on Linux, checks the worker's exact
+//!   peak over each task when it ends (a block allocated and freed between two readings
+//!   counts). The peak is the worker process's own: a child a task started is seen by the
+//!   readings only (and not at all once it left the worker's tree), and on macOS there
+//!   are only the readings. Bound children with an rlimit
 //!   ([`PoolBuilder::rlimit_address_space`], inherited by children) or in the task.
 //! - **Worker environment**: [`init`] removes the supervisor's `PROCPOOL_*` variables in
 //!   the worker, so programs a task starts (procpool binaries included) run normally.
@@ -138,7 +141,8 @@
 //!   grandchildren go to launchd (which reaps them); one that left its worker's process
 //!   group is then never killed by procpool. macOS does not enforce `RLIMIT_AS`, so a pool
 //!   with [`PoolBuilder::rlimit_address_space`] fails to build there; use
-//!   [`PoolBuilder::max_rss`]. Workers die with their supervisor through a kqueue watch
+//!   [`PoolBuilder::max_rss`] (its readings only: macOS has no resettable peak, so a task
+//!   that allocates and frees between two readings can finish under it). Workers die with their supervisor through a kqueue watch
 //!   on it instead of `PR_SET_PDEATHSIG` (see `procpool-os`).
 #![deny(missing_docs)]
 

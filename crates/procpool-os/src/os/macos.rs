@@ -175,6 +175,37 @@ fn list_pids(call: impl Fn(*mut libc::c_void, libc::c_int) -> libc::c_int) -> Ve
         .collect()
 }
 
+/// A resettable resident-memory high-water mark: none on macOS (no `/proc`, no
+/// `clear_refs`), so [`open`](Self::open) fails and `max_rss` relies on sampling alone.
+pub struct PeakRss {
+    _none: (),
+}
+
+impl PeakRss {
+    /// Fails: macOS has no resettable high-water mark of resident memory.
+    pub fn open() -> io::Result<PeakRss> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "macOS has no resettable resident-memory high-water mark (Linux: clear_refs)",
+        ))
+    }
+
+    /// Unreachable: [`open`](Self::open) never succeeds on macOS.
+    pub fn reset(&mut self) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Unreachable: [`open`](Self::open) never succeeds on macOS.
+    pub fn above(&mut self, _limit: u64) -> io::Result<Option<u64>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Unreachable: [`open`](Self::open) never succeeds on macOS.
+    pub fn read(&mut self) -> io::Result<u64> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// macOS has no child subreaper: orphans always go to launchd (which reaps them).
 pub(crate) fn become_subreaper() -> io::Result<()> {
     Err(io::Error::new(
