@@ -221,7 +221,7 @@ fn wrong_protocol_version_fails_build_naming_both_versions() {
     let _serial = serial_blocking();
     let message = start_failure(&fake("wrong_version", 2));
     assert!(
-        message.contains("version 99") && message.contains("version 2"),
+        message.contains("version 99") && message.contains("version 3"),
         "{message}"
     );
 }
