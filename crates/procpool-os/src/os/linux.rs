@@ -122,8 +122,12 @@ pub fn group_rss_bytes(group: Pgid) -> Option<u64> {
     }
     let mut pages = first.rss_pages;
     let mut seen = vec![leader];
-    let mut todo = children_of(leader);
-    while let Some(pid) = todo.pop() {
+    let mut counted = vec![leader];
+    let mut todo: Vec<(u32, u32)> = children_of(leader)
+        .into_iter()
+        .map(|c| (c, leader))
+        .collect();
+    while let Some((pid, parent)) = todo.pop() {
         if seen.contains(&pid) {
             continue;
         }
@@ -134,13 +138,35 @@ pub fn group_rss_bytes(group: Pgid) -> Option<u64> {
         let Some(member) = parse_stat(&stat) else {
             continue;
         };
-        if member.pgid == leader {
+        // A child started with posix_spawn or vfork runs in its parent's memory until
+        // its exec: the same pages, counted once.
+        if member.pgid == leader && !(counted.contains(&parent) && same_memory(parent, pid)) {
             pages += member.rss_pages;
+            counted.push(pid);
         }
         // A descendant in another group may still have children in ours.
-        todo.extend(children_of(pid));
+        todo.extend(children_of(pid).into_iter().map(|c| (c, pid)));
     }
     Some(pages * page_size())
+}
+
+/// Whether two processes share one address space (`kcmp(KCMP_VM)`); false when the
+/// kernel cannot say (no `kcmp`, or not permitted), so the member is counted.
+fn same_memory(a: u32, b: u32) -> bool {
+    // From <linux/kcmp.h>: enum kcmp_type { KCMP_FILE, KCMP_VM, ... }.
+    const KCMP_VM: nix::libc::c_long = 1;
+    // SAFETY: kcmp only reads the two processes' kernel state; no memory is passed.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_kcmp,
+            a as nix::libc::pid_t,
+            b as nix::libc::pid_t,
+            KCMP_VM,
+            0 as nix::libc::c_ulong,
+            0 as nix::libc::c_ulong,
+        )
+    };
+    r == 0
 }
 
 /// Children of every thread of `pid`: a child belongs to the thread that forked it, and
@@ -307,6 +333,70 @@ pub(crate) const UNENFORCED_RLIMITS: &[(Rlimit, &str)] = &[];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group leader holding 64 MiB with a child that shares its memory (as a
+    /// posix_spawn child does until its exec) reads 64 MiB, not 128.
+    #[test]
+    fn a_child_sharing_its_parents_memory_is_counted_once() {
+        use nix::libc;
+        const HELD: usize = 64 << 20;
+        const STACK: usize = 64 << 10;
+        extern "C" fn sleeper(_: *mut libc::c_void) -> libc::c_int {
+            loop {
+                // SAFETY: async-signal-safe; waits for the SIGKILL.
+                unsafe { libc::pause() };
+            }
+        }
+        // SAFETY: the child calls only async-signal-safe functions and raw syscalls (no
+        // allocator, no locks) before it ends with `_exit`.
+        let leader = unsafe { libc::fork() };
+        assert!(leader >= 0, "fork");
+        if leader == 0 {
+            unsafe {
+                libc::setpgid(0, 0);
+                let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+                let rw = libc::PROT_READ | libc::PROT_WRITE;
+                let held = libc::mmap(std::ptr::null_mut(), HELD, rw, anon, -1, 0) as *mut u8;
+                for i in (0..HELD).step_by(4096) {
+                    std::ptr::write_volatile(held.add(i), 1);
+                }
+                let stack = libc::mmap(std::ptr::null_mut(), STACK, rw, anon, -1, 0) as *mut u8;
+                let flags = libc::CLONE_VM | libc::SIGCHLD;
+                let top = stack.add(STACK) as *mut libc::c_void;
+                libc::clone(sleeper, top, flags, std::ptr::null_mut());
+                // Reaps the sharing child once the test kills it, then ends.
+                libc::waitpid(-1, std::ptr::null_mut(), 0);
+                libc::_exit(0);
+            }
+        }
+        let leader = leader as u32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let sharer = loop {
+            let children = children_of(leader);
+            let ready = rss_bytes(leader).is_some_and(|b| b >= HELD as u64);
+            if ready && let Some(&c) = children.first() {
+                break c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never came up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert!(same_memory(leader, sharer));
+        let group = group_rss_bytes(Pgid::of_leader(leader));
+        let own = rss_bytes(leader).unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sharer as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(leader as i32), None);
+        let group = group.expect("the leader was alive");
+        assert!(
+            group < own + (HELD as u64) / 2,
+            "group {group} bytes, the leader alone {own}"
+        );
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_last_parenthesis() {
