@@ -552,6 +552,21 @@ fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A task queued as a submitter queues it: JSON arguments, no timeout or retries of its
+/// own, a result kept a minute.
+fn json_task<'a>(id: Uuid, name: &'a str, args: &'a [u8]) -> NewTask<'a> {
+    NewTask {
+        id,
+        name,
+        args,
+        encoding: Encoding::Json,
+        timeout: None,
+        retries: None,
+        lost_budget: 3,
+        result_ttl: Duration::from_secs(60),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     let _serial = serial().await;
@@ -562,16 +577,7 @@ async fn a_stale_attempt_cannot_write_and_the_result_is_taken_once() {
     let names = ["add".to_owned()];
     b.prepare(&names).await.unwrap();
     let id = Uuid::new_v4();
-    let task = NewTask {
-        id,
-        name: "add",
-        args: b"[1,2]",
-        encoding: Encoding::Json,
-        timeout: None,
-        retries: None,
-        lost_budget: 3,
-        result_ttl: Duration::from_secs(60),
-    };
+    let task = json_task(id, "add", b"[1,2]");
     assert_eq!(
         b.submit(&task, "submitter").await.unwrap(),
         procpool_broker::Submitted::New
@@ -684,16 +690,7 @@ async fn the_submitter_cancelling_a_queued_task_is_notified_of_its_end() {
     let names = ["add".to_owned()];
     b.prepare(&names).await.unwrap();
     let id = Uuid::new_v4();
-    let task = NewTask {
-        id,
-        name: "add",
-        args: b"[1,2]",
-        encoding: Encoding::Json,
-        timeout: None,
-        retries: None,
-        lost_budget: 3,
-        result_ttl: Duration::from_secs(60),
-    };
+    let task = json_task(id, "add", b"[1,2]");
     b.submit(&task, "submitter").await.unwrap();
     let mut cursor = "0-0".to_owned();
     assert_eq!(
@@ -1101,16 +1098,7 @@ async fn a_task_over_the_agents_frame_cap_never_reaches_it() {
     b.prepare(&names).await.unwrap();
     let id = Uuid::new_v4();
     let args = vec![b'1'; 4096];
-    let task = NewTask {
-        id,
-        name: "add",
-        args: &args,
-        encoding: Encoding::Json,
-        timeout: None,
-        retries: None,
-        lost_budget: 3,
-        result_ttl: Duration::from_secs(60),
-    };
+    let task = json_task(id, "add", &args);
     b.submit(&task, "submitter").await.unwrap();
     let fetched = b
         .fetch("x", &names, 1, Duration::from_secs(1))
@@ -1720,16 +1708,7 @@ async fn entries_read_beyond_the_free_slots_are_handed_back() {
         ("square", b"[5]"),
     ] {
         let id = Uuid::new_v4();
-        let task = NewTask {
-            id,
-            name,
-            args,
-            encoding: Encoding::Json,
-            timeout: None,
-            retries: None,
-            lost_budget: 3,
-            result_ttl: Duration::from_secs(60),
-        };
+        let task = json_task(id, name, args);
         b.submit(&task, "submitter").await.unwrap();
         ids.push(id);
     }
