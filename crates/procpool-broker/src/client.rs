@@ -3,13 +3,14 @@
 //! One task of the runtime applies submits, cancels and messages in order (consecutive
 //! submits together, pipelined), and every second sends again the cancels that could
 //! not reach the broker (their handles ended at once); another waits on the client's
-//! inbox, where the broker announces each event of a task the client watches, reads the event streams of just
-//! those tasks and feeds each handle: started, progress, messages, then the terminal
-//! event. Every second it also reads every watched stream (so a lost announcement costs
-//! at most a second), checks that the broker still knows each task (one it forgot,
-//! restarted without persistence, ends `lost`) and refreshes what the live agents serve
-//! (the pool's `tasks` and `size`; a task submitted while no agent was up is refused
-//! `unknown_task` once agents are up and none serves it).
+//! inbox, where the broker announces each event of a task the client watches, reads the
+//! event streams of just those tasks and feeds each handle: started, progress, messages,
+//! then the terminal event. Every second it also reads every watched stream (so a lost
+//! announcement costs at most a second), then checks that the broker still knows each
+//! task (one it forgot, its result TTL passed unread or the broker restarted without
+//! persistence, ends `lost`), and refreshes what the live agents serve (the pool's
+//! `tasks` and `size`; a task submitted while no agent was up is refused `unknown_task`
+//! once agents are up and none serves it).
 //!
 //! Submitters of the same task id (a dedupe id, or a task manager's cache key) share its
 //! run: the broker keeps the inboxes watching it, and a cancel only lets go while others
