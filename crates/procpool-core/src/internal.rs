@@ -3,8 +3,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
 
 use procpool_proto::{Encoding, TaskId, TaskInfo};
 use tokio::sync::{Notify, oneshot};
@@ -18,8 +19,10 @@ pub(crate) struct TaskShared {
     /// Pid of the worker that runs (or ran) the task; 0 until one starts it.
     pid: AtomicU32,
     attempts: AtomicU32,
-    /// When the current (last) attempt started; for status reports only.
-    started_at: Mutex<Option<Instant>>,
+    /// When the current (last) attempt started, in nanoseconds after [`epoch`]; for status
+    /// reports only, and meaningful once `attempts` is above 0. An atomic, not a lock:
+    /// every task start writes it, and few tasks are ever looked at.
+    started_at: AtomicU64,
     ended: AtomicBool,
     changed: Notify,
     /// Messages from the task not yet read by the handle. A queue in place of a channel:
@@ -71,9 +74,18 @@ pub(crate) struct InboxFull {
     pub(crate) limit: usize,
 }
 
+/// The instant task start times are counted from: the first one asked for.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 impl TaskShared {
     pub(crate) fn start(&self, pid: u32) {
-        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let since = Instant::now().saturating_duration_since(epoch());
+        self.started_at
+            .store(since.as_nanos() as u64, Ordering::Relaxed);
+        // Release: whoever reads the new attempt count reads this start time too.
         self.attempts.fetch_add(1, Ordering::AcqRel);
         self.pid.store(pid, Ordering::Release);
         self.wake(&self.changed);
@@ -108,7 +120,8 @@ impl TaskShared {
     }
 
     pub(crate) fn started_at(&self) -> Option<Instant> {
-        *self.started_at.lock().unwrap_or_else(|p| p.into_inner())
+        (self.attempts() > 0)
+            .then(|| epoch() + Duration::from_nanos(self.started_at.load(Ordering::Relaxed)))
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
