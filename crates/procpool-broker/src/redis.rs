@@ -110,6 +110,10 @@ impl RedisBroker {
                 message: format!("namespace {namespace:?} must be non-empty, without braces"),
             });
         }
+        // rustls picks no crypto provider by itself when a build could hold two; an
+        // application that installed its own keeps it (hence the ignored error).
+        #[cfg(target_os = "linux")]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         // Redis's own parse errors may quote the URL: replace them with ours.
         let client = redis::Client::open(url).map_err(|_| BrokerError::Url {
             url: shown.clone(),
