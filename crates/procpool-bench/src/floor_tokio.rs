@@ -3,6 +3,12 @@
 //! (tokio-util's `LengthDelimitedCodec`) with children that are this binary in
 //! `child frame-worker` mode: a ready frame first, then one `Done` per `Run`, the result
 //! typed and decoded on both sides. For spawns it is this binary started to its ready frame.
+//!
+//! Its child writes its answers once its input is empty, many in one write: a crash would
+//! lose the answers still buffered. `floor_tokio_each` is the same floor with the child
+//! writing each answer before it reads the next request, as a pool that attributes
+//! crashes exactly must: a reference for what that guarantee costs, with no target of its
+//! own.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -111,6 +117,13 @@ fn check_done(frame: &[u8], id: u128, a: i64) -> Result<()> {
     }
 }
 
+/// How to start a floor child: this binary, and whether it writes each answer at once.
+#[derive(Clone)]
+struct Launch {
+    exe: PathBuf,
+    write_each: bool,
+}
+
 struct FrameChild {
     child: Child,
     rx: FramedRead<ChildStdout, LengthDelimitedCodec>,
@@ -119,9 +132,14 @@ struct FrameChild {
 
 impl FrameChild {
     /// Starts the child and returns without waiting for its ready frame.
-    fn start(exe: &Path) -> Result<FrameChild> {
-        let mut child = Command::new(exe)
-            .args(["child", "frame-worker"])
+    fn start(launch: &Launch) -> Result<FrameChild> {
+        let mode = if launch.write_each {
+            "frame-worker-each"
+        } else {
+            "frame-worker"
+        };
+        let mut child = Command::new(&launch.exe)
+            .args(["child", mode])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -141,8 +159,8 @@ impl FrameChild {
         Ok(())
     }
 
-    async fn spawn(exe: &Path) -> Result<FrameChild> {
-        let mut c = FrameChild::start(exe)?;
+    async fn spawn(launch: &Launch) -> Result<FrameChild> {
+        let mut c = FrameChild::start(launch)?;
         c.ready().await?;
         Ok(c)
     }
@@ -166,13 +184,17 @@ impl FrameChild {
 }
 
 pub struct FloorTokio {
-    exe: PathBuf,
+    launch: Launch,
 }
 
 impl FloorTokio {
-    pub fn new(exe: &Path) -> FloorTokio {
+    /// The floor; with `write_each`, its child writes each answer before the next request.
+    pub fn new(exe: &Path, write_each: bool) -> FloorTokio {
         FloorTokio {
-            exe: exe.to_owned(),
+            launch: Launch {
+                exe: exe.to_owned(),
+                write_each,
+            },
         }
     }
 
@@ -181,15 +203,15 @@ impl FloorTokio {
     }
 
     async fn pair(&self) -> Result<(FrameChild, FrameChild)> {
-        let mut a = FrameChild::start(&self.exe)?;
-        let mut b = FrameChild::start(&self.exe)?;
+        let mut a = FrameChild::start(&self.launch)?;
+        let mut b = FrameChild::start(&self.launch)?;
         a.ready().await?;
         b.ready().await?;
         Ok((a, b))
     }
 
     async fn measure_async(&mut self, g: Group, p: &Params) -> Result<Outcome> {
-        let exe = self.exe.clone();
+        let exe = self.launch.clone();
         match g {
             Group::Rtt => {
                 let (mut a, mut b) = self.pair().await?;
@@ -395,8 +417,9 @@ async fn lane(c: &mut FrameChild, n: u64, window: u64) -> Result<()> {
 }
 
 /// `child frame-worker`: a ready frame, then one `Done` per request. Blocking I/O, like
-/// procpool's worker.
-pub fn child_main() -> Result<()> {
+/// procpool's worker. With `write_each` every answer is written before the next request
+/// is read; otherwise answers wait in the buffer until the input is empty.
+pub fn child_main(write_each: bool) -> Result<()> {
     // SAFETY: fds 0 and 1 are this process's stdin and stdout, owned from here on.
     let (input, output) = unsafe { (File::from_raw_fd(0), File::from_raw_fd(1)) };
     let mut r = BufReader::with_capacity(64 << 10, input);
@@ -470,7 +493,7 @@ pub fn child_main() -> Result<()> {
             }
             Req::Crash => crate::floor_pipe::crash(),
         }
-        if r.buffer().is_empty() {
+        if write_each || r.buffer().is_empty() {
             w.flush()?;
         }
     }

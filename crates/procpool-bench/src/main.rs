@@ -102,10 +102,12 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
 
-    /// Systems to run, comma-separated: floor_pipe, floor_tokio, procpool, procpool_build,
-    /// procspawn, python_ppe. Default: the floors, procpool, and each peer whose program is
-    /// given. `procpool` runs the pool on the bench's runtime (`PoolBuilder::start`);
-    /// `procpool_build` on its own supervisor thread (`build`), for comparison.
+    /// Systems to run, comma-separated: floor_pipe, floor_tokio, floor_tokio_each, procpool,
+    /// procpool_build, procspawn, python_ppe. Default: the floors, procpool, and each peer
+    /// whose program is given. `procpool` runs the pool on the bench's runtime
+    /// (`PoolBuilder::start`); `procpool_build` on its own supervisor thread (`build`), for
+    /// comparison; `floor_tokio_each` is the framed floor with its child writing each
+    /// answer at once, as exact crash attribution requires (a reference, no target).
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<String>>,
 
@@ -172,13 +174,15 @@ enum Child {
 enum ChildMode {
     PipeEcho,
     FrameWorker,
+    FrameWorkerEach,
     QueuedProcpool,
     QueuedProcpoolBuild,
 }
 
-const ALL_SYSTEMS: [&str; 8] = [
+const ALL_SYSTEMS: [&str; 9] = [
     "floor_pipe",
     "floor_tokio",
+    "floor_tokio_each",
     "procpool",
     "procpool_build",
     "procspawn",
@@ -207,7 +211,8 @@ fn main() {
 fn run_child(mode: ChildMode, n: Option<u64>, worker: Option<PathBuf>) -> Result<()> {
     match mode {
         ChildMode::PipeEcho => floor_pipe::child_main(),
-        ChildMode::FrameWorker => floor_tokio::child_main(),
+        ChildMode::FrameWorker => floor_tokio::child_main(false),
+        ChildMode::FrameWorkerEach => floor_tokio::child_main(true),
         ChildMode::QueuedProcpool | ChildMode::QueuedProcpoolBuild => pp::queued_child(
             &worker.context("--worker is required")?,
             n.context("--n is required")?,
@@ -299,8 +304,9 @@ fn run(cli: Cli) -> Result<()> {
         None => ALL_SYSTEMS
             .iter()
             .filter(|s| match **s {
-                // Only on request: the same pool on its own supervisor thread.
-                "procpool_build" => false,
+                // Only on request: the same pool on its own supervisor thread, and the
+                // framed floor writing each answer at once (a reference, no target).
+                "procpool_build" | "floor_tokio_each" => false,
                 "procspawn" => cli.procspawn_peer.is_some(),
                 "python_ppe" => cli.python_script.is_some(),
                 "procpool_broker" | "celery" => false,
@@ -315,7 +321,8 @@ fn run(cli: Cli) -> Result<()> {
     for name in &wanted {
         let s = match name.as_str() {
             "floor_pipe" => System::Pipe(floor_pipe::FloorPipe::new(&exe)),
-            "floor_tokio" => System::Tokio(floor_tokio::FloorTokio::new(&exe)),
+            "floor_tokio" => System::Tokio(floor_tokio::FloorTokio::new(&exe, false)),
+            "floor_tokio_each" => System::Tokio(floor_tokio::FloorTokio::new(&exe, true)),
             "procpool" => System::Procpool(pp::Procpool::new(
                 &worker,
                 cli.max_rss,

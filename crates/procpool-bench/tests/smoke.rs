@@ -53,7 +53,7 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
             "--reps",
             "2",
             "--systems",
-            "floor_pipe,floor_tokio,procpool,procpool_build",
+            "floor_pipe,floor_tokio,floor_tokio_each,procpool,procpool_build",
             // The bench binary links the demo tasks and can serve as the worker, so the
             // test does not depend on procpool-demo having been built.
             "--worker",
@@ -94,7 +94,7 @@ fn tiny_run_writes_every_metric_for_procpool_and_the_floors() {
             );
         }
         if m != "queued_task_bytes" {
-            for floor in ["floor_pipe", "floor_tokio"] {
+            for floor in ["floor_pipe", "floor_tokio", "floor_tokio_each"] {
                 let v = per_system.get(floor).and_then(|v| v.as_f64());
                 assert!(v.is_some_and(|v| v > 0.0), "{m}: {floor} {v:?}");
             }
