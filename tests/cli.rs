@@ -947,6 +947,39 @@ fn issue16_prefetch_keeps_crash_and_timeout_attribution_exact() {
 }
 
 #[test]
+fn issue16_a_job_is_timed_from_its_first_start_not_from_its_queueing() {
+    // One worker: `queued` waits about 1.5 s behind `first` (in the pool's queue, or sent
+    // ahead to the busy worker); `retried` meets its 200 ms deadline twice.
+    let jobs = "{\"id\": \"first\", \"task\": \"sleep_ms\", \"args\": [1500]}\n\
+                {\"id\": \"queued\", \"task\": \"sleep_ms\", \"args\": [100]}\n\
+                {\"id\": \"retried\", \"task\": \"sleep_ms\", \"args\": [60000], \
+                 \"timeout_ms\": 200, \"retries\": 1}\n";
+    for prefetch in ["0", "2"] {
+        let run = run_jobs_with(
+            &[
+                "--workers",
+                "1",
+                "--grace",
+                "0",
+                "--prefetch-jobs",
+                prefetch,
+            ],
+            jobs,
+        );
+        assert_eq!(run.code, 1, "{run:?}");
+        let records = by_id(&run.records());
+        let took = |id: &str| records[id]["duration_ms"].as_f64().unwrap();
+        assert_eq!(records["queued"]["status"], "completed", "{run:?}");
+        // Its own 100 ms, not the time it waited behind `first`.
+        assert!((100.0..1400.0).contains(&took("queued")), "{run:?}");
+        // Both attempts, counted from the first start: two deadlines at least.
+        assert_eq!(records["retried"]["attempts"], 2, "{run:?}");
+        assert_eq!(records["retried"]["error"]["kind"], "timed_out", "{run:?}");
+        assert!(took("retried") >= 400.0, "{run:?}");
+    }
+}
+
+#[test]
 fn bad_duration_size_and_count_flags_exit_2_with_a_clear_message() {
     let cases: &[(&[&str], &str)] = &[
         (

@@ -45,14 +45,20 @@ pub(crate) enum CancelRefused {
 }
 
 impl Board {
-    /// Registers a dispatched job until the returned ticket is dropped.
-    pub(crate) fn enter(self: &Arc<Self>, id: &str, task: &str) -> Ticket {
+    /// Registers a dispatched job until the returned ticket ends or is dropped; `watch`
+    /// follows its task, when it is submitted already (nested tasks run first).
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        id: &str,
+        task: &str,
+        watch: Option<TaskWatch>,
+    ) -> Ticket {
         let (tx, rx) = oneshot::channel();
         self.lock().live.insert(
             id.to_owned(),
             Live {
                 task: task.to_owned(),
-                watch: None,
+                watch,
                 cancel: Some(tx),
             },
         );
@@ -60,18 +66,8 @@ impl Board {
             board: self.clone(),
             id: id.to_owned(),
             cancel: rx,
+            on_board: true,
         }
-    }
-
-    /// Counts a record written for a dispatched job.
-    pub(crate) fn ended(&self, status: Status) {
-        let mut inner = self.lock();
-        let counter = match status {
-            Status::Completed => &mut inner.ended.completed,
-            Status::Failed => &mut inner.ended.failed,
-            Status::Cancelled => &mut inner.ended.cancelled,
-        };
-        *counter += 1;
     }
 
     /// Counts a `bad_job` record (a line that was never dispatched).
@@ -150,6 +146,8 @@ pub(crate) struct Ticket {
     board: Arc<Board>,
     id: String,
     cancel: oneshot::Receiver<()>,
+    /// Until [`Ticket::end`] took it off.
+    on_board: bool,
 }
 
 impl Live {
@@ -185,10 +183,28 @@ impl Ticket {
             std::future::pending::<()>().await;
         }
     }
+
+    /// The job's record is written: it leaves the live jobs and is counted by status at
+    /// once, so `ctl status` never sees it in neither.
+    pub(crate) fn end(mut self, status: Status) {
+        let mut inner = self.board.lock();
+        inner.live.remove(&self.id);
+        let counter = match status {
+            Status::Completed => &mut inner.ended.completed,
+            Status::Failed => &mut inner.ended.failed,
+            Status::Cancelled => &mut inner.ended.cancelled,
+        };
+        *counter += 1;
+        drop(inner);
+        self.on_board = false;
+    }
 }
 
 impl Drop for Ticket {
+    /// A job that ends without a record (the batch stops on an error) leaves the board.
     fn drop(&mut self) {
-        self.board.lock().live.remove(&self.id);
+        if self.on_board {
+            self.board.lock().live.remove(&self.id);
+        }
     }
 }

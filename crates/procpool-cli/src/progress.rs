@@ -31,7 +31,8 @@ pub(crate) struct Progress {
     running: usize,
     /// Job lines in the job file (non-blank), once counted; `None` for stdin.
     total: Option<u64>,
-    /// Records by status and error kind ("" when completed), for the final table.
+    /// Records that did not complete, by status and error kind, for the final table
+    /// (completed ones are `done - failed`: counted here, each was a map lookup).
     tally: BTreeMap<(Status, &'static str), u64>,
 }
 
@@ -94,9 +95,9 @@ impl Progress {
         self.done += 1;
         if record.status != Status::Completed {
             self.failed += 1;
+            let kind = record.error.as_ref().map_or("", |e| e.kind);
+            *self.tally.entry((record.status, kind)).or_default() += 1;
         }
-        let kind = record.error.as_ref().map_or("", |e| e.kind);
-        *self.tally.entry((record.status, kind)).or_default() += 1;
         if let View::Bar(bar) = &self.view {
             bar.inc(1);
         }
@@ -195,16 +196,18 @@ impl Progress {
             let _ = write!(out, ", {} skipped (already done)", self.skipped);
         }
         out.push('\n');
-        if self.tally.is_empty() {
+        if self.done == 0 {
             return out;
         }
-        let rows: Vec<[String; 3]> = self
-            .tally
-            .iter()
+        let completed = self.done - self.failed;
+        let rows: Vec<[String; 3]> = (completed > 0)
+            .then_some(((Status::Completed, ""), completed))
+            .into_iter()
+            .chain(self.tally.iter().map(|(key, n)| (*key, *n)))
             .map(|((status, kind), n)| {
                 let kind = if kind.is_empty() { "-" } else { kind };
                 [
-                    status_name(*status).to_owned(),
+                    status_name(status).to_owned(),
                     kind.to_owned(),
                     n.to_string(),
                 ]

@@ -1,5 +1,6 @@
 //! `procpool run`: the batch loop. It streams jobs in, keeps a bounded number of them in
-//! flight on the pool, and writes each result line the moment its job ends. Reading,
+//! flight on the pool, and writes each result line as its job ends (see [`Output`] for
+//! when the lines leave). Reading,
 //! submitting, writing, signals and progress all happen in one `select!` loop, so
 //! backpressure is simple: no new line is read while the window is full, and a finished
 //! job is written even while the job stream is waiting for its next line (e.g. a slow
@@ -14,12 +15,14 @@ use std::task::Poll;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
+use futures::future::Either;
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use procpool::manager::JsonGraph;
 use procpool::{MetaTask, Pool, RetryPolicy, Shutdown, Task, TaskError, TaskHandle};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::board::{Board, Ticket};
 use crate::cli::{BrokerArgs, OnSignal, PolicyArgs, RetryKind, RunArgs, SubmitArgs, WorkerArgs};
@@ -144,6 +147,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<Exit, Failure> {
         signals: &mut signals,
         on_signal: args.on_signal,
         retry: retry_policy(&args.policy, 0),
+        retries: args.policy.retries.unwrap_or(0),
         board: &board,
         control: &control,
         drain: drain_rx,
@@ -327,6 +331,8 @@ struct Batch<'a> {
     on_signal: OnSignal,
     /// The kinds `--retry-on` retries, for a job's own `retries`.
     retry: RetryPolicy,
+    /// `--retries`: whether a job without its own `retries` may run more than once.
+    retries: u32,
     /// The live jobs and record counts, for `procpool ctl`.
     board: &'a Arc<Board>,
     control: &'a Control,
@@ -341,7 +347,13 @@ impl Batch<'_> {
     /// signal stops it; returns once every dispatched job has its record.
     async fn run(mut self) -> anyhow::Result<Outcome> {
         let pool = self.pool;
-        let mut in_flight: JoinSet<Record> = JoinSet::new();
+        // The jobs in flight, polled by this loop itself: a tokio task per job cost more
+        // than its job's way through the pool (its allocation, its entry in the
+        // runtime's and the set's lists, a wake-up of the loop through the set). They
+        // move only while the loop polls them, which it does unless it waits for the
+        // writer thread to take a batch (a stalled reader of stdout): a `ctl cancel`
+        // then reaches its job once the output moves again.
+        let mut in_flight = FuturesUnordered::new();
         let mut outcome = Outcome {
             all_completed: true,
             stop: None,
@@ -359,9 +371,11 @@ impl Batch<'_> {
             t
         });
         loop {
-            // Every record written so far leaves before the loop waits again; a burst of
-            // results that finished together leaves in one write.
-            self.out.flush().await?;
+            // Records leave when the loop has nothing else to do (the last branch below),
+            // and while it stays busy, once they are `HOLD_AT_MOST` old.
+            if self.out.due() {
+                self.out.flush().await?;
+            }
             // Beside the tasks sent ahead to each worker, a few more wait in the pool's
             // queue; a remote pool's size follows its live agents.
             let window = pool
@@ -421,20 +435,19 @@ impl Batch<'_> {
                     );
                 }
                 // Results first: they are what the user is waiting for.
-                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    let mut joined = Some(joined);
-                    while let Some(done) = joined {
-                        let mut record = done.context("a job's task panicked")?;
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    let mut done: Option<(Record, Ticket)> = Some(done);
+                    while let Some((mut record, ticket)) = done {
                         if let (Some(stop), Some(error)) = (outcome.stop, &mut record.error)
                             && record.status == Status::Cancelled
                         {
                             error.message = format!("cancelled: procpool received {}", stop.name());
                         }
                         outcome.all_completed &= record.status == Status::Completed;
-                        self.board.ended(record.status);
+                        Ticket::end(ticket, record.status);
                         self.out.write(&record);
                         self.progress.record(&record);
-                        joined = in_flight.try_join_next();
+                        done = in_flight.next().now_or_never().flatten();
                     }
                 }
                 _ = tick(&mut ticker) => {
@@ -451,28 +464,36 @@ impl Batch<'_> {
                             if has_nested(&job) || (pool.is_remote() && !job.kwargs.is_empty()) =>
                         {
                             outcome.dispatched += 1;
-                            let ticket = self.board.enter(&job.id, &job.task);
-                            in_flight.spawn(finish_nested(
+                            let ticket = self.board.enter(&job.id, &job.task, None);
+                            let may_retry = self.may_retry(&job);
+                            in_flight.push(Either::Right(Box::pin(finish_nested(
                                 pool.clone(),
                                 job,
                                 killed.clone(),
                                 ticket,
                                 self.retry,
-                            ));
+                                may_retry,
+                            ))));
                         }
-                        Some(Parsed::Job(job)) => {
+                        Some(Parsed::Job(mut job)) => {
                             outcome.dispatched += 1;
-                            let ticket = self.board.enter(&job.id, &job.task);
                             // Keyword arguments are matched at submission: a mistake
-                            // fails the job as `bad_args` before it is queued.
+                            // fails the job as `bad_args` before it is queued. The
+                            // arguments go to the task; the record needs none of them.
+                            let args = std::mem::take(&mut job.args);
                             let task = if job.kwargs.is_empty() {
-                                Task::json(job.task.clone(), job.args.clone())
+                                Task::json(job.task.clone(), args)
                             } else {
-                                let args = job.args.as_array().cloned().unwrap_or_default();
-                                Task::json_kwargs(job.task.clone(), args, job.kwargs.clone())
+                                let args = match args {
+                                    Value::Array(args) => args,
+                                    _ => Vec::new(),
+                                };
+                                Task::json_kwargs(job.task.clone(), args, std::mem::take(&mut job.kwargs))
                             };
                             let handle = pool.submit(with_policy(task, &job.policy, self.retry));
-                            in_flight.spawn(finish(job, handle, ticket));
+                            let ticket = self.board.enter(&job.id, &job.task, Some(handle.watch()));
+                            let may_retry = self.may_retry(&job);
+                            in_flight.push(Either::Left(finish(job, handle, ticket, may_retry)));
                         }
                         Some(Parsed::Bad(bad)) => {
                             tracing::debug!(line = bad.line, "bad job: {}", bad.message);
@@ -484,6 +505,14 @@ impl Batch<'_> {
                         }
                         Some(Parsed::Skipped) => self.progress.skipped(),
                     }
+                }
+                // Nothing else was ready, even once the runtime ran what it had (the pool's
+                // tasks, which hand results over): the records written so far leave now,
+                // in one write, before the loop waits. Results that end together (the
+                // rule in a big batch) leave together; a lone job's record (a producer
+                // on stdin that waits for it) leaves at once.
+                () = tokio::task::yield_now(), if self.out.holds_records() => {
+                    self.out.flush().await?;
                 }
             }
         }
@@ -504,6 +533,14 @@ impl Batch<'_> {
             killing.await.context("the pool shutdown task panicked")?;
         }
         Ok(outcome)
+    }
+}
+
+impl Batch<'_> {
+    /// Whether a job may be started more than once: its own `retries`, else `--retries`;
+    /// a broker's agents retry by their own policy.
+    fn may_retry(&self, job: &Job) -> bool {
+        job.policy.retries.unwrap_or(self.retries) > 0 || self.pool.is_remote()
     }
 }
 
@@ -536,12 +573,13 @@ async fn finish_nested(
     mut killed: tokio::sync::watch::Receiver<bool>,
     mut ticket: Ticket,
     retry: RetryPolicy,
-) -> Record {
+    may_retry: bool,
+) -> (Record, Ticket) {
     let began = Instant::now();
     let tasks = tokio::select! {
         tasks = pool.wait_for_tasks() => tasks,
         _ = killed.wait_for(|k| *k) => {
-            return Record::finished(job, Err(TaskError::Cancelled), 0, began.elapsed());
+            return (Record::finished(job, Err(TaskError::Cancelled), 0, began.elapsed()), ticket);
         }
     };
     // The job's own keyword arguments first (nested tasks there are plain values yet),
@@ -552,7 +590,7 @@ async fn finish_nested(
         let positional = job.args.as_array().cloned().unwrap_or_default();
         match pool.bind_json(&job.task, positional, job.kwargs.clone()) {
             Ok(args) => Value::Array(args),
-            Err(err) => return Record::finished(job, Err(err), 0, began.elapsed()),
+            Err(err) => return (Record::finished(job, Err(err), 0, began.elapsed()), ticket),
         }
     };
     let graph = match JsonGraph::parse(args) {
@@ -563,7 +601,7 @@ async fn finish_nested(
             let err = TaskError::BadArgs {
                 message: e.to_string(),
             };
-            return Record::finished(job, Err(err), 0, began.elapsed());
+            return (Record::finished(job, Err(err), 0, began.elapsed()), ticket);
         }
     };
     // A name the worker does not serve fails the job before any nested task starts.
@@ -573,51 +611,65 @@ async fn finish_nested(
         .map(str::to_owned);
     if let Some(name) = unknown {
         let err = TaskError::UnknownTask { name };
-        return Record::finished(job, Err(err), 0, began.elapsed());
+        return (Record::finished(job, Err(err), 0, began.elapsed()), ticket);
     }
     // A `ctl cancel` meanwhile drops the MetaTask, which cancels its nested tasks.
     let nested = tokio::select! {
         nested = MetaTask::new(graph, |args| args).run(&pool) => nested,
         () = ticket.cancelled() => {
-            return cancelled_by_ctl(Record::finished(job, Err(TaskError::Cancelled), 0, began.elapsed()));
+            let record = Record::finished(job, Err(TaskError::Cancelled), 0, began.elapsed());
+            return (cancelled_by_ctl(record), ticket);
         }
     };
     match nested {
         Ok(args) => {
             let task = Task::json(job.task.clone(), args);
             let handle = pool.submit(with_policy(task, &job.policy, retry));
-            finish(job, handle, ticket).await
+            ticket.watch(handle.watch());
+            finish(job, handle, ticket, may_retry).await
         }
-        Err(err) => Record::nested_failed(job, err, began.elapsed()),
+        Err(err) => (Record::nested_failed(job, err, began.elapsed()), ticket),
     }
 }
 
-/// Waits for one job and makes its record. The duration counts from the moment a worker
-/// takes the task, so time spent queued behind other jobs is not billed to it.
+/// Waits for one job and makes its record; hands the ticket back for the loop to end
+/// with the record. The duration counts from the moment a worker first takes the task,
+/// so time spent queued behind other jobs is not billed to it.
 ///
 /// A `procpool ctl cancel` of the job (through its ticket) cancels the task: a queued one
 /// never runs, a running one has its worker killed, and the record says `cancelled`.
-async fn finish(job: Job, mut handle: TaskHandle<Value>, mut ticket: Ticket) -> Record {
+async fn finish(
+    job: Job,
+    mut handle: TaskHandle<Value>,
+    mut ticket: Ticket,
+    may_retry: bool,
+) -> (Record, Ticket) {
     let submitted = Instant::now();
     // `started()` never resolves for a task the pool refused at submission (unknown task,
     // oversized arguments): such a handle is ready at once, so poll it first.
     let early = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut handle).poll(cx))).await;
     if let Poll::Ready(outcome) = early {
-        return Record::finished(job, outcome, handle.attempts(), submitted.elapsed());
+        let record = Record::finished(job, outcome, handle.attempts(), submitted.elapsed());
+        return (record, ticket);
     }
-    ticket.watch(handle.watch());
     let mut by_ctl = false;
-    let began = tokio::select! {
-        started = handle.started() => match started {
-            Some(_) => Instant::now(),
-            None => submitted,
-        },
-        () = ticket.cancelled() => {
-            handle.cancel();
-            by_ctl = true;
-            submitted
-        }
-    };
+    // A task that may run more than once is timed from its first start, which only a
+    // wait for it tells; one that runs once at most, from the start its handle reports at
+    // the end (a wake-up less per job).
+    let mut began = None;
+    if may_retry {
+        began = Some(tokio::select! {
+            started = handle.started() => match started {
+                Some(_) => Instant::now(),
+                None => submitted,
+            },
+            () = ticket.cancelled() => {
+                handle.cancel();
+                by_ctl = true;
+                submitted
+            }
+        });
+    }
     let outcome = if by_ctl {
         (&mut handle).await
     } else {
@@ -630,12 +682,15 @@ async fn finish(job: Job, mut handle: TaskHandle<Value>, mut ticket: Ticket) -> 
             }
         }
     };
+    let began = began
+        .or_else(|| handle.watch().attempt_started())
+        .unwrap_or(submitted);
     let mut record = Record::finished(job, outcome, handle.attempts(), began.elapsed());
     if by_ctl {
         record = cancelled_by_ctl(record);
     }
     tracing::debug!(id = ?record.id, status = ?record.status, "job finished");
-    record
+    (record, ticket)
 }
 
 /// Says in a cancelled record that `procpool ctl cancel` cancelled it.
@@ -649,10 +704,12 @@ fn cancelled_by_ctl(mut record: Record) -> Record {
 }
 
 /// Where the records go: stdout or a file. The loop appends records to a batch and hands
-/// the batch to a writer thread before it waits again (`flush`), so a record leaves as
-/// soon as its job ends, a burst of records that ended together leaves in one write, and
-/// a record is never held back while the loop waits (a SIGKILL loses only the batch being
-/// written).
+/// the batch to a writer thread (`flush`) when it has nothing else to do, so a record
+/// leaves as soon as the loop is idle, a burst of records that end together leaves in
+/// one write, and a record is never held back while the loop waits: a SIGKILL loses only
+/// the batch being handed over or written. While the loop stays busy, a batch leaves once
+/// it is `HOLD_AT_MOST` old or `BATCH_BYTES` long, which bounds what a SIGKILL can lose
+/// then: at most the records of the last few milliseconds.
 ///
 /// The writes happen on their own thread because the pool's supervisor runs on the
 /// loop's thread: a stalled reader of stdout must not stall timeouts, memory limits and
@@ -660,6 +717,8 @@ fn cancelled_by_ctl(mut record: Record) -> Record {
 /// loop from reading more jobs (the backpressure we want).
 struct Output {
     batch: Vec<u8>,
+    /// When the first record of `batch` was written.
+    since: Option<Instant>,
     /// `None` once finished.
     batches: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     /// Hands the sink back when the channel closes, or stops at the first error.
@@ -671,6 +730,15 @@ type Sink = Box<dyn std::io::Write + Send>;
 
 /// Batches handed to the writer thread and not yet written, at most.
 const BATCHES_QUEUED: usize = 4;
+
+/// How long a busy loop holds records before it hands them over anyway. Each hand-off
+/// wakes the writer thread (a futex wake and a context switch on a busy machine); at
+/// one per turn of the loop that was about a sixth of the loop thread's time in a batch
+/// of tiny jobs.
+const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A batch this long leaves even when younger than `HOLD_AT_MOST`.
+const BATCH_BYTES: usize = 256 << 10;
 
 impl Output {
     fn new(mut sink: Sink, name: String) -> anyhow::Result<Output> {
@@ -687,6 +755,7 @@ impl Output {
             .context("cannot start the thread that writes the records")?;
         Ok(Output {
             batch: Vec::new(),
+            since: None,
             batches: Some(tx),
             writer: Some(writer),
             name,
@@ -694,7 +763,20 @@ impl Output {
     }
 
     fn write(&mut self, record: &Record) {
+        if self.batch.is_empty() {
+            self.since = Some(Instant::now());
+        }
         record.append_line(&mut self.batch);
+    }
+
+    /// Whether records wait to be handed over.
+    fn holds_records(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    /// Whether the batch must leave even though the loop is busy.
+    fn due(&self) -> bool {
+        self.batch.len() >= BATCH_BYTES || self.since.is_some_and(|t| t.elapsed() >= HOLD_AT_MOST)
     }
 
     /// Hands what was written since the last call to the writer thread.
@@ -705,6 +787,7 @@ impl Output {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.since = None;
         if let Err(refused) = tx.send(std::mem::take(&mut self.batch)).await {
             // The writer thread stopped at an error: that error is the one to report.
             self.batch = refused.0;
