@@ -6,7 +6,10 @@
 //! sends cancels.
 
 use std::collections::HashMap;
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use procpool::pool::TaskWatch;
@@ -65,7 +68,7 @@ impl Board {
         Ticket {
             board: self.clone(),
             id: id.to_owned(),
-            cancel: rx,
+            cancel: Some(rx),
             on_board: true,
         }
     }
@@ -145,7 +148,8 @@ impl Board {
 pub(crate) struct Ticket {
     board: Arc<Board>,
     id: String,
-    cancel: oneshot::Receiver<()>,
+    /// `None` once it answered.
+    cancel: Option<oneshot::Receiver<()>>,
     /// Until [`Ticket::end`] took it off.
     on_board: bool,
 }
@@ -179,8 +183,21 @@ impl Ticket {
 
     /// Resolves when `ctl cancel` asks for this job; never otherwise.
     pub(crate) async fn cancelled(&mut self) {
-        if (&mut self.cancel).await.is_err() {
-            std::future::pending::<()>().await;
+        std::future::poll_fn(|cx| self.poll_cancelled(cx)).await;
+    }
+
+    /// [`cancelled`](Self::cancelled) as a poll, for a future written out by hand.
+    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(cancel) = &mut self.cancel else {
+            return Poll::Pending;
+        };
+        let answer = std::task::ready!(Pin::new(cancel).poll(cx));
+        // A oneshot must not be polled again once it answered.
+        self.cancel = None;
+        match answer {
+            Ok(()) => Poll::Ready(()),
+            // The board dropped its side without a cancel: none will come.
+            Err(_) => Poll::Pending,
         }
     }
 

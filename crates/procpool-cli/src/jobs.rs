@@ -16,7 +16,7 @@ use crate::lines::is_blank;
 use crate::plan::Plan;
 
 /// One valid job line.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct Job {
     pub(crate) id: String,
     pub(crate) task: String,

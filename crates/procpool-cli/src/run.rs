@@ -353,7 +353,7 @@ impl Batch<'_> {
         // move only while the loop polls them, which it does unless it waits for the
         // writer thread to take a batch (a stalled reader of stdout): a `ctl cancel`
         // then reaches its job once the output moves again.
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
         let mut outcome = Outcome {
             all_completed: true,
             stop: None,
@@ -454,56 +454,68 @@ impl Batch<'_> {
                     let running = pool.status().await.busy;
                     self.progress.tick(running);
                 }
-                // `JobReader::next` is cancel safe: losing this race loses no input.
+                // `JobReader::next` is cancel safe: losing this race (or a `now_or_never`)
+                // loses no input.
                 parsed = self.reader.next(), if can_read => {
-                    match parsed.context("error reading the jobs")? {
-                        None => input_done = true,
-                        // On a remote pool keyword arguments, like nested tasks, are
-                        // matched against what the agents serve: they may wait for one.
-                        Some(Parsed::Job(job))
-                            if has_nested(&job) || (pool.is_remote() && !job.kwargs.is_empty()) =>
-                        {
-                            outcome.dispatched += 1;
-                            let ticket = self.board.enter(&job.id, &job.task, None);
-                            let may_retry = self.may_retry(&job);
-                            in_flight.push(Either::Right(Box::pin(finish_nested(
-                                pool.clone(),
-                                job,
-                                killed.clone(),
-                                ticket,
-                                self.retry,
-                                may_retry,
-                            ))));
-                        }
-                        Some(Parsed::Job(mut job)) => {
-                            outcome.dispatched += 1;
-                            // Keyword arguments are matched at submission: a mistake
-                            // fails the job as `bad_args` before it is queued. The
-                            // arguments go to the task; the record needs none of them.
-                            let args = std::mem::take(&mut job.args);
-                            let task = if job.kwargs.is_empty() {
-                                Task::json(job.task.clone(), args)
-                            } else {
-                                let args = match args {
-                                    Value::Array(args) => args,
-                                    _ => Vec::new(),
+                    // Then the lines already read, in this same turn (as many as the
+                    // window holds, skipped ones included): a turn of the loop costs about
+                    // as much as the way of a job line through it.
+                    let mut parsed = Some(parsed);
+                    let mut lines_left = window;
+                    while let Some(next) = parsed.take() {
+                        match next.context("error reading the jobs")? {
+                            None => input_done = true,
+                            // On a remote pool keyword arguments, like nested tasks, are
+                            // matched against what the agents serve: they may wait for one.
+                            Some(Parsed::Job(job))
+                                if has_nested(&job) || (pool.is_remote() && !job.kwargs.is_empty()) =>
+                            {
+                                outcome.dispatched += 1;
+                                let ticket = self.board.enter(&job.id, &job.task, None);
+                                let may_retry = self.may_retry(&job);
+                                in_flight.push(Either::Right(Box::pin(finish_nested(
+                                    pool.clone(),
+                                    job,
+                                    killed.clone(),
+                                    ticket,
+                                    self.retry,
+                                    may_retry,
+                                ))));
+                            }
+                            Some(Parsed::Job(mut job)) => {
+                                outcome.dispatched += 1;
+                                // Keyword arguments are matched at submission: a mistake
+                                // fails the job as `bad_args` before it is queued. The
+                                // arguments go to the task; the record needs none of them.
+                                let args = std::mem::take(&mut job.args);
+                                let task = if job.kwargs.is_empty() {
+                                    Task::json(job.task.clone(), args)
+                                } else {
+                                    let args = match args {
+                                        Value::Array(args) => args,
+                                        _ => Vec::new(),
+                                    };
+                                    Task::json_kwargs(job.task.clone(), args, std::mem::take(&mut job.kwargs))
                                 };
-                                Task::json_kwargs(job.task.clone(), args, std::mem::take(&mut job.kwargs))
-                            };
-                            let handle = pool.submit(with_policy(task, &job.policy, self.retry));
-                            let ticket = self.board.enter(&job.id, &job.task, Some(handle.watch()));
-                            let may_retry = self.may_retry(&job);
-                            in_flight.push(Either::Left(finish(job, handle, ticket, may_retry)));
+                                let handle = pool.submit(with_policy(task, &job.policy, self.retry));
+                                let ticket = self.board.enter(&job.id, &job.task, Some(handle.watch()));
+                                let may_retry = self.may_retry(&job);
+                                in_flight.push(Running::new(job, handle, ticket).in_flight(may_retry));
+                            }
+                            Some(Parsed::Bad(bad)) => {
+                                tracing::debug!(line = bad.line, "bad job: {}", bad.message);
+                                outcome.all_completed = false;
+                                let record = Record::bad_job(bad);
+                                self.board.bad_job();
+                                self.out.write(&record);
+                                self.progress.record(&record);
+                            }
+                            Some(Parsed::Skipped) => self.progress.skipped(),
                         }
-                        Some(Parsed::Bad(bad)) => {
-                            tracing::debug!(line = bad.line, "bad job: {}", bad.message);
-                            outcome.all_completed = false;
-                            let record = Record::bad_job(bad);
-                            self.board.bad_job();
-                            self.out.write(&record);
-                            self.progress.record(&record);
+                        lines_left -= 1;
+                        if lines_left > 0 && !input_done && in_flight.len() < window {
+                            parsed = self.reader.next().now_or_never();
                         }
-                        Some(Parsed::Skipped) => self.progress.skipped(),
                     }
                 }
                 // Nothing else was ready, even once the runtime ran what it had (the pool's
@@ -626,71 +638,119 @@ async fn finish_nested(
             let task = Task::json(job.task.clone(), args);
             let handle = pool.submit(with_policy(task, &job.policy, retry));
             ticket.watch(handle.watch());
-            finish(job, handle, ticket, may_retry).await
+            Running::new(job, handle, ticket).in_flight(may_retry).await
         }
         Err(err) => (Record::nested_failed(job, err, began.elapsed()), ticket),
     }
 }
 
-/// Waits for one job and makes its record; hands the ticket back for the loop to end
-/// with the record. The duration counts from the moment a worker first takes the task,
-/// so time spent queued behind other jobs is not billed to it.
+/// A job in flight: the loop's set of them holds plain jobs as they are and the others
+/// (nested tasks first, or a first start to wait for) boxed.
+type InFlight = Either<Running, Pin<Box<dyn Future<Output = (Record, Ticket)> + Send>>>;
+
+/// A job whose task was submitted, until the task ends; then its record, and its ticket
+/// for the loop to end with the record. A future written out rather than an `async fn`:
+/// it is allocated once per job, and the compiler's state machine for the same steps
+/// was three times its size (over a kilobyte, past the allocator's fast path).
+///
+/// The duration counts from the moment a worker first takes the task, so time spent
+/// queued behind other jobs is not billed to it: the start its handle reports at the
+/// end, or for a task that may start more than once the first one
+/// ([`Running::timed_from_first_start`]).
 ///
 /// A `procpool ctl cancel` of the job (through its ticket) cancels the task: a queued one
 /// never runs, a running one has its worker killed, and the record says `cancelled`.
-async fn finish(
+struct Running {
     job: Job,
-    mut handle: TaskHandle<Value>,
-    mut ticket: Ticket,
-    may_retry: bool,
-) -> (Record, Ticket) {
-    let submitted = Instant::now();
-    // `started()` never resolves for a task the pool refused at submission (unknown task,
-    // oversized arguments): such a handle is ready at once, so poll it first.
-    let early = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut handle).poll(cx))).await;
-    if let Poll::Ready(outcome) = early {
-        let record = Record::finished(job, outcome, handle.attempts(), submitted.elapsed());
-        return (record, ticket);
+    handle: TaskHandle<Value>,
+    /// Taken when the record is made.
+    ticket: Option<Ticket>,
+    /// The duration of a task that never started counts from here.
+    submitted: Instant,
+    /// The first start, when it was waited for.
+    began: Option<Instant>,
+    /// `ctl cancel` cancelled the task.
+    by_ctl: bool,
+}
+
+impl Running {
+    fn new(job: Job, handle: TaskHandle<Value>, ticket: Ticket) -> Running {
+        Running {
+            job,
+            handle,
+            ticket: Some(ticket),
+            submitted: Instant::now(),
+            began: None,
+            by_ctl: false,
+        }
     }
-    let mut by_ctl = false;
-    // A task that may run more than once is timed from its first start, which only a
-    // wait for it tells; one that runs once at most, from the start its handle reports at
-    // the end (a wake-up less per job).
-    let mut began = None;
-    if may_retry {
-        began = Some(tokio::select! {
-            started = handle.started() => match started {
+
+    /// Into the loop's set: as it is when its task runs once at most, else behind a wait
+    /// for its first start.
+    fn in_flight(self, may_retry: bool) -> InFlight {
+        if may_retry {
+            Either::Right(Box::pin(self.timed_from_first_start()))
+        } else {
+            Either::Left(self)
+        }
+    }
+
+    /// Waits for the first start of a task that may start more than once (the start its
+    /// handle reports at the end is that of the last attempt), then for its end.
+    async fn timed_from_first_start(mut self) -> (Record, Ticket) {
+        // The pool answers a task it refused at submission (unknown task, oversized
+        // arguments) at once: nothing to wait for then.
+        let early = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut self.handle).poll(cx)));
+        if let Poll::Ready(outcome) = early.await {
+            return self.record(outcome);
+        }
+        let ticket = self.ticket.as_mut().expect("taken only with the record");
+        let began = tokio::select! {
+            started = self.handle.started() => match started {
                 Some(_) => Instant::now(),
-                None => submitted,
+                None => self.submitted,
             },
             () = ticket.cancelled() => {
-                handle.cancel();
-                by_ctl = true;
-                submitted
+                self.handle.cancel();
+                self.by_ctl = true;
+                self.submitted
             }
-        });
+        };
+        self.began = Some(began);
+        self.await
     }
-    let outcome = if by_ctl {
-        (&mut handle).await
-    } else {
-        tokio::select! {
-            outcome = &mut handle => outcome,
-            () = ticket.cancelled() => {
-                handle.cancel();
-                by_ctl = true;
-                (&mut handle).await
-            }
+
+    fn record(&mut self, outcome: Result<Value, TaskError>) -> (Record, Ticket) {
+        let began = self
+            .began
+            .or_else(|| self.handle.watch().attempt_started())
+            .unwrap_or(self.submitted);
+        let job = std::mem::take(&mut self.job);
+        let mut record = Record::finished(job, outcome, self.handle.attempts(), began.elapsed());
+        if self.by_ctl {
+            record = cancelled_by_ctl(record);
         }
-    };
-    let began = began
-        .or_else(|| handle.watch().attempt_started())
-        .unwrap_or(submitted);
-    let mut record = Record::finished(job, outcome, handle.attempts(), began.elapsed());
-    if by_ctl {
-        record = cancelled_by_ctl(record);
+        tracing::debug!(id = ?record.id, status = ?record.status, "job finished");
+        let ticket = self.ticket.take().expect("a job's record is made once");
+        (record, ticket)
     }
-    tracing::debug!(id = ?record.id, status = ?record.status, "job finished");
-    (record, ticket)
+}
+
+impl Future for Running {
+    type Output = (Record, Ticket);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.by_ctl
+            && let Some(ticket) = &mut this.ticket
+            && ticket.poll_cancelled(cx).is_ready()
+        {
+            this.handle.cancel();
+            this.by_ctl = true;
+        }
+        let outcome = std::task::ready!(Pin::new(&mut this.handle).poll(cx));
+        Poll::Ready(this.record(outcome))
+    }
 }
 
 /// Says in a cancelled record that `procpool ctl cancel` cancelled it.
