@@ -540,8 +540,8 @@ NESTED TASKS (a task's result as an argument):
   of the nested tasks), and error.input names the failed one:
   {\"task\": \"segfault\", \"path\": \"$[0][1]\"} (path $[0][1] is args[0][1]).
 
-RESULTS (one JSON line per job, written and flushed as soon as that job ends, so not
-in input order):
+RESULTS (one JSON line per job, written and flushed as soon as that job ends, or
+within 10 ms while a busy batch has more to do, so not in input order):
   {\"id\": \"j1\", \"task\": \"add\", \"line\": 1, \"status\": \"completed\", \"result\": 3,
    \"attempts\": 1, \"duration_ms\": 0.4}
   {\"id\": \"j2\", \"task\": \"segfault\", \"line\": 2, \"status\": \"failed\", \"attempts\": 1,
@@ -555,12 +555,14 @@ in input order):
   error.input the nested task that failed the job: {\"task\": ..., \"path\": ...}
   attempts    how many times the job was started, retries included (0 if it never
               started: refused by the pool, or cancelled while queued)
-  duration_ms time from the task reaching a worker to its result
+  duration_ms time from the task first reaching a worker to its result (retries
+              included)
 
 RESUME (--resume --out FILE):
-  Every record is appended to --out and flushed as soon as its job ends, so after a
-  crash or a SIGKILL of the supervisor FILE holds a record for every job that ended
-  before it, but for those of its last instants (being written, well under 100 ms).
+  Every record is appended to --out and flushed as soon as its job ends (within 10 ms
+  in a busy batch), so after a crash or a SIGKILL of the supervisor FILE holds a record
+  for every job that ended before it, but for those of its last instants (held or
+  being written, well under 100 ms).
   Run the same command again with --resume: the records in FILE
   are kept, a torn last line (a record cut off mid-write) is removed, every job that
   already has a record is skipped, and the others run and append theirs. However often
