@@ -546,9 +546,7 @@ impl Batch<'_> {
         }
         Ok(outcome)
     }
-}
 
-impl Batch<'_> {
     /// Whether a job may be started more than once: its own `retries`, else `--retries`;
     /// a broker's agents retry by their own policy.
     fn may_retry(&self, job: &Job) -> bool {
@@ -651,7 +649,8 @@ type InFlight = Either<Running, Pin<Box<dyn Future<Output = (Record, Ticket)> + 
 /// A job whose task was submitted, until the task ends; then its record, and its ticket
 /// for the loop to end with the record. A future written out rather than an `async fn`:
 /// it is allocated once per job, and the compiler's state machine for the same steps
-/// was three times its size (over a kilobyte, past the allocator's fast path).
+/// was 1 032 bytes against these 392 (it kept the arguments twice), past the allocator's
+/// fast path.
 ///
 /// The duration counts from the moment a worker first takes the task, so time spent
 /// queued behind other jobs is not billed to it: the start its handle reports at the
