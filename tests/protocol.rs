@@ -221,9 +221,18 @@ fn wrong_protocol_version_fails_build_naming_both_versions() {
     let _serial = serial_blocking();
     let message = start_failure(&fake("wrong_version", 2));
     assert!(
-        message.contains("version 99") && message.contains("version 3"),
+        message.contains("version 99") && message.contains("version 4"),
         "{message}"
     );
+}
+
+/// A worker of protocol 3 sent every frame on the channel; a handshake without the
+/// result pipe is refused by name instead of waiting for results that never come.
+#[test]
+fn a_handshake_without_its_result_pipe_fails_build() {
+    let _serial = serial_blocking();
+    let message = start_failure(&fake("no_pipe", 1));
+    assert!(message.contains("no result pipe"), "{message}");
 }
 
 #[test]

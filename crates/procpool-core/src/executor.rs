@@ -19,6 +19,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::config::Settings;
 use crate::errors::TaskError;
+use crate::handshake::{self, Handshake};
 use crate::host::{Groups, Refused};
 use crate::internal::{ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
 use crate::output::{self, OutputState, Stream, capture};
@@ -237,24 +238,16 @@ impl Executor {
                 return self.start_failed(&mut child, &mut guard, why).await;
             }
         };
-        let (rd, wr) = stream.into_split();
-        let codec = FrameCodec::new(self.settings.max_frame);
-        let mut frames = FramedRead::new(rd, codec);
-        let writer = Writer::spawn(wr, self.settings.max_frame);
-
         // Handshake. Only a stop (KillNow, Shutdown, the dispatcher gone) can reach a worker
         // that is not ready yet; it must not wait for the start timeout.
-        let hello = tokio::select! {
-            first = tokio::time::timeout(self.settings.start_timeout, frames.next()) => match first {
-                Ok(Some(Ok(frame))) => procpool_proto::decode_hello(&frame).map_err(|e| e.to_string()),
-                Ok(Some(Err(e))) => Err(format!("bad handshake frame: {e}")),
-                Ok(None) => Err("the worker closed its channel before the handshake \
-                    (is it a procpool worker whose main calls procpool::init first?)".to_owned()),
-                Err(_) => Err(format!(
-                    "no handshake within {:?}: is it a procpool worker (does its main call procpool::init)?",
-                    self.settings.start_timeout
-                )),
-            },
+        let handshake = tokio::select! {
+            first = tokio::time::timeout(
+                self.settings.start_timeout,
+                handshake::read(&stream, self.settings.max_frame),
+            ) => first.unwrap_or_else(|_| Err(format!(
+                "no handshake within {:?}: is it a procpool worker (does its main call procpool::init)?",
+                self.settings.start_timeout
+            ))),
             _ = self.commands.recv() => {
                 self.kill_and_reap(&mut child, &mut guard, "pool stopped during worker start").await;
                 let unstarted = self.unstarted();
@@ -266,10 +259,14 @@ impl Executor {
                 return;
             }
         };
-        let hello = match hello {
-            Ok(hello) => hello,
+        let Handshake { hello, results } = match handshake {
+            Ok(handshake) => handshake,
             Err(why) => return self.start_failed(&mut child, &mut guard, why).await,
         };
+        // The worker's frames come on its result pipe; the channel only carries ours.
+        // The pipe reaches EOF once the worker and every copy of its end are gone.
+        let mut frames = FramedRead::new(results, FrameCodec::new(self.settings.max_frame));
+        let writer = Writer::spawn(stream, self.settings.max_frame);
         if hello.pid != self.pid {
             log!(debug!(
                 worker_pid = self.pid,
@@ -363,11 +360,6 @@ impl Executor {
                                 },
                                 Err(e) => break 'run End::Protocol(format!("undecodable frame from worker: {e}")),
                             },
-                            // A worker that dies with a frame of ours still unread in its socket
-                            // resets the channel (ECONNRESET) instead of closing it: that is its
-                            // death, and its exit status is the verdict, not a protocol error.
-                            Some(Err(procpool_proto::FrameError::Io(e)))
-                                if e.kind() == std::io::ErrorKind::ConnectionReset => break 'run End::Eof,
                             Some(Err(e)) => break 'run End::Protocol(format!("bad frame from worker: {e}")),
                             None => break 'run End::Eof,
                         }

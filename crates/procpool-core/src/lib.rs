@@ -51,6 +51,7 @@ mod dispatcher;
 mod errors;
 mod executor;
 mod guard;
+mod handshake;
 mod host;
 mod internal;
 mod kwargs;

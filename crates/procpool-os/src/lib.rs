@@ -3,7 +3,8 @@
 //!
 //! It defines [`Pgid`] (a worker's process group, the unit every kill addresses), the
 //! channel handed to a worker ([`channel_pair`] on the supervisor side,
-//! [`take_worker_channel`] in the worker), the worker's own orphan protection
+//! [`take_worker_channel`] in the worker), the worker's result pipe and its hand-off
+//! over that channel ([`result_pipe`], [`send_with_fd`], [`recv_with_fd`]), the worker's own orphan protection
 //! ([`die_with_parent`]), the memory a worker's group holds ([`group_rss_bytes`]) and a
 //! worker's own peak ([`PeakRss`]), the
 //! resource limits a worker applies to itself ([`Rlimit`], [`apply_rlimits`]), the
@@ -79,6 +80,7 @@ compile_error!(
 
 mod errors;
 mod exit;
+mod handoff;
 mod kill;
 mod orphans;
 #[cfg(target_os = "linux")]
@@ -94,6 +96,7 @@ mod worker;
 
 pub use errors::OsError;
 pub use exit::{ExitVerdict, signal_name};
+pub use handoff::{recv_with_fd, result_pipe, send_with_fd};
 pub use kill::{Pgid, Signal};
 pub use orphans::{become_subreaper, kill_adopted, reap_adopted, spawn_worker, worker_reaped};
 pub use os::{

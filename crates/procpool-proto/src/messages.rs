@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the message enums below. Bump on any change to their layout.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version of the message enums below, and of how they travel. Bump on any change to
+/// their layout or to the channel. 4: the worker's frames after `Hello` come on a pipe
+/// whose read end rides with `Hello`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// First bytes of the handshake frame: lets the supervisor tell "not a procpool worker"
 /// from "a procpool worker of another version" before decoding anything else.

@@ -2,7 +2,7 @@
 //! before anything is written. A leaf: the task context, the prefetch reader and the
 //! main loop all send through it.
 
-use std::os::unix::net::UnixStream;
+use std::io::PipeWriter;
 use std::sync::Mutex;
 
 use procpool_proto::{FrameError, FromWorker, TaskFailure, TaskId};
@@ -21,12 +21,13 @@ pub(crate) struct Outbound {
 }
 
 struct Writer {
-    stream: UnixStream,
+    /// The result pipe (see `procpool_os::result_pipe`).
+    stream: PipeWriter,
     buf: Vec<u8>,
 }
 
 impl Outbound {
-    pub(crate) fn new(stream: UnixStream, max_frame: usize) -> Self {
+    pub(crate) fn new(stream: PipeWriter, max_frame: usize) -> Self {
         Outbound {
             max_frame,
             writer: Mutex::new(Writer {

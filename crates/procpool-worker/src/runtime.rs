@@ -1,7 +1,12 @@
 //! The worker main loop: handshake, then one `Run` at a time until told to stop.
+//!
+//! The channel from the supervisor is a socket on the worker's stdin; what the worker
+//! sends goes on a pipe it creates itself and hands over with its handshake (`Hello` on
+//! the socket, the pipe's read end attached), so all its frames keep their order.
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
@@ -154,9 +159,9 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
     }
     let max_frame = env.max_frame;
     let stream = UnixStream::from(procpool_os::take_worker_channel()?);
-    let writer = stream
-        .try_clone()
-        .map_err(|e| WorkerError::Frame(e.into()))?;
+    // Every frame after the handshake goes out on a pipe of our own, whose read end
+    // rides to the supervisor with the handshake: see `procpool_os::result_pipe`.
+    let (results, writer) = procpool_os::result_pipe()?;
     install_panic_hook();
     // Where the platform has no resettable mark (macOS, a read-only `/proc`), nothing is
     // reported and the supervisor's sampling alone enforces the limit.
@@ -175,7 +180,10 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
     let mut frame = Vec::with_capacity(hello.len() + 4);
     frame.extend_from_slice(&(hello.len() as u32).to_le_bytes());
     frame.extend_from_slice(&hello);
-    std::io::Write::write_all(&mut &writer, &frame).map_err(|e| WorkerError::Frame(e.into()))?;
+    procpool_os::send_with_fd(stream.as_fd(), &frame, results.as_fd())
+        .map_err(|e| WorkerError::Frame(e.into()))?;
+    // The supervisor holds the read end now; ours would only keep the pipe open.
+    drop(results);
 
     let (inbound, reader_stream) = if env.prefetch {
         (Inbound::Prefetch(Window::default()), Some(stream))

@@ -2,9 +2,9 @@
 //! `PR_SET_CHILD_SUBREAPER` and `/proc`.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 
 use crate::errors::OsError;
 use crate::kill::Pgid;
@@ -21,6 +21,26 @@ pub fn channel_pair() -> Result<(OwnedFd, OwnedFd), OsError> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| OsError::Channel(e.into()))
+}
+
+/// `recvmsg` flags that make a received descriptor close-on-exec from birth, so a
+/// worker spawned by another thread meanwhile cannot inherit it.
+pub(crate) const RECV_CLOEXEC: MsgFlags = MsgFlags::MSG_CMSG_CLOEXEC;
+
+/// A received descriptor is already close-on-exec here ([`RECV_CLOEXEC`]).
+pub(crate) fn after_receive(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
+}
+
+/// Room the result pipe asks for: 1 MiB, the default `/proc/sys/fs/pipe-max-size`, so a
+/// large result goes through in few reads instead of the default 64 KiB at a time.
+const RESULT_PIPE_BYTES: nix::libc::c_int = 1 << 20;
+
+/// Grows the result pipe (`F_SETPIPE_SZ`). Refused above the host's maximum, or once
+/// the user's pipes hold too much (`pipe-user-pages-soft`): then it keeps its default
+/// size, which only costs large results some speed.
+pub(crate) fn enlarge_pipe(fd: BorrowedFd<'_>) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(RESULT_PIPE_BYTES));
 }
 
 /// The parent-death signal. A realtime signal nobody else uses, whose handler kills the

@@ -3,11 +3,11 @@
 //! `PR_SET_PDEATHSIG`, libproc instead of `/proc`, and no child subreaper.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::libc;
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 
 use crate::errors::OsError;
 use crate::kill::Pgid;
@@ -37,6 +37,20 @@ fn set_cloexec(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
+
+/// macOS has no `MSG_CMSG_CLOEXEC`: a received descriptor gets `FD_CLOEXEC` in
+/// [`after_receive`].
+pub(crate) const RECV_CLOEXEC: MsgFlags = MsgFlags::empty();
+
+/// Sets `FD_CLOEXEC` on a descriptor just received. The supervisor receives only read
+/// ends of result pipes: one inherited by a concurrent spawn in between cannot keep the
+/// pipe from its EOF (that needs a write end), it only stays open in that child.
+pub(crate) fn after_receive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_cloexec(fd)
+}
+
+/// macOS pipes size themselves (up to 64 KiB) and have no `F_SETPIPE_SZ`.
+pub(crate) fn enlarge_pipe(_fd: BorrowedFd<'_>) {}
 
 /// In the worker, before it runs anything: makes its whole process group die with the
 /// supervisor, and fails with [`OsError::ParentGone`] if the supervisor already died.
