@@ -8,19 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{FutureExt as _, StreamExt};
+use futures::FutureExt as _;
 use procpool_os::{ExitVerdict, Pgid, Signal};
-use procpool_proto::{FrameCodec, FromWorker, RunRef, TaskId, ToWorker};
+use procpool_proto::{FromWorker, RunRef, TaskId, ToWorker};
 use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 
 use crate::config::Settings;
 use crate::errors::TaskError;
 use crate::handshake::{self, Handshake};
 use crate::host::{Groups, Refused};
+use crate::inbound::Inbound;
 use crate::internal::{ExecutorCommand, KillReason, Submission, WorkerEvent, WorkerId};
 use crate::output::{self, OutputState, Stream, capture};
 use crate::spawn::{GroupGuard, Launcher, Spawned};
@@ -263,10 +263,9 @@ impl Executor {
             Ok(handshake) => handshake,
             Err(why) => return self.start_failed(&mut child, &mut guard, why).await,
         };
-        // The worker's frames come on its result pipe; the channel only carries ours.
-        // The pipe reaches EOF once the worker and every copy of its end are gone.
-        let mut frames = FramedRead::new(results, FrameCodec::new(self.settings.max_frame));
-        let writer = Writer::spawn(stream, self.settings.max_frame);
+        let (rd, wr) = stream.into_split();
+        let mut frames = Inbound::new(results, rd, self.settings.max_frame);
+        let writer = Writer::spawn(wr, self.settings.max_frame);
         if hello.pid != self.pid {
             log!(debug!(
                 worker_pid = self.pid,
@@ -360,13 +359,19 @@ impl Executor {
                                 },
                                 Err(e) => break 'run End::Protocol(format!("undecodable frame from worker: {e}")),
                             },
+                            // A worker that dies with a frame of ours still unread in its socket
+                            // resets the channel (ECONNRESET) instead of closing it: read there
+                            // (a large frame), that is its death, and its exit status is the
+                            // verdict, not a protocol error.
+                            Some(Err(procpool_proto::FrameError::Io(e)))
+                                if e.kind() == std::io::ErrorKind::ConnectionReset => break 'run End::Eof,
                             Some(Err(e)) => break 'run End::Protocol(format!("bad frame from worker: {e}")),
                             None => break 'run End::Eof,
                         }
                         if left == 0 {
                             break;
                         }
-                        match frames.next().now_or_never() {
+                        match frames.ready() {
                             Some(next) => frame = next,
                             None => break,
                         }

@@ -53,6 +53,7 @@ mod executor;
 mod guard;
 mod handshake;
 mod host;
+mod inbound;
 mod internal;
 mod kwargs;
 mod limits;

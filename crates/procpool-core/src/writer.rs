@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// Largest write buffer kept between writes; a bigger one (a large argument) is freed.
@@ -64,9 +64,8 @@ impl Outbox {
 impl Writer {
     /// Writes frames in their own task, so a large or slow write never stops the executor
     /// from reading (a worker blocked on a full pipe while we block on another would
-    /// deadlock). The channel is closed once the `Writer` is dropped and all is sent (the
-    /// worker's frames come on its result pipe, not on this socket).
-    pub(crate) fn spawn(mut wr: UnixStream, max_frame: usize) -> Writer {
+    /// deadlock). The write half is shut down once the `Writer` is dropped and all is sent.
+    pub(crate) fn spawn(mut wr: OwnedWriteHalf, max_frame: usize) -> Writer {
         let shared = Arc::new(Outbox::default());
         let outbox = shared.clone();
         tokio::spawn(async move {

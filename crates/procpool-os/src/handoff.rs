@@ -16,17 +16,15 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 
 use crate::errors::OsError;
 
-/// In the worker: a pipe for every frame it sends to the supervisor, both ends
-/// close-on-exec (so nothing a task execs holds it, and its end reaches EOF when the
-/// worker dies), with room for large results where the platform allows it. Returns the
-/// read end, to hand over with [`send_with_fd`], and the write end, to keep.
+/// In the worker: a pipe for the frames it sends to the supervisor, both ends
+/// close-on-exec (so nothing a task execs holds it, and it reaches EOF when the worker
+/// dies). Returns the read end, to hand over with [`send_with_fd`], and the write end,
+/// to keep.
 pub fn result_pipe() -> Result<(PipeReader, PipeWriter), OsError> {
-    let (rd, wr) = std::io::pipe().map_err(|e| OsError::WorkerSetup {
+    std::io::pipe().map_err(|e| OsError::WorkerSetup {
         what: "create the result pipe",
         source: e,
-    })?;
-    crate::os::enlarge_pipe(wr.as_fd());
-    Ok((rd, wr))
+    })
 }
 
 /// In the worker: writes all of `bytes` on the stream socket `socket`, with `fd` attached

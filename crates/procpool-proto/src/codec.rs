@@ -111,6 +111,17 @@ pub fn decode_done_in_place(payload: &[u8]) -> Option<DoneInPlace> {
     }
 }
 
+/// Whether a frame's payload is `FromWorker::OnChannel`: the next frame comes on the
+/// channel. Only one-byte payloads are decoded, so the frames of every result are not
+/// decoded twice.
+pub fn is_on_channel(payload: &[u8]) -> bool {
+    payload.len() == 1
+        && matches!(
+            decode_message::<FromWorker>(payload),
+            Ok(FromWorker::OnChannel)
+        )
+}
+
 /// Writes a `Done` with a successful result as one frame: the prefix and the message head
 /// from `head` (reused), the result from where it lies, in one vectored write. The result
 /// is not copied into a frame buffer first. Returns `FrameError::TooLarge` without writing

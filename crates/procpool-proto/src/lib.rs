@@ -30,11 +30,11 @@ mod messages;
 pub use codec::{
     DoneInPlace, FrameCodec, decode_args, decode_done_in_place, decode_hello, decode_message,
     decode_value, encode_frame, encode_frame_into, encode_hello, encode_message, encode_value,
-    read_frame, write_done_ok,
+    is_on_channel, read_frame, write_done_ok,
 };
 pub use errors::{CodecError, FrameError, HandshakeError};
 pub use messages::{
     DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_PARENT_PID, ENV_PEAK_RSS, ENV_PREFETCH, ENV_RLIMITS,
-    ENV_WORKER, Encoding, FromWorker, HANDSHAKE_MAGIC, Hello, PROTOCOL_VERSION, ParamInfo, RunRef,
-    TaskFailure, TaskId, TaskInfo, ToWorker,
+    ENV_WORKER, Encoding, FromWorker, HANDSHAKE_MAGIC, Hello, LARGE_FRAME, PROTOCOL_VERSION,
+    ParamInfo, RunRef, TaskFailure, TaskId, TaskInfo, ToWorker,
 };

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the message enums below, and of how they travel. Bump on any change to
 /// their layout or to the channel. 4: the worker's frames after `Hello` come on a pipe
-/// whose read end rides with `Hello`.
+/// whose read end rides with `Hello`, large ones on the channel behind
+/// [`FromWorker::OnChannel`].
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// First bytes of the handshake frame: lets the supervisor tell "not a procpool worker"
@@ -148,7 +149,16 @@ pub enum FromWorker {
         /// The running task.
         task_id: TaskId,
     },
+    /// Sent on the result pipe: the next frame is a large one and comes on the channel
+    /// (see `LARGE_FRAME`); the frames after it come on the pipe again.
+    OnChannel,
 }
+
+/// A frame from the worker of at least this many bytes goes on the channel, behind a
+/// [`FromWorker::OnChannel`] on the result pipe, instead of on the pipe itself: a socket
+/// moves large buffers faster than a pipe, which copies page by page, while many small
+/// frames go faster through a pipe.
+pub const LARGE_FRAME: usize = 64 << 10;
 
 /// Why a task produced no result, as seen from inside the worker. Failures only the
 /// supervisor can see (crashes, timeouts, cancels) are not here.

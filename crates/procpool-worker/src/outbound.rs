@@ -1,11 +1,12 @@
 //! The worker's sending side: frames to the supervisor, checked against the frame cap
-//! before anything is written. A leaf: the task context, the prefetch reader and the
-//! main loop all send through it.
+//! before anything is written, on the result pipe (large ones on the channel). A leaf:
+//! the task context, the prefetch reader and the main loop all send through it.
 
-use std::io::PipeWriter;
+use std::io::{IoSlice, PipeWriter, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
-use procpool_proto::{FrameError, FromWorker, TaskFailure, TaskId};
+use procpool_proto::{FrameError, FromWorker, LARGE_FRAME, TaskFailure, TaskId};
 
 /// A frame that was not sent because it exceeds the supervisor's frame cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,18 +22,87 @@ pub(crate) struct Outbound {
 }
 
 struct Writer {
-    /// The result pipe (see `procpool_os::result_pipe`).
-    stream: PipeWriter,
+    /// The result pipe (see `procpool_os::result_pipe`): every frame but large ones.
+    pipe: PipeWriter,
+    /// The channel: frames of `LARGE_FRAME` bytes or more, each announced on the pipe.
+    channel: UnixStream,
     buf: Vec<u8>,
+    /// The `OnChannel` frame that announces one.
+    on_channel: Vec<u8>,
+}
+
+impl Writer {
+    /// Splits the writer into the buffer and the stream for one frame.
+    fn parts(&mut self) -> (&mut Vec<u8>, Route<'_>) {
+        let Writer {
+            pipe,
+            channel,
+            buf,
+            on_channel,
+        } = self;
+        let route = Route {
+            pipe,
+            channel,
+            on_channel,
+            large: None,
+        };
+        (buf, route)
+    }
+}
+
+/// The stream for one frame, chosen at its first write, when its whole length is known
+/// (the codec writes a frame in one `write_all` or one vectored loop, and only after it
+/// checked the frame's size): the pipe, or for a large frame the channel, announced on
+/// the pipe first. The supervisor reads the pipe in order and takes the next frame from
+/// the channel at the announcement, so the order holds across the two.
+struct Route<'a> {
+    pipe: &'a mut PipeWriter,
+    channel: &'a mut UnixStream,
+    on_channel: &'a [u8],
+    large: Option<bool>,
+}
+
+impl Write for Route<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        let large = match self.large {
+            Some(large) => large,
+            None => {
+                let large = bufs.iter().map(|b| b.len()).sum::<usize>() >= LARGE_FRAME;
+                if large {
+                    self.pipe.write_all(self.on_channel)?;
+                }
+                self.large = Some(large);
+                large
+            }
+        };
+        if large {
+            self.channel.write_vectored(bufs)
+        } else {
+            self.pipe.write_vectored(bufs)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Outbound {
-    pub(crate) fn new(stream: PipeWriter, max_frame: usize) -> Self {
+    pub(crate) fn new(pipe: PipeWriter, channel: UnixStream, max_frame: usize) -> Self {
+        let mut on_channel = Vec::new();
+        procpool_proto::encode_frame(&FromWorker::OnChannel, &mut on_channel, max_frame)
+            .expect("a one-byte frame fits any cap");
         Outbound {
             max_frame,
             writer: Mutex::new(Writer {
-                stream,
+                pipe,
+                channel,
                 buf: Vec::new(),
+                on_channel,
             }),
         }
     }
@@ -43,7 +113,7 @@ impl Outbound {
     /// ends quietly.
     pub(crate) fn send(&self, msg: &FromWorker) -> Result<(), Oversized> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Writer { stream, buf } = &mut *w;
+        let (buf, mut stream) = w.parts();
         match procpool_proto::encode_frame(msg, buf, self.max_frame) {
             Ok(()) => {}
             Err(FrameError::TooLarge { len, max }) => return Err(Oversized { len, max }),
@@ -54,7 +124,7 @@ impl Outbound {
                 return Ok(());
             }
         }
-        if std::io::Write::write_all(stream, buf).is_err() {
+        if stream.write_all(buf).is_err() {
             std::process::exit(0);
         }
         Ok(())
@@ -82,9 +152,15 @@ impl Outbound {
     /// write behind the message head, without being copied into a frame first.
     pub(crate) fn send_done_ok(&self, task_id: TaskId, peak_rss: Option<u64>, result: &[u8]) {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Writer { stream, buf } = &mut *w;
-        match procpool_proto::write_done_ok(stream, buf, task_id, peak_rss, result, self.max_frame)
-        {
+        let (buf, mut stream) = w.parts();
+        match procpool_proto::write_done_ok(
+            &mut stream,
+            buf,
+            task_id,
+            peak_rss,
+            result,
+            self.max_frame,
+        ) {
             Ok(()) => {}
             Err(FrameError::TooLarge { len, max }) => {
                 drop(w);

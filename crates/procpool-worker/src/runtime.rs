@@ -161,7 +161,10 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
     let stream = UnixStream::from(procpool_os::take_worker_channel()?);
     // Every frame after the handshake goes out on a pipe of our own, whose read end
     // rides to the supervisor with the handshake: see `procpool_os::result_pipe`.
-    let (results, writer) = procpool_os::result_pipe()?;
+    let (results, pipe) = procpool_os::result_pipe()?;
+    let large = stream
+        .try_clone()
+        .map_err(|e| WorkerError::Frame(e.into()))?;
     install_panic_hook();
     // Where the platform has no resettable mark (macOS, a read-only `/proc`), nothing is
     // reported and the supervisor's sampling alone enforces the limit.
@@ -199,7 +202,7 @@ fn run(env: WorkerEnv) -> Result<(), WorkerError> {
     let channel = CHANNEL.get_or_init(|| Channel {
         max_frame,
         inbound,
-        outbound: Outbound::new(writer, max_frame),
+        outbound: Outbound::new(pipe, large, max_frame),
         current: Mutex::new(None),
         unsent: Mutex::new(None),
     });

@@ -32,17 +32,6 @@ pub(crate) fn after_receive(_fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Room the result pipe asks for: 1 MiB, the default `/proc/sys/fs/pipe-max-size`, so a
-/// large result goes through in few reads instead of the default 64 KiB at a time.
-const RESULT_PIPE_BYTES: nix::libc::c_int = 1 << 20;
-
-/// Grows the result pipe (`F_SETPIPE_SZ`). Refused above the host's maximum, or once
-/// the user's pipes hold too much (`pipe-user-pages-soft`): then it keeps its default
-/// size, which only costs large results some speed.
-pub(crate) fn enlarge_pipe(fd: BorrowedFd<'_>) {
-    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(RESULT_PIPE_BYTES));
-}
-
 /// The parent-death signal. A realtime signal nobody else uses, whose handler kills the
 /// worker's whole process group: a plain `PR_SET_PDEATHSIG = SIGKILL` would kill only the
 /// worker, and its task's grandchildren would outlive a SIGKILLed supervisor.

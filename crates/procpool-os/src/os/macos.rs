@@ -49,9 +49,6 @@ pub(crate) fn after_receive(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_cloexec(fd)
 }
 
-/// macOS pipes size themselves (up to 64 KiB) and have no `F_SETPIPE_SZ`.
-pub(crate) fn enlarge_pipe(_fd: BorrowedFd<'_>) {}
-
 /// In the worker, before it runs anything: makes its whole process group die with the
 /// supervisor, and fails with [`OsError::ParentGone`] if the supervisor already died.
 /// macOS: a kqueue `EVFILT_PROC`/`NOTE_EXIT` filter on the supervisor's pid, and a
