@@ -180,3 +180,75 @@ async fn a_crash_inside_a_batch_of_prefetched_runs_is_attributed_exactly() {
     pool.shutdown(Shutdown::Kill).await;
     assert_no_children();
 }
+
+/// What a prefetching worker sends travels two ways (issue 16): small frames on its
+/// result pipe, large ones (results, messages) on its channel, announced on the pipe.
+/// Written just before the worker dies, every one still reaches its task, in order: the k
+/// tasks before the crash complete with their values (their large results and messages
+/// whole), the k+1-th is the crash, and the tasks behind it run once each on the
+/// replacement.
+#[tokio::test(flavor = "current_thread")]
+async fn issue16_results_on_both_ways_before_a_crash_all_reach_their_tasks() {
+    let _serial = serial().await;
+    let pool = Pool::builder()
+        .worker(demo_worker())
+        .workers(1)
+        .prefetch(31)
+        .start()
+        .await
+        .expect("the demo worker pool starts");
+    const LARGE: u64 = 100_000;
+    let before: Vec<_> = (0..24u64)
+        .map(|i| match i % 3 {
+            0 => Before::Small(pool.submit(demo::add::task(i as i64, 1))),
+            1 => Before::Large(pool.submit(demo::bytes::task(LARGE + i))),
+            _ => Before::Messages(pool.submit(demo::messages::task(2, LARGE + i, 0, 0))),
+        })
+        .collect();
+    let crash = pool.submit(demo::segfault::task());
+    let after: Vec<_> = (0..50i64)
+        .map(|i| pool.submit(demo::square::task(i)))
+        .collect();
+    let mut first_worker = None;
+    for (i, task) in before.into_iter().enumerate() {
+        let i = i as u64;
+        match task {
+            Before::Small(h) => {
+                let pid = h.started().await.unwrap();
+                assert_eq!(*first_worker.get_or_insert(pid), pid);
+                assert_eq!(h.await.unwrap(), i as i64 + 1);
+            }
+            Before::Large(h) => {
+                assert_eq!(h.started().await, first_worker);
+                let bytes = h.await.unwrap();
+                assert_eq!(bytes.len() as u64, LARGE + i);
+                assert!(bytes.iter().enumerate().all(|(j, b)| *b == j as u8));
+            }
+            Before::Messages(mut h) => {
+                assert_eq!(h.started().await, first_worker);
+                for _ in 0..2 {
+                    let message = h.recv().await.expect("both messages reach the task");
+                    assert_eq!(message.len() as u64, LARGE + i);
+                }
+                assert_eq!(h.await.unwrap(), 2);
+            }
+        }
+    }
+    let err = crash.await.unwrap_err();
+    assert_eq!(err.exit_signal(), Some(11), "{err:?}");
+    for (i, h) in after.into_iter().enumerate() {
+        assert_ne!(h.started().await, first_worker);
+        assert_eq!(h.attempts(), 1);
+        let i = i as i64;
+        assert_eq!(h.await.unwrap(), i * i);
+    }
+    pool.shutdown(Shutdown::Kill).await;
+    assert_no_children();
+}
+
+/// The tasks ahead of the crash in `issue16_results_on_both_ways_before_a_crash_...`.
+enum Before {
+    Small(procpool::TaskHandle<i64>),
+    Large(procpool::TaskHandle<procpool::Bytes>),
+    Messages(procpool::TaskHandle<u32>),
+}
