@@ -6,7 +6,8 @@
 //! a task that completed). On a unix socket every such write is a buffer of its own, which
 //! the supervisor's kernel handles one by one, and each wakes the reader; a pipe merges
 //! small writes into one page and wakes its reader only when it was empty, so one `read`
-//! takes many results in one copy.
+//! takes many results in one copy. Large frames still go on the socket, which moves big
+//! buffers faster (`procpool_proto::LARGE_FRAME`).
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut, PipeReader, PipeWriter};

@@ -4,10 +4,10 @@
 //! It defines [`Pgid`] (a worker's process group, the unit every kill addresses), the
 //! channel handed to a worker ([`channel_pair`] on the supervisor side,
 //! [`take_worker_channel`] in the worker), the worker's result pipe and its hand-off
-//! over that channel ([`result_pipe`], [`send_with_fd`], [`recv_with_fd`]), the worker's own orphan protection
-//! ([`die_with_parent`]), the memory a worker's group holds ([`group_rss_bytes`]) and a
-//! worker's own peak ([`PeakRss`]), the
-//! resource limits a worker applies to itself ([`Rlimit`], [`apply_rlimits`]), the
+//! over that channel ([`result_pipe`], [`send_with_fd`], [`recv_with_fd`]), the worker's
+//! own orphan protection ([`die_with_parent`]), the memory a worker's group holds
+//! ([`group_rss_bytes`]) and a worker's own peak ([`PeakRss`]), the resource limits a
+//! worker applies to itself ([`Rlimit`], [`apply_rlimits`]), the
 //! adoption of orphaned grandchildren by a subreaper supervisor ([`become_subreaper`],
 //! [`reap_adopted`], [`kill_adopted`]), the one long-lived thread workers can be spawned
 //! from ([`on_spawner_thread`]) and readable exit verdicts ([`ExitVerdict`]). It knows
@@ -33,6 +33,11 @@
 //!   application, on another thread, in those few microseconds; std has the same window
 //!   on macOS for every pipe it creates, for the same reason. The worker's own copy
 //!   ([`take_worker_channel`]) uses `F_DUPFD_CLOEXEC`, which macOS has: no window there.
+//!   The worker's result pipe ([`result_pipe`]) is std's, close-on-exec on both ends (on
+//!   macOS set right after `pipe`, in the worker before any task runs); the supervisor
+//!   receives its read end with `MSG_CMSG_CLOEXEC` on Linux and sets `FD_CLOEXEC` right
+//!   after on macOS. A read end inherited in that window cannot delay the pipe's end of
+//!   file (only a write end can), so the window is harmless there.
 //! - **Dying with the supervisor.** Linux arms `PR_SET_PDEATHSIG` (which follows the
 //!   spawning *thread*, hence [`on_spawner_thread`]). macOS has no parent-death signal:
 //!   [`die_with_parent`] registers a kqueue `EVFILT_PROC`/`NOTE_EXIT` filter on the

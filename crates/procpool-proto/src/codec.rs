@@ -410,6 +410,18 @@ mod tests {
     }
 
     #[test]
+    fn only_the_on_channel_announcement_is_one() {
+        assert!(is_on_channel(
+            &encode_message(&FromWorker::OnChannel).unwrap()
+        ));
+        let skipped = encode_message(&FromWorker::Skipped { task_id: TaskId(5) }).unwrap();
+        assert!(!is_on_channel(&skipped));
+        // One byte that is not the announcement (another variant's tag, truncated).
+        assert!(!is_on_channel(&skipped[..1]));
+        assert!(!is_on_channel(&[]));
+    }
+
+    #[test]
     fn frames_roundtrip_through_both_paths() {
         let msg = FromWorker::Done {
             task_id: TaskId(u128::MAX),

@@ -49,7 +49,7 @@ impl Window {
         let mut buf = Vec::new();
         loop {
             // Sleep in `poll`, not in `read`: a reader blocked in `read` is woken for nothing
-            // each time the supervisor reads one of our results.
+            // each time the supervisor reads what we wrote on the socket (large frames).
             if stream.buffer().is_empty()
                 && procpool_os::wait_readable(stream.get_ref().as_fd()).is_err()
             {
