@@ -7,16 +7,31 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procpool::{Pool, Shutdown, TaskError};
+use procpool::{Pool, PoolBuilder, Shutdown, TaskError, TaskHandle};
 use procpool_demo_tasks as demo;
 use support::{assert_no_children, demo_worker, serial};
 
-fn prefetch_pool(workers: usize, prefetch: usize) -> Pool {
-    Pool::builder()
+fn prefetch_builder(workers: usize, prefetch: usize) -> PoolBuilder {
+    let mut builder = Pool::builder();
+    builder
         .worker(demo_worker())
         .workers(workers)
-        .prefetch(prefetch)
+        .prefetch(prefetch);
+    builder
+}
+
+fn prefetch_pool(workers: usize, prefetch: usize) -> Pool {
+    prefetch_builder(workers, prefetch)
         .build()
+        .expect("the demo worker pool starts")
+}
+
+/// One prefetching worker (a window of 31) on the caller's runtime (`start`), where a
+/// burst of submissions leaves in a few multi-frame writes.
+async fn started_prefetch_pool_of_one() -> Pool {
+    prefetch_builder(1, 31)
+        .start()
+        .await
         .expect("the demo worker pool starts")
 }
 
@@ -148,13 +163,7 @@ async fn messages_reach_a_prefetched_chat_when_it_starts() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_crash_inside_a_batch_of_prefetched_runs_is_attributed_exactly() {
     let _serial = serial().await;
-    let pool = Pool::builder()
-        .worker(demo_worker())
-        .workers(1)
-        .prefetch(31)
-        .start()
-        .await
-        .expect("the demo worker pool starts");
+    let pool = started_prefetch_pool_of_one().await;
     let before: Vec<_> = (0..20i64)
         .map(|i| pool.submit(demo::add::task(i, 1)))
         .collect();
@@ -168,14 +177,7 @@ async fn a_crash_inside_a_batch_of_prefetched_runs_is_attributed_exactly() {
         assert_eq!(*first_worker.get_or_insert(pid), pid);
         assert_eq!(h.await.unwrap(), i as i64 + 1);
     }
-    let err = crash.await.unwrap_err();
-    assert_eq!(err.exit_signal(), Some(11), "{err:?}");
-    for (i, h) in after.into_iter().enumerate() {
-        assert_ne!(h.started().await, first_worker);
-        assert_eq!(h.attempts(), 1);
-        let i = i as i64;
-        assert_eq!(h.await.unwrap(), i * i);
-    }
+    assert_crash_then_each_once_elsewhere(crash.await.unwrap_err(), after, first_worker).await;
     // Dropped on its own runtime, the pool would not wait for the reaping.
     pool.shutdown(Shutdown::Kill).await;
     assert_no_children();
@@ -190,13 +192,7 @@ async fn a_crash_inside_a_batch_of_prefetched_runs_is_attributed_exactly() {
 #[tokio::test(flavor = "current_thread")]
 async fn issue16_results_on_both_ways_before_a_crash_all_reach_their_tasks() {
     let _serial = serial().await;
-    let pool = Pool::builder()
-        .worker(demo_worker())
-        .workers(1)
-        .prefetch(31)
-        .start()
-        .await
-        .expect("the demo worker pool starts");
+    let pool = started_prefetch_pool_of_one().await;
     const LARGE: u64 = 100_000;
     let before: Vec<_> = (0..24u64)
         .map(|i| match i % 3 {
@@ -234,14 +230,7 @@ async fn issue16_results_on_both_ways_before_a_crash_all_reach_their_tasks() {
             }
         }
     }
-    let err = crash.await.unwrap_err();
-    assert_eq!(err.exit_signal(), Some(11), "{err:?}");
-    for (i, h) in after.into_iter().enumerate() {
-        assert_ne!(h.started().await, first_worker);
-        assert_eq!(h.attempts(), 1);
-        let i = i as i64;
-        assert_eq!(h.await.unwrap(), i * i);
-    }
+    assert_crash_then_each_once_elsewhere(crash.await.unwrap_err(), after, first_worker).await;
     pool.shutdown(Shutdown::Kill).await;
     assert_no_children();
 }
@@ -251,4 +240,20 @@ enum Before {
     Small(procpool::TaskHandle<i64>),
     Large(procpool::TaskHandle<procpool::Bytes>),
     Messages(procpool::TaskHandle<u32>),
+}
+
+/// The crash is the segfault's, and each task behind it (`square` of its index) ran once,
+/// on a worker other than the one that crashed.
+async fn assert_crash_then_each_once_elsewhere(
+    err: TaskError,
+    after: Vec<TaskHandle<i64>>,
+    crashed_worker: Option<u32>,
+) {
+    assert_eq!(err.exit_signal(), Some(11), "{err:?}");
+    for (i, h) in after.into_iter().enumerate() {
+        assert_ne!(h.started().await, crashed_worker);
+        assert_eq!(h.attempts(), 1);
+        let i = i as i64;
+        assert_eq!(h.await.unwrap(), i * i);
+    }
 }
