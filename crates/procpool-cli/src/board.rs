@@ -15,7 +15,7 @@ use std::time::Instant;
 use procpool::pool::TaskWatch;
 use tokio::sync::oneshot;
 
-use crate::ctl_wire::{JobCounts, JobView};
+use crate::ctl_wire::{JobCounts, JobView, job_state};
 use crate::records::Status;
 
 #[derive(Default)]
@@ -101,7 +101,7 @@ impl Board {
                 let view = JobView {
                     id: id.clone(),
                     task: live.task.clone(),
-                    status: JobView::status(worker.is_some()),
+                    status: job_state(worker.is_some()).into(),
                     attempt: worker.map(|w| w.attempt),
                     worker_pid: worker.map(|w| w.pid),
                     elapsed_ms: worker
@@ -127,11 +127,7 @@ impl Board {
         // A ticket whose job is ending right now may have stopped listening: the job
         // then ends as it would have, and the reply still says what it was doing.
         let _ = tx.send(());
-        Ok(if live.worker().is_some() {
-            "running"
-        } else {
-            "queued"
-        })
+        Ok(job_state(live.worker().is_some()))
     }
 
     /// Live jobs (running or queued).

@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::board::{Board, CancelRefused};
 use crate::ctl_wire::{
     self, CancelReply, DrainReply, JobView, JobsReply, Reply, Request, StatusReply, WorkerCounts,
-    WorkerView, WorkersReply,
+    WorkerView, WorkersReply, job_state,
 };
 
 /// Connections served at once; more are answered `busy` and closed, so a runaway client
@@ -166,7 +166,7 @@ impl Control {
                 .map(|t| JobView {
                     id: t.id.to_string(),
                     task: t.task,
-                    status: JobView::status(t.running),
+                    status: job_state(t.running).into(),
                     attempt: None,
                     worker_pid: t.worker_pids.first().copied(),
                     elapsed_ms: Some(millis(t.elapsed)),
@@ -178,7 +178,7 @@ impl Control {
                 .map(|t| JobView {
                     id: t.id.to_string(),
                     task: t.name,
-                    status: JobView::status(t.worker_pid.is_some()),
+                    status: job_state(t.worker_pid.is_some()).into(),
                     attempt: Some(t.attempt),
                     worker_pid: t.worker_pid,
                     elapsed_ms: t.elapsed.map(millis),
@@ -241,8 +241,7 @@ impl Control {
                     return unknown();
                 };
                 match server.cancel(uuid).await {
-                    CancelOutcome::Cancelled { was_running: true } => "running",
-                    CancelOutcome::Cancelled { was_running: false } => "queued",
+                    CancelOutcome::Cancelled { was_running } => job_state(was_running),
                     CancelOutcome::AlreadyFinished => {
                         return Reply::error("unknown_job", format!("task {id} already finished"));
                     }
@@ -253,10 +252,12 @@ impl Control {
                 let Ok(uuid) = Uuid::parse_str(&id) else {
                     return unknown();
                 };
-                let was = match agent.list().iter().find(|t| t.id == uuid) {
-                    Some(t) if t.worker_pid.is_none() => "queued",
-                    _ => "running",
-                };
+                // A task the list no longer shows is ending: it was running.
+                let queued = agent
+                    .list()
+                    .iter()
+                    .any(|t| t.id == uuid && t.worker_pid.is_none());
+                let was = job_state(!queued);
                 match agent.cancel(uuid).await {
                     Ok(true) => was,
                     Ok(false) => return unknown(),

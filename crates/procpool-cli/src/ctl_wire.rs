@@ -148,11 +148,9 @@ pub(crate) struct JobView {
     pub(crate) elapsed_ms: Option<u64>,
 }
 
-impl JobView {
-    /// The `status` of a job on a worker, or not yet.
-    pub(crate) fn status(running: bool) -> String {
-        if running { "running" } else { "queued" }.into()
-    }
+/// What a live job is doing, as `jobs` and `cancel` say it: on a worker, or not yet.
+pub(crate) fn job_state(running: bool) -> &'static str {
+    if running { "running" } else { "queued" }
 }
 
 /// `workers`: the live worker processes by pid.
