@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 use procpool_core::TaskError;
 use procpool_proto::Encoding;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::{AsyncConnectionConfig, Script, ScriptInvocation, Value};
 use uuid::Uuid;
 
 use crate::broker::{
@@ -235,17 +235,28 @@ impl RedisBroker {
         }
     }
 
-    /// Puts a read entry this agent will not start back at the end of its queue.
-    async fn hand_back(&self, fetched: &Fetched, id: Uuid) -> Result<(), BrokerError> {
-        let _: i64 = self
-            .scripts
-            .handback
-            .prepare_invoke()
-            .key(self.queue(&fetched.name))
+    /// `script` on an entry this agent read: the keys of its queue and its task, then the
+    /// namespace prefix, the task id and the entry id, as the start and hand-back scripts
+    /// take them (a script's own arguments follow).
+    fn on_entry<'a>(
+        &self,
+        script: &'a Script,
+        fetched: &Fetched,
+        id: Uuid,
+    ) -> ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.key(self.queue(&fetched.name))
             .key(self.key("t", id))
             .arg(&self.prefix)
             .arg(id.to_string())
-            .arg(&fetched.entry)
+            .arg(&fetched.entry);
+        call
+    }
+
+    /// Puts a read entry this agent will not start back at the end of its queue.
+    async fn hand_back(&self, fetched: &Fetched, id: Uuid) -> Result<(), BrokerError> {
+        let _: i64 = self
+            .on_entry(&self.scripts.handback, fetched, id)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(())
@@ -657,14 +668,7 @@ impl Broker for RedisBroker {
         id: Uuid,
     ) -> Result<Option<Claimed>, BrokerError> {
         let reply: Value = self
-            .scripts
-            .start
-            .prepare_invoke()
-            .key(self.queue(&fetched.name))
-            .key(self.key("t", id))
-            .arg(&self.prefix)
-            .arg(id.to_string())
-            .arg(&fetched.entry)
+            .on_entry(&self.scripts.start, fetched, id)
             .arg(agent)
             .arg(self.max_frame)
             .invoke_async(&mut self.conn())
