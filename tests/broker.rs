@@ -138,6 +138,11 @@ fn dead(pid: u32) -> bool {
     proc_stat(pid).is_none_or(|s| s.state == 'Z')
 }
 
+/// Waits until the process `pid` is gone (or a zombie), failing the test after `within`.
+async fn wait_dead(pid: u32, within: Duration, what: &str) {
+    wait_for(within, what, async || dead(pid)).await;
+}
+
 async fn wait_for(timeout: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond().await {
@@ -292,10 +297,7 @@ async fn a_remote_cancel_kills_the_worker_on_the_agent() {
     let asked = Instant::now();
     running.cancel();
     assert_eq!(running.await, Err(TaskError::Cancelled));
-    wait_for(Duration::from_secs(10), "the worker's death", async || {
-        dead(pid)
-    })
-    .await;
+    wait_dead(pid, Duration::from_secs(10), "the worker's death").await;
     eprintln!("worker gone {:?} after the cancel", asked.elapsed());
     // Durable: a cancel flag set without any notification (as if the publish was
     // missed) is read by the agent's next lease renewal.
@@ -304,10 +306,7 @@ async fn a_remote_cancel_kills_the_worker_on_the_agent() {
     let key = format!("{{procpool}}:t:{}", silent.id());
     assert_eq!(redis_cli(&redis, &["HSET", &key, "cancel", "1"]), "0");
     assert_eq!(silent.await, Err(TaskError::Cancelled));
-    wait_for(Duration::from_secs(10), "the worker's death", async || {
-        dead(pid)
-    })
-    .await;
+    wait_dead(pid, Duration::from_secs(10), "the worker's death").await;
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
 }
@@ -420,12 +419,7 @@ async fn after_a_broker_restart_submitters_get_lost_and_agents_carry_on() {
         "{outcome:?}"
     );
     // The agent could not vouch for its lease: it killed the worker itself.
-    wait_for(
-        Duration::from_secs(10),
-        "the orphaned worker's death",
-        async || dead(pid),
-    )
-    .await;
+    wait_dead(pid, Duration::from_secs(10), "the orphaned worker's death").await;
     // It reconnects, makes its group again and takes new tasks.
     wait_agents(&url, 1).await;
     let after = procpool_broker::connect(&url, ClientOptions::default())
@@ -476,12 +470,7 @@ async fn an_agent_stopped_past_its_lease_kills_its_worker_and_its_late_result_is
     .await;
     assert_ne!(task.worker_pid(), Some(first));
     agents[stopped].signal(Signal::SIGCONT);
-    wait_for(
-        Duration::from_secs(10),
-        "the stale worker's death",
-        async || dead(first),
-    )
-    .await;
+    wait_dead(first, Duration::from_secs(10), "the stale worker's death").await;
     let id = task.id();
     assert_eq!(task.await, Ok(8000));
     assert_eq!(done_events(&redis, id), 1);
@@ -1030,10 +1019,7 @@ async fn serve_over_the_broker_submits_polls_and_cancels() {
     let (code, _) = call("DELETE", &format!("/v1/tasks/{id}"), None);
     assert_eq!(code, 200);
     assert_eq!(poll(&id, "cancelled")["error"]["kind"], "cancelled");
-    wait_for(Duration::from_secs(10), "the worker's death", async || {
-        dead(pid)
-    })
-    .await;
+    wait_dead(pid, Duration::from_secs(10), "the worker's death").await;
     kill(Pid::from_raw(serve.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(serve.wait().unwrap().code(), Some(143));
     assert_eq!(agent.stop(), Some(143));
@@ -1169,12 +1155,7 @@ async fn a_stalled_agent_hands_its_task_back_once_its_lease_runs_out_fenced() {
     // Lease 3 s + reaper period (0.5-0.7 s) + the restart; generous for a loaded machine,
     // and far below the 30 s backstop this replaces.
     assert!(requeued < Duration::from_secs(10), "took {requeued:?}");
-    wait_for(
-        Duration::from_secs(10),
-        "the stale worker's death",
-        async || dead(first),
-    )
-    .await;
+    wait_dead(first, Duration::from_secs(10), "the stale worker's death").await;
     // 2. Stalled past its lease: its late renewal is refused, the task requeued at once
     // and started again; the old attempt's worker is killed and writes nothing.
     let second = task.worker_pid().expect("attempt 2 runs");
@@ -1192,12 +1173,7 @@ async fn a_stalled_agent_hands_its_task_back_once_its_lease_runs_out_fenced() {
         woke.elapsed()
     );
     assert!(woke.elapsed() < Duration::from_secs(10));
-    wait_for(
-        Duration::from_secs(10),
-        "the stale worker's death",
-        async || dead(second),
-    )
-    .await;
+    wait_dead(second, Duration::from_secs(10), "the stale worker's death").await;
     let id = task.id();
     assert_eq!(task.await, Ok(6000));
     assert_eq!(done_events(&redis, id), 1);
@@ -1255,10 +1231,7 @@ async fn every_key_is_in_the_namespace_slot_of_a_redis_cluster() {
     let pid = long.started().await.expect("started");
     long.cancel();
     assert_eq!(long.await, Err(TaskError::Cancelled));
-    wait_for(Duration::from_secs(10), "the worker's death", async || {
-        dead(pid)
-    })
-    .await;
+    wait_dead(pid, Duration::from_secs(10), "the worker's death").await;
     // An agent killed mid-task: reaped, the task runs on the other one.
     let task = b.submit(demo::sleep_ms::task(2000));
     let pid = task.started().await.expect("started");
@@ -1528,10 +1501,7 @@ async fn a_prefetching_agent_claims_ahead_and_a_prefetched_cancel_never_runs() {
     assert_eq!(cancelled.await, Err(TaskError::Cancelled));
     running.cancel();
     assert_eq!(running.await, Err(TaskError::Cancelled));
-    wait_for(Duration::from_secs(10), "the worker's death", async || {
-        dead(pid)
-    })
-    .await;
+    wait_dead(pid, Duration::from_secs(10), "the worker's death").await;
     // The rest run, each exactly once, in a replacement worker.
     assert_eq!(ahead.next().unwrap().await, Ok(2));
     assert_eq!(behind.await, Ok(11));
@@ -1681,10 +1651,7 @@ async fn a_cancel_made_while_the_broker_is_away_is_sent_when_it_is_back() {
     assert_eq!(ended, Ok(Err(TaskError::Cancelled)));
     assert!(!dead(pid), "the worker died while the broker was away");
     redis.restart();
-    wait_for(Duration::from_secs(30), "the worker's death", async || {
-        dead(pid)
-    })
-    .await;
+    wait_dead(pid, Duration::from_secs(30), "the worker's death").await;
     drop(pool);
     assert_eq!(agent.stop(), Some(143));
 }
